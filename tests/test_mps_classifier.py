@@ -1,0 +1,160 @@
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.model_selection import cross_val_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import MinMaxScaler
+
+from tnlearn import MPSClassifier, embed, product_state
+
+
+def test_digits_accuracy_target(digits):
+    """The core issue's target: >= 95% test accuracy on the 8x8 digits at m = 16 within 4 sweeps."""
+    X_train, X_test, y_train, y_test = digits
+    clf = MPSClassifier(max_bond=16, n_sweeps=4, random_state=0).fit(X_train, y_train, eval_set=(X_test, y_test))
+    assert clf.score(X_test, y_test) >= 0.95
+    assert clf.history_[-1].test_accuracy == pytest.approx(clf.score(X_test, y_test))
+    assert max(clf.history_[-1].bond_dims) == 16
+
+
+def test_history_records(tiny_problem):
+    X, y = tiny_problem
+    clf = MPSClassifier(max_bond=4, n_sweeps=3, random_state=0).fit(X, y)
+    assert len(clf.history_) == 3
+    rec = clf.history_[-1]
+    assert rec.sweep == 3 and len(rec.bond_dims) == X.shape[1] - 1 and rec.test_accuracy is None
+    assert len(rec.truncation_errors) == 2 * (X.shape[1] - 1)
+    assert rec.max_truncation_error == pytest.approx(max(rec.truncation_errors))
+    assert rec.train_accuracy == pytest.approx(clf.score(X, y))
+    losses = clf.history_.column("loss")
+    assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("dtype,rtol", [("float64", 1e-9), ("float32", 2e-4)])
+def test_mps_contracted_with_sample_equals_decision_function(tiny_problem, dtype, rtol):
+    """The design invariant: (clf.mps_ & embedded_sample) ^ all == clf.decision_function(sample)."""
+    X, y = tiny_problem
+    clf = MPSClassifier(max_bond=5, n_sweeps=1, dtype=dtype, random_state=0).fit(X, y)
+    mps = clf.mps_
+    assert type(mps).__name__ == "MatrixProductState" and mps.L == X.shape[1]
+    Phi = embed(X[:4], "trig", np.float64)
+    for i in range(4):
+        ref = ((mps & product_state(Phi[i])) ^ all).transpose("label").data
+        np.testing.assert_allclose(ref, clf.decision_function(X[i : i + 1])[0], rtol=rtol, atol=rtol * 1e-2)
+    labelled = [t for t in mps if "label" in t.inds]
+    assert len(labelled) == 1 and set(labelled[0].tags) == {"I0"}
+
+
+def test_same_seed_same_model_different_seed_differs(tiny_problem):
+    X, y = tiny_problem
+    a = MPSClassifier(max_bond=4, n_sweeps=1, random_state=3).fit(X, y).decision_function(X)
+    b = MPSClassifier(max_bond=4, n_sweeps=1, random_state=3).fit(X, y).decision_function(X)
+    c = MPSClassifier(max_bond=4, n_sweeps=1, random_state=4).fit(X, y).decision_function(X)
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+def test_sklearn_clone_params_pipeline_and_cross_val(digits):
+    X_train, _, y_train, _ = digits
+    clf = MPSClassifier(max_bond=6, n_sweeps=1, random_state=0)
+    assert clone(clf).get_params() == clf.get_params()
+    clf.set_params(max_bond=5)
+    assert clf.max_bond == 5
+    pipe = make_pipeline(MinMaxScaler(), MPSClassifier(max_bond=6, n_sweeps=1, random_state=0))
+    with pytest.warns(UserWarning):  # MinMaxScaler maps some test pixels outside [0, 1]: clipped
+        scores = cross_val_score(pipe, X_train[:400] * 16, y_train[:400], cv=3)
+    assert scores.shape == (3,) and scores.mean() > 0.4  # chance is 0.1
+
+
+def test_string_labels_and_predict_proba(tiny_problem):
+    X, y = tiny_problem
+    names = np.array(["cat", "dog", "emu"])[y]
+    clf = MPSClassifier(max_bond=4, n_sweeps=2, loss="cross_entropy", n_iter=2, random_state=0).fit(X, names)
+    assert set(clf.predict(X)) <= set(names)
+    proba = clf.predict_proba(X)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    assert not hasattr(MPSClassifier(loss="mse"), "predict_proba")
+
+
+@pytest.mark.parametrize("solver,loss,n_iter", [("cg", "mse", 2), ("gd", "mse", 2), ("gd", "cross_entropy", 1)])
+def test_solvers_learn(tiny_problem, solver, loss, n_iter):
+    X, y = tiny_problem
+    clf = MPSClassifier(max_bond=6, n_sweeps=3, solver=solver, loss=loss, n_iter=n_iter, random_state=0)
+    assert clf.fit(X, y).score(X, y) > 0.6
+
+
+def test_identity_init_and_fixed_step(tiny_problem):
+    X, y = tiny_problem
+    clf = MPSClassifier(max_bond=4, n_sweeps=2, init="identity", random_state=0).fit(X, y)
+    assert max(clf.history_[0].bond_dims) <= 4 and clf.score(X, y) > 0.4
+    fixed = MPSClassifier(max_bond=4, n_sweeps=2, step_size=1e-3, random_state=0).fit(X, y)
+    assert np.all(np.isfinite(fixed.decision_function(X)))
+
+
+def test_warm_start_continues(tiny_problem):
+    X, y = tiny_problem
+    clf = MPSClassifier(max_bond=4, n_sweeps=1, random_state=0, warm_start=True)
+    clf.fit(X, y)
+    clf.fit(X, y)
+    assert [r.sweep for r in clf.history_] == [1, 2]
+
+
+def test_unfitted_model_errors():
+    with pytest.raises(NotFittedError, match="fit"):
+        MPSClassifier().predict(np.zeros((1, 4)))
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"max_bond": 0}, "max_bond"),
+        ({"cutoff": -1.0}, "cutoff"),
+        ({"solver": "adam"}, "solver"),
+        ({"loss": "hinge"}, "loss"),
+        ({"dtype": "float16"}, "dtype"),
+        ({"solver": "cg", "loss": "cross_entropy"}, "cg"),
+        ({"step_size": -1.0}, "step_size"),
+        ({"n_sweeps": 0}, "n_sweeps"),
+        ({"init": "random"}, "init"),
+        ({"feature_map": "nope"}, "feature_map"),
+    ],
+)
+def test_bad_hyperparameters(tiny_problem, kwargs, match):
+    X, y = tiny_problem
+    with pytest.raises(ValueError, match=match):
+        MPSClassifier(**kwargs).fit(X, y)
+
+
+@pytest.mark.parametrize(
+    "X,y,match",
+    [
+        (np.zeros((5, 4)), np.zeros(4), "5 samples but y has 4"),
+        (np.zeros((5, 2, 2)), np.zeros(5), "flatten"),
+        (np.zeros((0, 4)), np.zeros(0), "no samples"),
+        (np.full((2, 4), np.nan), np.array([0, 1]), "NaN"),
+        (np.full((2, 4), 3.0), np.array([0, 1]), "rescale"),
+        (np.zeros((2, 4)), np.array([1, 1]), "single class"),
+        (np.zeros((2, 1)), np.array([0, 1]), "at least 2 features"),
+    ],
+)
+def test_bad_training_data(X, y, match):
+    with pytest.raises(ValueError, match=match):
+        MPSClassifier(max_bond=2, n_sweeps=1).fit(X, y)
+
+
+def test_out_of_domain_values_are_clipped_with_a_warning_at_predict_time(tiny_problem):
+    from tnlearn.embeddings import DataDomainWarning
+
+    X, y = tiny_problem
+    clf = MPSClassifier(max_bond=2, n_sweeps=1, random_state=0).fit(X, y)
+    with pytest.warns(DataDomainWarning, match="clipped"):
+        scores = clf.decision_function(X[:3] * 1.5)
+    np.testing.assert_array_equal(scores, clf.decision_function(np.clip(X[:3] * 1.5, 0, 1)))
+
+
+def test_predict_with_wrong_feature_count(tiny_problem):
+    X, y = tiny_problem
+    clf = MPSClassifier(max_bond=2, n_sweeps=1, random_state=0).fit(X, y)
+    with pytest.raises(ValueError, match="fitted with 10"):
+        clf.predict(X[:, :5])

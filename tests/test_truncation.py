@@ -1,0 +1,73 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tnlearn.truncation import check_truncation_args, truncated_svd
+
+
+def _matrix_with_spectrum(rng, s, m=12, n=15):
+    U, _ = np.linalg.qr(rng.standard_normal((m, len(s))))
+    V, _ = np.linalg.qr(rng.standard_normal((n, len(s))))
+    return (U * s) @ V.T
+
+
+@pytest.mark.parametrize("max_bond", [1, 3, 7])
+def test_max_bond_and_discarded_weight(rng, max_bond):
+    s = np.array([5.0, 3.0, 2.0, 1.0, 0.5, 0.25, 0.1, 0.05])
+    M = _matrix_with_spectrum(rng, s)
+    U, kept, Vh, info = truncated_svd(M, max_bond=max_bond)
+    assert info.kept == len(kept) == max_bond == U.shape[1] == Vh.shape[0]
+    expected = (s[max_bond:] ** 2).sum() / (s**2).sum()
+    assert info.discarded_weight == pytest.approx(expected, rel=1e-10)
+    # the discarded weight is exactly the squared Frobenius error of the truncation
+    err = np.linalg.norm(M - (U * kept) @ Vh) ** 2 / np.linalg.norm(M) ** 2
+    assert err == pytest.approx(expected, rel=1e-8)
+
+
+@pytest.mark.parametrize(
+    "mode,cutoff,k",
+    [("rel", 0.3, 3), ("abs", 0.9, 4), ("rsum2", 0.0101, 4), ("rsum2", 0.002, 5), ("rsum2", 1e-9, 8)],
+)
+def test_cutoff_modes(rng, mode, cutoff, k):
+    s = np.array([5.0, 3.0, 2.0, 1.0, 0.5, 0.25, 0.1, 0.05])
+    _, kept, _, info = truncated_svd(_matrix_with_spectrum(rng, s), cutoff=cutoff, cutoff_mode=mode)
+    assert info.kept == k
+    np.testing.assert_allclose(kept, s[:k], rtol=1e-10)
+
+
+def test_zero_cutoff_keeps_everything(rng):
+    _, _, _, info = truncated_svd(rng.standard_normal((5, 7)), cutoff=0.0)
+    assert info.kept == 5 and info.discarded_weight == 0.0
+
+
+def test_non_finite_block_is_a_clear_error():
+    with pytest.raises(FloatingPointError, match="NaN or inf"):
+        truncated_svd(np.array([[1.0, np.nan]]))
+
+
+@pytest.mark.parametrize(
+    "args,match",
+    [((0, 0.0, "rsum2"), "max_bond"), ((4, -1.0, "rsum2"), "cutoff"), ((4, 0.0, "nope"), "cutoff_mode")],
+)
+def test_bad_truncation_args(args, match):
+    with pytest.raises(ValueError, match=match):
+        check_truncation_args(*args)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    m=st.integers(1, 9),
+    n=st.integers(1, 9),
+    max_bond=st.integers(1, 10),
+    cutoff=st.floats(0, 0.5),
+    seed=st.integers(0, 10**6),
+)
+def test_truncation_invariants(m, n, max_bond, cutoff, seed):
+    M = np.random.default_rng(seed).standard_normal((m, n))
+    U, s, Vh, info = truncated_svd(M, max_bond=max_bond, cutoff=cutoff, cutoff_mode="rsum2")
+    assert 1 <= info.kept <= min(max_bond, m, n)
+    assert info.discarded_weight <= cutoff + 1e-12 or info.kept == max_bond
+    np.testing.assert_allclose(U.T @ U, np.eye(info.kept), atol=1e-10)
+    err = np.linalg.norm(M - (U * s) @ Vh) ** 2 / np.linalg.norm(M) ** 2
+    assert err == pytest.approx(info.discarded_weight, abs=1e-10)

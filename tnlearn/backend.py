@@ -1,0 +1,114 @@
+"""The array backend: the only module that knows numpy from cupy.
+
+A :class:`Backend` is chosen once (``get_backend("numpy")`` or
+``get_backend("cupy")``) and passed down to every numerical routine; nothing
+in tnlearn imports cupy anywhere else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+BACKENDS = ("numpy", "cupy")
+
+
+@dataclass(frozen=True)
+class Backend:
+    """An array module plus the few per-sample kernels the sweep engine needs.
+
+    Attributes
+    ----------
+    name : str
+        ``"numpy"`` or ``"cupy"``.
+    xp : module
+        The array namespace (``numpy`` or ``cupy``).
+    row_outer : callable
+        ``row_outer(a (n, p), b (n, q)) -> (n, p * q)`` per-sample outer product.
+    row_contract : callable
+        ``row_contract(t (n, m, q), r (n, q)) -> (n, m)`` per-sample contraction.
+    """
+
+    name: str
+    xp: Any = field(repr=False)
+    row_outer: Callable = field(repr=False)
+    row_contract: Callable = field(repr=False)
+
+    def asarray(self, x, dtype=None):
+        """Move ``x`` onto this backend (no copy when it is already there)."""
+        return self.xp.asarray(x, dtype=dtype)
+
+    def asnumpy(self, x):
+        """Bring ``x`` back to a host numpy array."""
+        if self.name == "cupy":
+            return self.xp.asnumpy(x)
+        return np.asarray(x)
+
+
+def _numpy_backend() -> Backend:
+    from tnlearn import _kernels
+
+    return Backend("numpy", np, _kernels.row_outer, _kernels.row_contract)
+
+
+def _cupy_backend() -> Backend:
+    try:
+        import cupy as cp
+    except ImportError as exc:  # pragma: no cover - depends on the machine
+        raise RuntimeError(
+            "backend='cupy' needs the cupy package: install it with "
+            "`pip install 'tnlearn[gpu]'` (cupy-cuda12x) on a machine with a CUDA GPU, "
+            "or use backend='numpy'"
+        ) from exc
+    try:
+        n_gpus = cp.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # CUDARuntimeError when there is no driver / device
+        raise RuntimeError(
+            f"backend='cupy' was requested but no CUDA GPU is usable ({exc}); "
+            "use backend='numpy' on this machine"
+        ) from exc
+    if n_gpus < 1:  # pragma: no cover
+        raise RuntimeError("backend='cupy' was requested but no CUDA GPU was found; use backend='numpy'")
+
+    def row_outer(a, b, out=None):
+        n = a.shape[0]
+        res = (a[:, :, None] * b[:, None, :]).reshape(n, -1)
+        if out is None:
+            return res
+        out[...] = res
+        return out
+
+    def row_contract(t, r, out=None):
+        res = cp.einsum("nmq,nq->nm", t, r)
+        if out is None:
+            return res
+        out[...] = res
+        return out
+
+    return Backend("cupy", cp, row_outer, row_contract)
+
+
+def get_backend(name: str | Backend = "numpy") -> Backend:
+    """Return the backend called ``name``.
+
+    Parameters
+    ----------
+    name : {"numpy", "cupy"} or Backend
+        A backend name, or an existing backend (returned unchanged).
+
+    Raises
+    ------
+    ValueError
+        For an unknown name.
+    RuntimeError
+        For ``"cupy"`` on a machine without cupy or without a usable GPU.
+    """
+    if isinstance(name, Backend):
+        return name
+    if name == "numpy":
+        return _numpy_backend()
+    if name == "cupy":
+        return _cupy_backend()
+    raise ValueError(f"backend={name!r} is not known; choose one of {BACKENDS}")

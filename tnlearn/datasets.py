@@ -1,0 +1,506 @@
+"""Image data sets: IDX files, MNIST, Fashion-MNIST and scikit-learn's 8x8 digits.
+
+Loaders return a :class:`Dataset` of float32 images (n, H, W) in [0, 1] and int64
+labels (n,).  No global state; the only side effects are reading files and
+downloading missing MNIST-style files into a cache directory.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import http.client
+import os
+import tempfile
+import urllib.request
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["IDXFormatError", "DatasetUnavailableError", "ChecksumError", "Dataset",
+           "MNIST_FILES", "read_idx", "write_idx", "load_mnist", "load_fashion_mnist",
+           "load_digits", "load_dataset", "avg_pool", "subsample", "train_val_split",
+           "flatten_images"]
+
+
+class IDXFormatError(ValueError):
+    """A file is not a complete, well-formed IDX file."""
+
+
+class DatasetUnavailableError(RuntimeError):
+    """A data set is neither on disk nor downloadable (e.g. offline)."""
+
+
+class ChecksumError(DatasetUnavailableError):
+    """A downloaded file does not have the expected md5 checksum."""
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """A train/test image classification data set.
+
+    Attributes
+    ----------
+    X_train : ndarray, shape (n_train, H, W), float32 in [0, 1]
+    y_train : ndarray, shape (n_train,), int64
+    X_test : ndarray, shape (n_test, H, W), float32 in [0, 1]
+    y_test : ndarray, shape (n_test,), int64
+    name : str, ``"digits"``, ``"mnist"`` or ``"fashion-mnist"``
+    image_shape : tuple of int, ``(H, W)``
+    """
+
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_test: np.ndarray
+    y_test: np.ndarray
+    name: str
+    image_shape: tuple
+
+
+# ----------------------------------------------------------------------------- IDX
+_IDX_TYPES = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_IDX_CODES = {np.dtype(t).newbyteorder("="): c for c, t in _IDX_TYPES.items()}
+_FIX = "re-download it or point --data-dir (data_dir=) at a complete copy"
+
+
+def _bad(path, problem: str) -> IDXFormatError:
+    return IDXFormatError(f"{path}: {problem}; {_FIX}")
+
+
+def read_idx(path) -> np.ndarray:
+    """Read an IDX file (as used by MNIST), gzip-compressed or raw.
+
+    Compression is detected from the gzip magic bytes ``1f 8b``, not the name.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+
+    Returns
+    -------
+    ndarray, shape given by the header, native byte order
+        (uint8, int8, int16, int32, float32 or float64).
+
+    Raises
+    ------
+    IDXFormatError
+        Bad magic or type code, corrupt gzip, truncated data, trailing bytes.
+    """
+    raw = Path(path).read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise _bad(path, f"corrupt or truncated gzip stream ({exc})") from None
+    if len(raw) < 4:
+        raise _bad(path, f"file is {len(raw)} bytes, too short for an IDX header")
+    if raw[0] != 0 or raw[1] != 0:
+        raise _bad(path, f"bad magic {raw[:4].hex()}: an IDX file starts with two zero bytes")
+    code, ndim = raw[2], raw[3]
+    if code not in _IDX_TYPES:
+        raise _bad(path, f"unknown IDX type code 0x{code:02X} (known: "
+                   + ", ".join(f"0x{c:02X}" for c in _IDX_TYPES) + ")")
+    if ndim < 1:
+        raise _bad(path, "header declares 0 dimensions")
+    start = 4 + 4 * ndim
+    if len(raw) < start:
+        raise _bad(path, f"header truncated: {ndim} dimension sizes need {start} bytes, "
+                   f"file has {len(raw)}")
+    shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", ndim, offset=4))
+    dtype = np.dtype(_IDX_TYPES[code])
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    found = len(raw) - start
+    if found != expected:
+        what = ("the file is truncated" if found < expected
+                else f"{found - expected} trailing bytes after the data")
+        raise _bad(path, f"expected {expected} data bytes for shape {shape} "
+                   f"{dtype.newbyteorder('=').name}, found {found}: {what}")
+    data = np.frombuffer(raw, dtype, offset=start).reshape(shape)
+    return data.astype(dtype.newbyteorder("="))
+
+
+def write_idx(path, array, compress=None) -> None:
+    """Write ``array`` as an IDX file.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    array : array_like, ndim >= 1
+        dtype uint8, int8, int16, int32, float32 or float64.
+    compress : bool or None
+        Gzip the file; ``None`` means "if ``path`` ends with ``.gz``".
+    """
+    arr = np.asarray(array)
+    code = _IDX_CODES.get(arr.dtype.newbyteorder("="))
+    if code is None:
+        raise ValueError(f"IDX cannot store dtype {arr.dtype}; use one of "
+                         "uint8, int8, int16, int32, float32, float64")
+    if not 1 <= arr.ndim <= 255 or max(arr.shape) >= 2**32:
+        raise ValueError(f"IDX cannot store an array of shape {arr.shape}")
+    header = bytes([0, 0, code, arr.ndim]) + np.asarray(arr.shape, ">u4").tobytes()
+    payload = header + np.ascontiguousarray(arr, arr.dtype.newbyteorder(">")).tobytes()
+    if compress is None:
+        compress = str(path).endswith(".gz")
+    if compress:
+        payload = gzip.compress(payload, mtime=0)
+    Path(path).write_bytes(payload)
+
+
+# ------------------------------------------------------------- MNIST-style sets
+MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+               "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+MNIST_MD5 = dict(zip(MNIST_FILES, (
+    "f68b3c2dcbeaaa9fbdd348bbdeb94873", "d53e105ee54ea40749a09fcbcd1e9432",
+    "9fb629c4189551a2d022fa330f9573f3", "ec29112dd5afa0611ce80d1b7f02629c")))
+FASHION_MNIST_MD5 = dict(zip(MNIST_FILES, (
+    "8d4fb7e6c68d591d4c3dfef9ec88bf0d", "25c81989df183df01b3e8a0aad5dffbe",
+    "bef4ecab320f06d8554ea6380940ec79", "bb300cfdad3c16e7a12a480ee83cd310")))
+MNIST_MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/",
+                 "https://storage.googleapis.com/cvdf-datasets/mnist/")
+FASHION_MNIST_MIRRORS = ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",)
+FASHION_MNIST_SYSTEM_DIRS = ("/usr/share/datasets/fashion-mnist",)  # Debian dataset-fashion-mnist
+
+
+def _urllib_fetch(url: str, timeout: float = 60.0) -> bytes:
+    """Download ``url`` and return its bytes (default ``fetch``)."""
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return response.read()
+
+
+def _locate(directory: Path):
+    """Paths of the four files in ``directory`` (``.gz`` or not), and the missing names."""
+    found, missing = [], []
+    for name in MNIST_FILES:
+        hit = next((p for p in (directory / name, directory / name[:-3]) if p.is_file()), None)
+        (found if hit else missing).append(hit or name)
+    return found, missing
+
+
+def _assemble(name: str, paths) -> Dataset:
+    """Read and check the four IDX files; images -> float32 in [0, 1]."""
+    arrays = [read_idx(p) for p in paths]
+    for i in (0, 2):
+        (img_path, lab_path), (X, y) = paths[i:i + 2], arrays[i:i + 2]
+        if X.ndim != 3:
+            raise _bad(img_path, f"images must be 3-D (n, H, W), got shape {X.shape}")
+        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+            raise _bad(lab_path, f"labels must be 1-D integers, got {y.dtype} {y.shape}")
+        if len(X) != len(y):
+            raise _bad(lab_path, f"{len(y)} labels but {img_path} holds {len(X)} images")
+    if arrays[0].shape[1:] != arrays[2].shape[1:]:
+        raise _bad(paths[2], f"test image size {arrays[2].shape[1:]} differs from "
+                   f"training image size {arrays[0].shape[1:]}")
+    images = []
+    for p, X in zip(paths[::2], arrays[::2]):
+        lo, hi = (0, 255) if np.issubdtype(X.dtype, np.integer) else (0.0, 1.0)
+        if X.size and (X.min() < lo or X.max() > hi):
+            raise _bad(p, f"pixel values must lie in [{lo}, {hi}] for dtype {X.dtype}")
+        X = X.astype(np.float32)
+        images.append(X / np.float32(255) if hi == 255 else X)
+    return Dataset(images[0], arrays[1].astype(np.int64), images[1],
+                   arrays[3].astype(np.int64), name, tuple(arrays[0].shape[1:]))
+
+
+def _unavailable(title, cache, missing, why) -> DatasetUnavailableError:
+    listing = "\n".join(f"  {f}" for f in MNIST_FILES)
+    return DatasetUnavailableError(
+        f"{title} is not available: {why}.\nPut these four files in {cache} "
+        f"(missing: {', '.join(missing)}):\n{listing}\nor pass data_dir=DIR "
+        "(CLI: --data-dir DIR) naming a directory that holds them "
+        "(uncompressed copies without .gz also work).")
+
+
+def _download(title, cache: Path, missing, md5s, mirrors, fetch) -> None:
+    """Fetch each missing file into ``cache`` via temp file + md5 check + rename."""
+    cache.mkdir(parents=True, exist_ok=True)
+    for fname in missing:
+        errors, bad_sums = [], []
+        for mirror in mirrors:
+            url = mirror + fname
+            try:
+                content = fetch(url)
+            except (OSError, http.client.HTTPException) as exc:
+                errors.append(f"{url}: {exc}")
+                continue
+            fd, tmp = tempfile.mkstemp(dir=cache, prefix=f".{fname}.", suffix=".part")
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(content)
+                got = hashlib.md5(Path(tmp).read_bytes()).hexdigest()
+                if got == md5s[fname]:
+                    os.replace(tmp, cache / fname)
+                    break
+                bad_sums.append(f"{url}: md5 {got}, expected {md5s[fname]}")
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        else:
+            if bad_sums:
+                raise ChecksumError(
+                    f"{title}: downloaded {fname} has the wrong checksum ("
+                    + "; ".join(bad_sums) + "); nothing was saved. Retry later, or put "
+                    f"a verified copy in {cache} or pass data_dir=DIR (--data-dir DIR).")
+            tried = "\n".join(f"    {e}" for e in errors)
+            raise _unavailable(title, cache, missing,
+                               f"downloading {fname} failed from every mirror (offline?):\n{tried}")
+
+
+def _load_mnist_like(name, title, md5s, mirrors, system_dirs, data_dir, cache_dir,
+                     download, fetch) -> Dataset:
+    if data_dir is not None:
+        directory = Path(data_dir).expanduser()
+        paths, missing = _locate(directory)
+        if missing:
+            note = "" if directory.is_dir() else " (the directory does not exist)"
+            raise FileNotFoundError(
+                f"{title}: missing {', '.join(missing)} in {directory}{note}; data_dir "
+                f"must hold the four files {', '.join(MNIST_FILES)} (with or without .gz).")
+        return _assemble(name, paths)
+    if cache_dir is not None:
+        cache = Path(cache_dir).expanduser()
+    elif os.environ.get("TNLEARN_DATA"):
+        cache = Path(os.environ["TNLEARN_DATA"]).expanduser() / name
+    else:
+        cache = Path("~/.cache/tnlearn").expanduser() / name
+    for directory in (cache, *map(Path, system_dirs)):
+        paths, missing = _locate(directory)
+        if not missing:
+            return _assemble(name, paths)
+    _, missing = _locate(cache)
+    if not download:
+        raise _unavailable(title, cache, missing, "it is not cached and download=False")
+    _download(title, cache, missing, md5s, mirrors, fetch or _urllib_fetch)
+    return _assemble(name, _locate(cache)[0])
+
+
+_LOADER_DOC = """Load {title} as a :class:`Dataset` of float32 images (n, 28, 28) in [0, 1].
+
+    Lookup order: ``data_dir`` if given (the four :data:`MNIST_FILES`, ``.gz`` or
+    uncompressed, checked structurally only, so subsets and home-made IDX files
+    work); else the cache directory{system}; else download the missing files from
+    the mirrors into the cache (md5-verified, atomically renamed).
+
+    Parameters
+    ----------
+    data_dir : path, optional
+        Directory holding the four files (missing ones: ``FileNotFoundError``).
+    cache_dir : path, optional
+        Cache directory for this data set.  Default ``$TNLEARN_DATA/{name}`` if
+        the environment variable is set, else ``~/.cache/tnlearn/{name}``.
+    download : bool
+        Download missing files when nothing usable is on disk.
+    fetch : callable ``url -> bytes``, optional
+        Downloader (default: urllib); injectable for tests.
+
+    Returns
+    -------
+    Dataset
+        Full set: X_train (60000, 28, 28), y_train (60000,), X_test (10000, 28, 28).
+
+    Raises
+    ------
+    FileNotFoundError, IDXFormatError, DatasetUnavailableError, ChecksumError
+    """
+
+
+def load_mnist(data_dir=None, cache_dir=None, download=True, fetch=None) -> Dataset:
+    return _load_mnist_like("mnist", "MNIST", MNIST_MD5, MNIST_MIRRORS, (),
+                            data_dir, cache_dir, download, fetch)
+
+
+def load_fashion_mnist(data_dir=None, cache_dir=None, download=True, fetch=None) -> Dataset:
+    return _load_mnist_like("fashion-mnist", "Fashion-MNIST", FASHION_MNIST_MD5,
+                            FASHION_MNIST_MIRRORS, FASHION_MNIST_SYSTEM_DIRS,
+                            data_dir, cache_dir, download, fetch)
+
+
+load_mnist.__doc__ = _LOADER_DOC.format(title="MNIST", name="mnist", system="")
+load_fashion_mnist.__doc__ = _LOADER_DOC.format(
+    title="Fashion-MNIST", name="fashion-mnist",
+    system=", then ``/usr/share/datasets/fashion-mnist`` (Debian package "
+           "``dataset-fashion-mnist``)")
+
+
+def load_digits(test_size=0.25, random_state=0) -> Dataset:
+    """Load scikit-learn's 1797 real 8x8 handwritten digits.
+
+    Returns
+    -------
+    Dataset
+        Images float32 (n, 8, 8) in [0, 1] (pixel / 16), labels int64,
+        split by a stratified ``train_test_split(test_size, random_state)``.
+    """
+    from sklearn.datasets import load_digits as _sk_load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = _sk_load_digits()
+    X = (bunch.images / 16.0).astype(np.float32)
+    y = bunch.target.astype(np.int64)
+    X_tr, X_te, y_tr, y_te = train_test_split(
+        X, y, test_size=test_size, random_state=random_state, stratify=y)
+    return Dataset(X_tr, y_tr, X_te, y_te, "digits", (8, 8))
+
+
+# ------------------------------------------------------------------ transforms
+def avg_pool(images, factor=2) -> np.ndarray:
+    """Average-pool non-overlapping ``factor x factor`` blocks.
+
+    Parameters
+    ----------
+    images : array_like, shape (n, H, W)
+    factor : int >= 1, dividing both H and W
+
+    Returns
+    -------
+    ndarray, shape (n, H // factor, W // factor)
+        Same dtype as ``images`` if floating, else float64.
+    """
+    images = np.asarray(images)
+    if images.ndim != 3:
+        raise ValueError(f"avg_pool expects images of shape (n, H, W), got {images.shape}")
+    factor = int(factor)
+    n, H, W = images.shape
+    if factor < 1 or H % factor or W % factor:
+        raise ValueError(f"cannot pool images of shape {images.shape} by factor {factor}: "
+                         "the factor must be >= 1 and divide both H and W")
+    dtype = images.dtype if np.issubdtype(images.dtype, np.floating) else np.float64
+    out = np.zeros((n, H // factor, W // factor), dtype)
+    for i in range(factor):  # strided sums: much faster than mean over a 5-D view
+        for j in range(factor):
+            out += images[:, i::factor, j::factor]
+    out /= factor * factor
+    return out
+
+
+def _split(X, y, size, random_state, stratify):
+    """``train_test_split`` with ``size`` samples in the first part; stratified when feasible."""
+    from sklearn.model_selection import train_test_split
+
+    y = np.asarray(y)
+    counts = np.unique(y, return_counts=True)[1]
+    rest = len(y) - size
+    ok = stratify and counts.min() >= 2 and min(size, rest) >= len(counts)
+    return train_test_split(X, y, train_size=size, random_state=random_state,
+                            stratify=y if ok else None)
+
+
+def subsample(X, y, n, random_state=0, stratify=True):
+    """Random subset of ``n`` samples (class-stratified when feasible).
+
+    Parameters
+    ----------
+    X : ndarray, shape (N, ...)
+    y : ndarray, shape (N,)
+    n : int, 1 <= n <= N
+
+    Returns
+    -------
+    X_sub : ndarray, shape (n, ...)
+    y_sub : ndarray, shape (n,)
+    """
+    N = len(X)
+    if len(y) != N:
+        raise ValueError(f"X has {N} samples but y has {len(y)}")
+    if not 1 <= n <= N:
+        raise ValueError(f"cannot draw a subset of n={n} from {N} samples")
+    if n == N:
+        perm = np.random.default_rng(random_state).permutation(N)
+        return np.asarray(X)[perm], np.asarray(y)[perm]
+    X_sub, _, y_sub, _ = _split(X, y, n, random_state, stratify)
+    return X_sub, y_sub
+
+
+def train_val_split(X, y, val_fraction=0.1, random_state=0, stratify=True):
+    """Split off a validation set (class-stratified when feasible).
+
+    Parameters
+    ----------
+    X : ndarray, shape (N, ...)
+    y : ndarray, shape (N,)
+    val_fraction : float in (0, 1)
+
+    Returns
+    -------
+    X_train, X_val, y_train, y_val : ndarrays with first dimensions
+        ``N - n_val``, ``n_val``, ``N - n_val``, ``n_val``.
+    """
+    N = len(X)
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}")
+    n_val = int(round(val_fraction * N))
+    if not 1 <= n_val < N:
+        raise ValueError(f"val_fraction={val_fraction} of {N} samples leaves an empty part")
+    return _split(X, y, N - n_val, random_state, stratify)
+
+
+_NAMES = {"digits": "digits", "mnist": "mnist", "fashion-mnist": "fashion-mnist",
+          "fashion_mnist": "fashion-mnist"}
+
+
+def load_dataset(name, data_dir=None, pool=None, n_train=None, random_state=0,
+                 download=True, cache_dir=None) -> Dataset:
+    """Load a data set by name, pool its images and optionally subsample training.
+
+    Parameters
+    ----------
+    name : {"digits", "mnist", "fashion-mnist", "fashion_mnist"}
+    data_dir, cache_dir, download
+        Passed to :func:`load_mnist` / :func:`load_fashion_mnist` (ignored for digits).
+    pool : int, optional
+        Average-pooling factor; default 2 for (fashion-)MNIST (28 -> 14), 1 for digits.
+    n_train : int, optional
+        Size of a stratified random training subset.
+    random_state : int
+        Seed for the subset (and for the digits train/test split).
+
+    Returns
+    -------
+    Dataset
+        Images (n, H // pool, W // pool) float32 in [0, 1], labels int64.
+    """
+    key = _NAMES.get(str(name).lower())
+    if key is None:
+        raise ValueError(f"unknown data set {name!r}; accepted names: {', '.join(_NAMES)}")
+    if key == "digits":
+        ds = load_digits(random_state=random_state)
+    else:
+        loader = load_mnist if key == "mnist" else load_fashion_mnist
+        ds = loader(data_dir=data_dir, cache_dir=cache_dir, download=download)
+    pool = (1 if key == "digits" else 2) if pool is None else int(pool)
+    X_tr, y_tr, X_te = ds.X_train, ds.y_train, ds.X_test
+    if pool != 1:
+        X_tr, X_te = avg_pool(X_tr, pool), avg_pool(X_te, pool)
+    if n_train is not None:
+        X_tr, y_tr = subsample(X_tr, y_tr, n_train, random_state)
+    return Dataset(X_tr, y_tr, X_te, ds.y_test, key, tuple(X_tr.shape[1:]))
+
+
+def flatten_images(images, order="row") -> np.ndarray:
+    """Flatten images to pixel sequences.
+
+    Parameters
+    ----------
+    images : array_like, shape (n, H, W)
+    order : {"row", "column", "zigzag"}
+        ``"row"``: row-major; ``"column"``: column-major; ``"zigzag"``:
+        boustrophedon, even rows left-to-right, odd rows right-to-left.
+
+    Returns
+    -------
+    ndarray, shape (n, H * W)
+    """
+    images = np.asarray(images)
+    if images.ndim != 3:
+        raise ValueError(f"flatten_images expects shape (n, H, W), got {images.shape}")
+    if order == "row":
+        grid = images
+    elif order == "column":
+        grid = images.transpose(0, 2, 1)
+    elif order == "zigzag":
+        grid = images.copy()
+        grid[:, 1::2] = grid[:, 1::2, ::-1]
+    else:
+        raise ValueError(f"unknown order {order!r}; use 'row', 'column' or 'zigzag'")
+    return np.ascontiguousarray(grid).reshape(len(images), -1)

@@ -1,0 +1,164 @@
+"""Per-sample environments: the chain contracted with each sample, left and right of a block.
+
+For a merged block on sites ``(j, j + 1)`` of an ``N``-site chain the model
+output of sample ``n`` is::
+
+    f[n, l] = L_j[n, a] phi_j[n, s] phi_{j+1}[n, t] B[a, s, t, l, b] R_{j+2}[n, b]
+
+where ``L_j`` contracts sites ``0 .. j-1`` with the sample's local vectors and
+``R_{j+2}`` contracts sites ``j+2 .. N-1``.  Environments are stored
+*normalised per sample* with their log norms kept alongside, so chains of any
+length neither underflow nor overflow, in float32 too.
+
+Storage is one array of shape ``(N + 1, n_samples, max_bond)`` indexed by bond
+position ``b`` (bond ``b`` sits between sites ``b - 1`` and ``b``): slot ``b``
+holds the left environment of bond ``b`` while the block is right of it and
+the right environment while the block is left of it.  A two-site sweep only
+ever needs one of the two at each bond, so this halves the memory of the
+textbook two-cache scheme (N * n * m numbers: 0.94 GB for 60,000 samples x
+196 sites x m = 20 in float32).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+_TINY = 1e-300
+
+
+def _normalise_rows(env, xp):
+    """Divide each row by its norm; return the log norms (float64)."""
+    norms = xp.sqrt(xp.einsum("ij,ij->i", env, env, dtype=env.dtype))
+    norms64 = norms.astype(np.float64)
+    safe = xp.where(norms > 0, norms, 1)
+    env /= safe[:, None]
+    return xp.log(xp.maximum(norms64, _TINY))
+
+
+def left_step(env, phi, core, backend, out=None):
+    """Advance left environments through one site.
+
+    Parameters
+    ----------
+    env : array, shape (n, Dl)
+    phi : array, shape (n, d)
+    core : array, shape (Dl, d, Dr)
+    backend : Backend
+    out : array, shape (n, Dr), optional
+
+    Returns
+    -------
+    array, shape (n, Dr)
+        ``sum_{a,s} env[n, a] phi[n, s] core[a, s, :]`` (not normalised).
+    """
+    Dl, d, Dr = core.shape
+    xp = backend.xp
+    return xp.matmul(backend.row_outer(env, phi), core.reshape(Dl * d, Dr), out=out)
+
+
+def right_step(env, phi, core, backend, out=None):
+    """Advance right environments through one site.
+
+    Parameters
+    ----------
+    env : array, shape (n, Dr)
+    phi : array, shape (n, d)
+    core : array, shape (Dl, d, Dr)
+    backend : Backend
+    out : array, shape (n, Dl), optional
+
+    Returns
+    -------
+    array, shape (n, Dl)
+        ``sum_{s,b} core[:, s, b] phi[n, s] env[n, b]`` (not normalised).
+    """
+    Dl, d, Dr = core.shape
+    xp = backend.xp
+    return xp.matmul(backend.row_outer(phi, env), core.reshape(Dl, d * Dr).T, out=out)
+
+
+class EnvironmentCache:
+    """Normalised per-sample environments at every bond of a chain.
+
+    Parameters
+    ----------
+    n_sites : int
+    n_samples : int
+    max_bond : int
+        Largest bond dimension any environment may have.
+    dtype : numpy dtype
+    backend : Backend
+    chunk_size : int
+        Samples processed at a time when environments are advanced.
+
+    Attributes
+    ----------
+    data : array, shape (n_sites + 1, n_samples, max_bond)
+    log_norm : array, shape (n_sites + 1, n_samples), float64
+    dims : list of int
+        Current width of the environment stored at each bond.
+    """
+
+    def __init__(self, n_sites, n_samples, max_bond, dtype, backend, chunk_size=4096):
+        xp = backend.xp
+        self.backend = backend
+        self.n_sites = n_sites
+        self.n_samples = n_samples
+        self.max_bond = max_bond
+        self.chunk_size = chunk_size
+        self.data = xp.zeros((n_sites + 1, n_samples, max_bond), dtype=dtype)
+        self.log_norm = xp.zeros((n_sites + 1, n_samples), dtype=np.float64)
+        self.dims = [0] * (n_sites + 1)
+        for b in (0, n_sites):  # the open boundaries: a bond of dimension one holding 1
+            self.data[b, :, 0] = 1
+            self.dims[b] = 1
+
+    @property
+    def nbytes(self):
+        """Bytes held by the cache."""
+        return int(self.data.nbytes + self.log_norm.nbytes)
+
+    def get(self, b):
+        """Environment at bond ``b``: ``(values (n, D_b), log_norm (n,))``."""
+        return self.data[b, :, : self.dims[b]], self.log_norm[b]
+
+    def _advance(self, src, dst, phi, core, step):
+        """Fill slot ``dst`` from slot ``src`` through one site, chunk by chunk."""
+        xp = self.backend.xp
+        width = core.shape[2] if step is left_step else core.shape[0]
+        if width > self.max_bond:
+            raise ValueError(f"bond dimension {width} exceeds the cache's max_bond={self.max_bond}")
+        env_in, log_in = self.get(src)
+        target = self.data[dst, :, :width]
+        log_out = self.log_norm[dst]
+        for start in range(0, self.n_samples, self.chunk_size):
+            sl = slice(start, start + self.chunk_size)
+            block = step(env_in[sl], phi[sl], core, self.backend)
+            log_out[sl] = log_in[sl] + _normalise_rows(block, xp)
+            target[sl] = block
+        self.dims[dst] = width
+
+    def advance_left(self, site, phi, core):
+        """Left environment of bond ``site + 1`` from that of bond ``site``.
+
+        Parameters
+        ----------
+        site : int
+        phi : array, shape (n_samples, d)
+            Local vectors of ``site``.
+        core : array, shape (Dl, d, Dr)
+            The (left-canonical) tensor of ``site``.
+        """
+        self._advance(site, site + 1, phi, core, left_step)
+
+    def advance_right(self, site, phi, core):
+        """Right environment of bond ``site`` from that of bond ``site + 1``.
+
+        Parameters
+        ----------
+        site : int
+        phi : array, shape (n_samples, d)
+        core : array, shape (Dl, d, Dr)
+            The (right-canonical) tensor of ``site``.
+        """
+        self._advance(site + 1, site, phi, core, right_step)

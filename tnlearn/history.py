@@ -1,0 +1,86 @@
+"""Training records: one :class:`SweepRecord` per full sweep, collected in a :class:`History`."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class SweepRecord:
+    """Diagnostics of one full sweep (left-to-right and back).
+
+    Attributes
+    ----------
+    sweep : int
+        1-based sweep number.
+    loss : float
+        Training loss after the sweep, averaged over samples.
+    train_accuracy : float
+    test_accuracy : float or None
+        Accuracy on the evaluation set, when one was given.
+    max_truncation_error, mean_truncation_error : float
+        Largest and mean relative discarded weight over the sweep's splits.
+    bond_dims : list of int
+        Bond dimensions along the chain after the sweep.
+    seconds : float
+        Wall time of the sweep (evaluation excluded).
+    truncation_errors : list of float
+        Discarded weight of every split, in sweep order.
+    """
+
+    sweep: int
+    loss: float
+    train_accuracy: float
+    test_accuracy: float | None
+    max_truncation_error: float
+    mean_truncation_error: float
+    bond_dims: list
+    seconds: float
+    truncation_errors: list = field(default_factory=list)
+
+
+@dataclass
+class History:
+    """A run's records, with JSON round-trip.
+
+    Attributes
+    ----------
+    records : list of SweepRecord
+    meta : dict
+        Free-form run description (data set, hyperparameters).
+    """
+
+    records: list = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
+
+    def append(self, record: SweepRecord):
+        self.records.append(record)
+
+    def __len__(self):
+        return len(self.records)
+
+    def __getitem__(self, i):
+        return self.records[i]
+
+    def column(self, name):
+        """Values of one field over the sweeps."""
+        return [getattr(r, name) for r in self.records]
+
+    def to_json(self):
+        return {"meta": self.meta, "records": [asdict(r) for r in self.records]}
+
+    @classmethod
+    def from_json(cls, obj):
+        if isinstance(obj, list):  # a bare list of records
+            obj = {"meta": {}, "records": obj}
+        return cls([SweepRecord(**r) for r in obj["records"]], dict(obj.get("meta", {})))
+
+    def save(self, path):
+        with open(path, "w") as fh:
+            json.dump(self.to_json(), fh, indent=1)
+
+    @classmethod
+    def load(cls, path):
+        with open(path) as fh:
+            return cls.from_json(json.load(fh))

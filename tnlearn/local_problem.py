@@ -1,0 +1,166 @@
+"""The local linear problem of a two-site update, as GEMMs over the sample axis.
+
+With the environments of a block fixed, the model output is linear in the
+merged block.  Written as a matrix ``Bm`` of shape ``(Dl * d * d, L * Dr)``::
+
+    f[n, l] = g * s[n] * sum_{i, b} P[n, i] Bm[i, l * Dr + b] R[n, b]
+
+with ``P[n] = L[n] (x) phi_j[n] (x) phi_{j+1}[n]`` (length ``Dl d d``), ``R`` the
+right environment, ``s[n] = exp(logL[n] + logR[n] - c)`` the per-sample scale
+relative to the largest (``c``), and ``g = exp(c + log_norm)`` the global scale.
+All passes work on the *scaled* block ``Bs = g * Bm`` (so numbers stay O(1)
+whatever the chain length) and over chunks of samples, so every product is a
+large matrix multiply and intermediates stay in cache:
+
+* forward:  ``T = P @ Bs`` (one GEMM), then a per-sample contraction with ``R``;
+* gradient: ``G = P.T @ (w (x) R)`` (one GEMM) for per-sample weights ``w``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class LocalProblem:
+    """Outputs of a block as a linear map of the block, over all samples.
+
+    Parameters
+    ----------
+    left : array, shape (n, Dl)
+        Normalised left environments.
+    left_log : array, shape (n,)
+        Their log norms.
+    phi_a, phi_b : array, shape (n, d)
+        Local vectors of the two block sites.
+    right : array, shape (n, Dr)
+    right_log : array, shape (n,)
+    n_labels : int
+    backend : Backend
+    chunk_size : int
+    """
+
+    def __init__(self, left, left_log, phi_a, phi_b, right, right_log, n_labels, backend, chunk_size=4096):
+        xp = backend.xp
+        self.backend = backend
+        self.left, self.phi_a, self.phi_b, self.right = left, phi_a, phi_b, right
+        self.n_samples, self.Dl = left.shape
+        self.Dr = right.shape[1]
+        self.d = phi_a.shape[1]
+        self.n_labels = n_labels
+        self.chunk_size = chunk_size
+        self.dtype = left.dtype
+        log_s = left_log + right_log
+        self.log_shift = xp.max(log_s)  # 0-d, stays on the device
+        self.scale = xp.exp(log_s - self.log_shift).astype(self.dtype)
+        self.shape = (self.Dl * self.d * self.d, n_labels * self.Dr)
+
+    # -- scaling between stored blocks and the well-conditioned working block --------
+    def to_scaled(self, block, log_norm):
+        """Working block ``Bs`` from a stored block and the model's log norm.
+
+        Parameters
+        ----------
+        block : array, shape (Dl, d, d, L, Dr)
+        log_norm : float
+
+        Returns
+        -------
+        array, shape (Dl * d * d, L * Dr)
+        """
+        xp = self.backend.xp
+        factor = xp.exp(self.log_shift + log_norm).astype(self.dtype)
+        return block.reshape(self.shape) * factor
+
+    def from_scaled(self, Bs):
+        """Unit-norm block and its log norm from a working block.
+
+        Returns
+        -------
+        block : array, shape (Dl, d, d, L, Dr), unit Frobenius norm
+        log_norm : 0-d array
+            ``log ||Bs|| - log_shift``.
+        """
+        xp = self.backend.xp
+        nrm = xp.linalg.norm(Bs)
+        block = (Bs / nrm).reshape(self.Dl, self.d, self.d, self.n_labels, self.Dr)
+        return block, xp.log(nrm.astype(np.float64)) - self.log_shift
+
+    # -- passes over the samples --------------------------------------------------
+    def _chunks(self, rows=None):
+        n = self.n_samples if rows is None else min(rows, self.n_samples)
+        for start in range(0, n, self.chunk_size):
+            yield slice(start, min(start + self.chunk_size, n))
+
+    def _projected(self, sl):
+        ro = self.backend.row_outer
+        return ro(ro(self.left[sl], self.phi_a[sl]), self.phi_b[sl])
+
+    def _forward_chunk(self, P, Bs, sl):
+        xp = self.backend.xp
+        T = xp.matmul(P, Bs).reshape(P.shape[0], self.n_labels, self.Dr)
+        return self.backend.row_contract(T, self.right[sl]) * self.scale[sl, None]
+
+    def forward(self, Bs, rows=None):
+        """Outputs of the first ``rows`` samples (all by default).
+
+        Parameters
+        ----------
+        Bs : array, shape (Dl * d * d, L * Dr)
+        rows : int, optional
+
+        Returns
+        -------
+        array, shape (rows, L)
+        """
+        xp = self.backend.xp
+        n = self.n_samples if rows is None else min(rows, self.n_samples)
+        out = xp.empty((n, self.n_labels), dtype=self.dtype)
+        for sl in self._chunks(rows):
+            out[sl] = self._forward_chunk(self._projected(sl), Bs, sl)
+        return out
+
+    def gradient(self, weights):
+        """``A.T @ weights``: the sum over samples of ``w[n, l] * (row n of the map)``.
+
+        Parameters
+        ----------
+        weights : array, shape (n, L)
+
+        Returns
+        -------
+        array, shape (Dl * d * d, L * Dr)
+        """
+        xp = self.backend.xp
+        grad = xp.zeros(self.shape, dtype=self.dtype)
+        for sl in self._chunks():
+            self._accumulate(grad, self._projected(sl), weights[sl], sl)
+        return grad
+
+    def _accumulate(self, grad, P, w, sl):
+        W = self.backend.row_outer(w * self.scale[sl, None], self.right[sl])
+        grad += P.T @ W
+
+    def forward_and_gradient(self, Bs, residual):
+        """One fused pass: outputs, then the gradient of the residual weights.
+
+        Parameters
+        ----------
+        Bs : array, shape (Dl * d * d, L * Dr)
+        residual : callable
+            ``residual(f_chunk (c, L), sl) -> w_chunk (c, L)``: the per-sample
+            weights (e.g. ``y - f`` for the squared loss) of the chunk ``sl``.
+
+        Returns
+        -------
+        f : array, shape (n, L)
+        grad : array, shape (Dl * d * d, L * Dr)
+            ``sum_n w[n, l] * row_n``, the descent direction for ``Bs``.
+        """
+        xp = self.backend.xp
+        f = xp.empty((self.n_samples, self.n_labels), dtype=self.dtype)
+        grad = xp.zeros(self.shape, dtype=self.dtype)
+        for sl in self._chunks():
+            P = self._projected(sl)
+            f[sl] = self._forward_chunk(P, Bs, sl)
+            self._accumulate(grad, P, residual(f[sl], sl), sl)
+        return f, grad

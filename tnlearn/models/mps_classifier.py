@@ -1,0 +1,346 @@
+"""``MPSClassifier``: a scikit-learn estimator trained by two-site DMRG sweeps."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.metaestimators import available_if
+from sklearn.utils.multiclass import check_classification_targets
+
+from tnlearn.backend import get_backend
+from tnlearn.embeddings import embed, get_feature_map
+from tnlearn.history import History, SweepRecord
+from tnlearn.solvers import LOSSES, SOLVERS, SolverOptions, softmax
+from tnlearn.stages.mps import MPSHead, init_cores, pca_init_cores
+from tnlearn.sweeps import SweepOptions, build_environments, center_outputs, full_sweep, training_loss
+from tnlearn.truncation import check_truncation_args
+
+_DTYPES = ("float32", "float64")
+_INITS = ("pca", "identity")
+
+
+class MPSClassifier(ClassifierMixin, BaseEstimator):
+    """Matrix-product-state classifier (Stoudenmire & Schwab 2016) trained by DMRG sweeps.
+
+    Each feature ``x_j`` (e.g. a pixel, in ``[0, 1]``) is embedded by a local
+    feature map into ``phi(x_j)`` of dimension ``d``; the model is
+    ``f^l(x) = W^l . phi(x_1) (x) ... (x) phi(x_N)`` with ``W`` an MPS whose label
+    index ``l`` moves along the chain during a sweep.  Every sweep visits each
+    bond twice (left to right and back): it merges the two neighbouring cores,
+    updates the block from cached per-sample environments, and splits it by
+    truncated SVD, which chooses the bond dimension.
+
+    Parameters
+    ----------
+    max_bond : int, default=16
+        Largest bond dimension ``m`` kept by the SVD splits.
+    cutoff : float, default=1e-10
+        SVD truncation threshold (see ``cutoff_mode``).
+    cutoff_mode : {"rsum2", "rel", "abs"}, default="rsum2"
+        ``"rsum2"`` discards singular values whose squared sum is at most
+        ``cutoff`` of the total (the truncation error), as in quimb.
+    n_sweeps : int, default=4
+        Full sweeps (right and back) per call to :meth:`fit`.
+    solver : {"gd", "cg"}, default="gd"
+        Local update: gradient steps (the paper) or conjugate gradient on the
+        local squared loss.
+    n_iter : int, default=1
+        Gradient steps or CG iterations per bond.
+    step_size : "auto" or float, default="auto"
+        ``"auto"`` takes the curvature-optimal step along the gradient (scale
+        free); a float is the paper's fixed learning rate.
+    loss : {"mse", "cross_entropy"}, default="mse"
+    feature_map : str, FeatureMap or callable, default="trig"
+        See :mod:`tnlearn.embeddings`.
+    dtype : {"float32", "float64"}, default="float32"
+    init : {"pca", "identity"}, default="pca"
+        ``"pca"`` builds the initial sites from the training data's principal
+        subspaces (see :func:`tnlearn.stages.mps.pca_init_cores`), at bond
+        dimension ``max_bond``; ``"identity"`` starts data-free from near-identity
+        sites of bond dimension ``init_bond``, grown by the sweeps.
+    init_bond : int, default=2
+        Initial bond dimension for ``init="identity"``.
+    line_search_samples : int or None, default=8192
+        Samples used to estimate the step for ``step_size="auto"`` (None: all).
+    chunk_size : int, default=4096
+        Samples per matrix product (bounds temporary memory).
+    backend : {"numpy", "cupy"}, default="numpy"
+    random_state : int, Generator or None, default=None
+    warm_start : bool, default=False
+        Continue from the fitted network instead of starting anew.
+    verbose : int, default=0
+        1 prints a line per sweep; 2 also shows a progress bar over bonds.
+
+    Attributes
+    ----------
+    mps_ : quimb.tensor.MatrixProductState
+        The trained network (see :attr:`mps_`); site tags ``"I{i}"``, physical
+        indices ``"k{i}"``, the label index ``"label"`` on the centre site.
+    classes_ : ndarray, shape (n_classes,)
+    n_features_in_ : int
+    history_ : History
+        One :class:`~tnlearn.history.SweepRecord` per sweep.
+    head_ : MPSHead
+        The network as the engine holds it (backend arrays).
+    """
+
+    def __init__(
+        self,
+        max_bond=16,
+        cutoff=1e-10,
+        cutoff_mode="rsum2",
+        n_sweeps=4,
+        solver="gd",
+        n_iter=1,
+        step_size="auto",
+        loss="mse",
+        feature_map="trig",
+        dtype="float32",
+        init="pca",
+        init_bond=2,
+        line_search_samples=8192,
+        chunk_size=4096,
+        backend="numpy",
+        random_state=None,
+        warm_start=False,
+        verbose=0,
+    ):
+        self.max_bond = max_bond
+        self.cutoff = cutoff
+        self.cutoff_mode = cutoff_mode
+        self.n_sweeps = n_sweeps
+        self.solver = solver
+        self.n_iter = n_iter
+        self.step_size = step_size
+        self.loss = loss
+        self.feature_map = feature_map
+        self.dtype = dtype
+        self.init = init
+        self.init_bond = init_bond
+        self.line_search_samples = line_search_samples
+        self.chunk_size = chunk_size
+        self.backend = backend
+        self.random_state = random_state
+        self.warm_start = warm_start
+        self.verbose = verbose
+
+    # -- validation ---------------------------------------------------------------
+    def _check_params(self):
+        check_truncation_args(self.max_bond, self.cutoff, self.cutoff_mode)
+        if self.solver not in SOLVERS:
+            raise ValueError(f"solver={self.solver!r} is not known; choose one of {SOLVERS}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss={self.loss!r} is not known; choose one of {LOSSES}")
+        if self.solver == "cg" and self.loss != "mse":
+            raise ValueError("solver='cg' minimises the squared loss: use loss='mse', or solver='gd'")
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"dtype={self.dtype!r} is not supported; choose one of {_DTYPES}")
+        for name in ("n_sweeps", "n_iter", "init_bond", "chunk_size"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name}={value!r} must be an integer >= 1")
+        if not (self.step_size == "auto" or (isinstance(self.step_size, (int, float)) and self.step_size > 0)):
+            raise ValueError(f"step_size={self.step_size!r} must be 'auto' or a positive number")
+        if self.init not in _INITS:
+            raise ValueError(f"init={self.init!r} is not known; choose one of {_INITS}")
+        get_feature_map(self.feature_map)
+
+    def _check_X(self, X, fitting):
+        X = np.asarray(X)
+        if X.dtype == object or not np.issubdtype(X.dtype, np.number):
+            raise TypeError(f"X must be numeric, got dtype {X.dtype}")
+        if X.ndim != 2:
+            hint = " (flatten images first: X.reshape(len(X), -1))" if X.ndim == 3 else ""
+            raise ValueError(f"X must be 2-D with shape (n_samples, n_features), got shape {X.shape}{hint}")
+        if X.shape[0] == 0:
+            raise ValueError("X has no samples (shape {}); pass at least one".format(X.shape))
+        if fitting and X.shape[1] < 2:
+            raise ValueError(f"an MPS needs at least 2 features (sites); X has {X.shape[1]}")
+        if not fitting and X.shape[1] != self.n_features_in_:
+            raise ValueError(
+                f"X has {X.shape[1]} features but the model was fitted with {self.n_features_in_}; "
+                "use the same image size and pooling as in training"
+            )
+        return X
+
+    def _embed(self, X, backend, out_of_domain="raise"):
+        Phi = embed(X, self.feature_map, dtype=np.dtype(self.dtype), out_of_domain=out_of_domain)
+        return backend.asarray(np.ascontiguousarray(Phi.transpose(1, 0, 2)))
+
+    # -- fitting ------------------------------------------------------------------
+    def fit(self, X, y, eval_set=None):
+        """Train by DMRG sweeps.
+
+        Parameters
+        ----------
+        X : array-like, shape (n_samples, n_features)
+            Features in the feature map's domain (``[0, 1]`` for ``"trig"``);
+            values outside it are an error here, while at prediction time they
+            are clipped into the domain with a ``DataDomainWarning``.
+        y : array-like, shape (n_samples,)
+            Class labels.
+        eval_set : tuple (X_test, y_test), optional
+            Scored after every sweep; its accuracy goes into ``history_``.
+
+        Returns
+        -------
+        self
+        """
+        self._check_params()
+        X = self._check_X(X, fitting=True)
+        y = np.asarray(y)
+        if y.ndim != 1:
+            raise ValueError(f"y must be 1-D with shape (n_samples,), got shape {y.shape}")
+        if len(y) != len(X):
+            raise ValueError(f"X has {len(X)} samples but y has {len(y)}; they must match")
+        check_classification_targets(y)
+        continuing = self.warm_start and hasattr(self, "head_")
+        if continuing:
+            if X.shape[1] != self.n_features_in_:
+                raise ValueError(f"warm_start: X has {X.shape[1]} features, the model {self.n_features_in_}")
+            unknown = np.setdiff1d(np.unique(y), self.classes_)
+            if unknown.size:
+                raise ValueError(f"warm_start: y has classes {unknown.tolist()} unseen in the first fit")
+            classes = self.classes_
+        else:
+            classes = np.unique(y)
+            if len(classes) < 2:
+                raise ValueError(f"y has a single class ({classes[0]!r}); a classifier needs at least 2")
+        y_idx = np.searchsorted(classes, y)
+        rng = np.random.default_rng(self.random_state)
+        backend = get_backend(self.backend)
+        dtype = np.dtype(self.dtype)
+
+        # shuffle once: the line search uses the first rows as a random subset
+        order = rng.permutation(len(X))
+        phi_sites = self._embed(X[order], backend)
+        onehot = np.zeros((len(X), len(classes)), dtype=dtype)
+        onehot[np.arange(len(X)), y_idx[order]] = 1
+        Y = backend.asarray(onehot)
+
+        if continuing:
+            head = self.head_
+            if head.center != 0:
+                raise RuntimeError("warm_start needs the label on site 0 (a finished sweep)")
+        elif self.init == "pca":
+            cores, log_norm = pca_init_cores(phi_sites, len(classes), self.max_bond, rng, backend, self.chunk_size)
+            head = MPSHead(cores, 0, log_norm, backend)
+        else:
+            fmap = get_feature_map(self.feature_map)
+            cores, log_norm = init_cores(
+                X.shape[1], fmap.dim, len(classes), min(self.init_bond, self.max_bond), rng, dtype
+            )
+            head = MPSHead(cores, 0, log_norm, backend)
+        if not continuing:
+            self.classes_ = classes
+            self.n_features_in_ = X.shape[1]
+            self.history_ = History()
+        self.head_ = head
+
+        opts = SweepOptions(
+            max_bond=self.max_bond,
+            cutoff=self.cutoff,
+            cutoff_mode=self.cutoff_mode,
+            solver=SolverOptions(self.solver, self.loss, self.n_iter, self.step_size, self.line_search_samples),
+            chunk_size=self.chunk_size,
+        )
+        envs = build_environments(head, phi_sites, opts)
+        eval_data = None
+        if eval_set is not None:
+            X_eval = self._check_X(eval_set[0], fitting=False)
+            eval_data = (self._embed(X_eval, backend, "clip"), np.asarray(eval_set[1]))
+        for _ in range(self.n_sweeps):
+            self._run_one_sweep(head, envs, phi_sites, Y, y_idx[order], opts, eval_data, backend)
+        return self
+
+    def _run_one_sweep(self, head, envs, phi_sites, Y, y_idx, opts, eval_data, backend):
+        xp = backend.xp
+        bar = None
+        if self.verbose >= 2:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=2 * (head.n_sites - 1), desc=f"sweep {len(self.history_) + 1}", leave=False)
+        t0 = time.perf_counter()
+        try:
+            infos = full_sweep(head, envs, phi_sites, Y, opts, on_bond=(lambda _: bar.update()) if bar else None)
+        finally:
+            if bar is not None:
+                bar.close()
+        f = center_outputs(head, envs, phi_sites, opts.chunk_size)
+        seconds = time.perf_counter() - t0
+        loss = training_loss(f, Y, self.loss, xp)
+        train_acc = float(np.mean(backend.asnumpy(xp.argmax(f, axis=1)) == y_idx))
+        test_acc = None
+        if eval_data is not None:
+            scores = head.decision_function(eval_data[0], opts.chunk_size)
+            test_acc = float(np.mean(self.classes_[np.argmax(scores, axis=1)] == eval_data[1]))
+        errors = [i.discarded_weight for i in infos]
+        record = SweepRecord(
+            sweep=len(self.history_) + 1,
+            loss=loss,
+            train_accuracy=train_acc,
+            test_accuracy=test_acc,
+            max_truncation_error=float(max(errors)),
+            mean_truncation_error=float(np.mean(errors)),
+            bond_dims=head.bond_dims,
+            seconds=seconds,
+            truncation_errors=errors,
+        )
+        self.history_.append(record)
+        if self.verbose:
+            test = "" if test_acc is None else f"  test acc {test_acc:.4f}"
+            print(
+                f"sweep {record.sweep:3d}  loss {loss:.5f}  train acc {train_acc:.4f}{test}  "
+                f"max bond {max(record.bond_dims)}  max trunc err {record.max_truncation_error:.2e}  "
+                f"{seconds:.2f} s",
+                flush=True,
+            )
+
+    # -- prediction ---------------------------------------------------------------
+    def _check_fitted(self):
+        if not hasattr(self, "head_"):
+            from sklearn.exceptions import NotFittedError
+
+            raise NotFittedError(
+                "this MPSClassifier is not fitted yet: call fit(X, y) first, or load a saved model "
+                "with tnlearn.io.load_model"
+            )
+
+    def decision_function(self, X):
+        """Raw model outputs ``f^l(x)``.
+
+        Parameters
+        ----------
+        X : array-like, shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray, shape (n_samples, n_classes), float64
+        """
+        self._check_fitted()
+        X = self._check_X(X, fitting=False)
+        backend = self.head_.backend
+        return self.head_.decision_function(self._embed(X, backend, "clip"), self.chunk_size)
+
+    def predict(self, X):
+        """Class with the largest output, shape (n_samples,)."""
+        self._check_fitted()
+        return self.classes_[np.argmax(self.decision_function(X), axis=1)]
+
+    def _is_cross_entropy(self):
+        return self.loss == "cross_entropy"
+
+    @available_if(_is_cross_entropy)
+    def predict_proba(self, X):
+        """Softmax of the outputs (models trained with ``loss="cross_entropy"``), shape (n_samples, n_classes)."""
+        return softmax(self.decision_function(X), np)
+
+    @property
+    def mps_(self):
+        """The trained network as a quimb ``MatrixProductState`` (a fresh host copy)."""
+        self._check_fitted()
+        from tnlearn.networks import head_to_quimb
+
+        return head_to_quimb(self.head_)

@@ -1,0 +1,281 @@
+"""The MPS classifier head: an open chain of site tensors with one label index.
+
+Cores are plain arrays on the chosen backend.  Site ``i`` has shape
+``(D_i, d, D_{i+1})`` (boundary dimensions ``D_0 = D_N = 1``), except the
+*centre* site, which also carries the label index: shape ``(D_c, d, L, D_{c+1})``.
+Sites left of the centre are left-canonical, sites right of it
+right-canonical, and the centre has unit Frobenius norm; the network's overall
+scale is kept separately as ``log_norm`` so that long chains never overflow.
+The represented function is::
+
+    f[l](x) = exp(log_norm) * contraction(cores, phi(x_0), ..., phi(x_{N-1}))[l]
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tnlearn.environments import _normalise_rows, left_step, right_step
+from tnlearn.truncation import truncated_svd
+
+
+def init_cores(n_sites, phys_dim, n_labels, bond_dim, rng, dtype=np.float32, noise=1e-2):
+    """Data-free initial cores: near-identity bond maps plus noise, right-canonical, label on site 0.
+
+    Every site starts as ``A[a, s, b] = delta_ab / sqrt(d) + noise``, so an input
+    passes along the chain without being annihilated whatever its pixels
+    (random tensors would make the initial environments exponentially small
+    and nearly random); the noise breaks the symmetry between bond channels.
+    :func:`pca_init_cores` starts much closer to a good model.
+
+    Parameters
+    ----------
+    n_sites, phys_dim, n_labels, bond_dim : int
+    rng : numpy.random.Generator
+    dtype : numpy dtype
+    noise : float
+
+    Returns
+    -------
+    cores : list of ndarray
+        ``cores[0]`` has shape ``(1, d, L, D_1)``, the others ``(D_i, d, D_{i+1})``.
+    log_norm : float
+    """
+    dims = [1] + [min(bond_dim, phys_dim ** min(i, n_sites - i)) for i in range(1, n_sites)] + [1]
+    cores = []
+    for i in range(n_sites):
+        Dl, Dr = dims[i], dims[i + 1]
+        core = np.zeros((Dl, phys_dim, Dr))
+        for s in range(phys_dim):
+            core[:, s, :] = np.eye(Dl, Dr) / np.sqrt(phys_dim)
+        core += noise * rng.standard_normal(core.shape)
+        cores.append(core)
+    label = 1.0 + noise * rng.standard_normal(n_labels)
+    cores[0] = np.einsum("asb,l->aslb", cores[0], label)
+    cores, log_norm = right_canonicalize(cores)
+    return [c.astype(dtype) for c in cores], log_norm
+
+
+def pca_init_cores(phi_sites, n_labels, bond_dim, rng, backend, chunk_size=4096):
+    """Data-driven initial cores: each right site keeps the principal subspace of the data.
+
+    Sweeping from the right end, site ``j`` is the isometry onto the ``bond_dim``
+    leading eigenvectors of the sample "density matrix"
+    ``rho_j = sum_n (phi_j[n] (x) R_{j+1}[n]) (phi_j[n] (x) R_{j+1}[n])^T`` of the
+    normalised right environments, the truncation that keeps the most of the
+    training set's weight (DMRG's density-matrix truncation applied to the data,
+    as in Stoudenmire 2018).  Environments then start out informative, so
+    the first sweep only has to learn the label map; random tensors would give
+    exponentially small, nearly random environments, and near-identity tensors
+    environments of rank one.  The label site 0 starts as a random unit tensor.
+
+    Parameters
+    ----------
+    phi_sites : array, shape (N, n_samples, d)
+        Embedded training samples on ``backend``.
+    n_labels, bond_dim : int
+    rng : numpy.random.Generator
+    backend : Backend
+    chunk_size : int
+
+    Returns
+    -------
+    cores : list of arrays (backend)
+        ``cores[0]`` has shape ``(1, d, L, D_1)``; the others are right-canonical.
+    log_norm : float
+        Always 0.
+    """
+    xp = backend.xp
+    n_sites, n, d = phi_sites.shape
+    dtype = phi_sites.dtype
+    right = xp.ones((n, 1), dtype=dtype)
+    cores = [None] * n_sites
+    for j in range(n_sites - 1, 0, -1):
+        width = d * right.shape[1]
+        rho = xp.zeros((width, width), dtype=np.float64)
+        for start in range(0, n, chunk_size):
+            M = backend.row_outer(phi_sites[j, start : start + chunk_size], right[start : start + chunk_size])
+            rho += (M.T @ M).astype(np.float64)
+        evals, evecs = np.linalg.eigh(backend.asnumpy(rho))
+        k = min(bond_dim, width)
+        V = evecs[:, ::-1][:, :k].astype(dtype)  # leading eigenvectors, shape (d * D_{j+1}, k)
+        cores[j] = backend.asarray(np.ascontiguousarray(V.T).reshape(k, d, right.shape[1]))
+        Vb = backend.asarray(V)
+        new_right = xp.empty((n, k), dtype=dtype)
+        for start in range(0, n, chunk_size):
+            sl = slice(start, start + chunk_size)
+            new_right[sl] = backend.row_outer(phi_sites[j, sl], right[sl]) @ Vb
+        _normalise_rows(new_right, xp)
+        right = new_right
+    label = rng.standard_normal((1, d, n_labels, right.shape[1]))
+    cores[0] = backend.asarray((label / np.linalg.norm(label)).astype(dtype))
+    return cores, 0.0
+
+
+def right_canonicalize(cores):
+    """Make sites ``1 .. N-1`` right-canonical by LQ sweeps; the norm goes to ``log_norm``.
+
+    Parameters
+    ----------
+    cores : list of ndarray (host)
+        Label on site 0.
+
+    Returns
+    -------
+    cores : list of ndarray
+    log_norm : float
+    """
+    cores = list(cores)
+    for i in range(len(cores) - 1, 0, -1):
+        Dl, d, Dr = cores[i].shape
+        q, r = np.linalg.qr(cores[i].reshape(Dl, d * Dr).T)  # core = r.T @ q.T
+        k = q.shape[1]
+        cores[i] = q.T.reshape(k, d, Dr)
+        prev = cores[i - 1]
+        cores[i - 1] = np.tensordot(prev, r.T, axes=([prev.ndim - 1], [0]))
+    nrm = np.linalg.norm(cores[0])
+    cores[0] = cores[0] / nrm
+    return cores, float(np.log(nrm))
+
+
+class MPSHead:
+    """An MPS with a label index, in mixed canonical form, on a backend.
+
+    Parameters
+    ----------
+    cores : list of arrays
+        Site tensors as described in the module docstring.
+    center : int
+        Site carrying the label index.
+    log_norm : float
+    backend : Backend
+    """
+
+    def __init__(self, cores, center, log_norm, backend):
+        self.backend = backend
+        self.cores = [backend.asarray(c) for c in cores]
+        self.center = int(center)
+        self.log_norm = float(log_norm)
+        self._check()
+
+    def _check(self):
+        for i, c in enumerate(self.cores):
+            want = 4 if i == self.center else 3
+            if c.ndim != want:
+                raise ValueError(f"site {i} has {c.ndim} axes, expected {want} (centre is site {self.center})")
+
+    @property
+    def n_sites(self):
+        return len(self.cores)
+
+    @property
+    def n_labels(self):
+        return self.cores[self.center].shape[2]
+
+    @property
+    def phys_dim(self):
+        return self.cores[0].shape[1]
+
+    @property
+    def bond_dims(self):
+        """Dimensions of the ``N - 1`` internal bonds, left to right."""
+        return [int(c.shape[-1]) for c in self.cores[:-1]]
+
+    @property
+    def n_params(self):
+        return int(sum(c.size for c in self.cores))
+
+    # -- two-site moves -----------------------------------------------------------
+    def merge(self, j):
+        """Merged block of sites ``(j, j+1)``, shape ``(Dl, d, d, L, Dr)``.
+
+        The centre must be ``j`` or ``j + 1``.
+        """
+        xp = self.backend.xp
+        a, b = self.cores[j], self.cores[j + 1]
+        if self.center == j:  # (Dl, s, l, m) x (m, t, Dr)
+            return xp.einsum("aslm,mtb->astlb", a, b)
+        if self.center == j + 1:  # (Dl, s, m) x (m, t, l, Dr)
+            return xp.einsum("asm,mtlb->astlb", a, b)
+        raise ValueError(f"cannot merge sites ({j}, {j + 1}): the label is on site {self.center}")
+
+    def split(self, j, block, log_norm, direction, max_bond, cutoff, cutoff_mode):
+        """Split a merged block by truncated SVD and move the centre.
+
+        Parameters
+        ----------
+        j : int
+        block : array, shape (Dl, d, d, L, Dr)
+        log_norm : float
+            Log norm of the whole network with this block.
+        direction : {"right", "left"}
+            ``"right"``: site ``j`` becomes left-canonical (``U``), the label and
+            ``S V`` go to site ``j + 1``; ``"left"``: the reverse.
+        max_bond, cutoff, cutoff_mode
+            As :func:`tnlearn.truncation.truncated_svd`.
+
+        Returns
+        -------
+        TruncationInfo
+        """
+        be = self.backend
+        Dl, d, d2, L, Dr = block.shape
+        host = be.asnumpy(block)
+        if direction == "right":
+            U, s, Vh, info = truncated_svd(host.reshape(Dl * d, d2 * L * Dr), max_bond, cutoff, cutoff_mode)
+            k = len(s)
+            right = s[:, None] * Vh
+            nrm = np.linalg.norm(right)
+            self.cores[j] = be.asarray(U.reshape(Dl, d, k))
+            self.cores[j + 1] = be.asarray((right / nrm).reshape(k, d2, L, Dr))
+            self.center = j + 1
+        else:
+            mat = host.transpose(0, 1, 3, 2, 4).reshape(Dl * d * L, d2 * Dr)
+            U, s, Vh, info = truncated_svd(mat, max_bond, cutoff, cutoff_mode)
+            k = len(s)
+            left = U * s[None, :]
+            nrm = np.linalg.norm(left)
+            self.cores[j] = be.asarray((left / nrm).reshape(Dl, d, L, k))
+            self.cores[j + 1] = be.asarray(Vh.reshape(k, d2, Dr))
+            self.center = j
+        self.log_norm = float(log_norm) + float(np.log(nrm))
+        return info
+
+    # -- prediction -----------------------------------------------------------------
+    def decision_function(self, phi_sites, chunk_size=4096):
+        """Model outputs by contracting the chain with each sample's product state.
+
+        Parameters
+        ----------
+        phi_sites : array, shape (n_sites, n_samples, d)
+            Embedded samples, site-major, on this head's backend.
+        chunk_size : int
+
+        Returns
+        -------
+        ndarray, shape (n_samples, L), float64 (host)
+        """
+        be = self.backend
+        xp = be.xp
+        n = phi_sites.shape[1]
+        out = np.empty((n, self.n_labels))
+        c = self.center
+        for start in range(0, n, chunk_size):
+            sl = slice(start, start + chunk_size)
+            m = phi_sites[0, sl].shape[0]
+            left = xp.ones((m, 1), dtype=phi_sites.dtype)
+            log_s = xp.zeros(m, dtype=np.float64)
+            for i in range(c):
+                left = left_step(left, phi_sites[i, sl], self.cores[i], be)
+                log_s = log_s + _normalise_rows(left, xp)
+            right = xp.ones((m, 1), dtype=phi_sites.dtype)
+            for i in range(self.n_sites - 1, c, -1):
+                right = right_step(right, phi_sites[i, sl], self.cores[i], be)
+                log_s = log_s + _normalise_rows(right, xp)
+            core = self.cores[c]
+            Dl, d, L, Dr = core.shape
+            T = xp.matmul(be.row_outer(left, phi_sites[c, sl]), core.reshape(Dl * d, L * Dr))
+            f = be.row_contract(T.reshape(m, L, Dr), right).astype(np.float64)
+            f *= xp.exp(log_s + self.log_norm)[:, None]
+            out[sl] = be.asnumpy(f)
+        return out

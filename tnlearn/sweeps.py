@@ -1,0 +1,159 @@
+"""The two-site DMRG sweeper: merge -> local update -> truncated split -> move.
+
+The sweeper drives a stage (here :class:`~tnlearn.stages.mps.MPSHead`) over a
+data set held as site-major local vectors ``phi_sites`` (shape
+``(N, n_samples, d)``) and one-hot targets ``y`` (shape ``(n_samples, L)``), all
+on one backend.  It never loops over samples in Python: every sample-dependent
+step is a chunked matrix product inside
+:class:`~tnlearn.local_problem.LocalProblem` and
+:class:`~tnlearn.environments.EnvironmentCache`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tnlearn.environments import EnvironmentCache
+from tnlearn.local_problem import LocalProblem
+from tnlearn.solvers import SolverOptions, loss_value, solve_local
+
+
+@dataclass(frozen=True)
+class SweepOptions:
+    """Truncation and solver settings of a sweep.
+
+    Attributes
+    ----------
+    max_bond : int
+    cutoff : float
+    cutoff_mode : str
+    solver : SolverOptions
+    chunk_size : int
+        Samples per chunk in every pass (bounds the temporaries).
+    """
+
+    max_bond: int
+    cutoff: float = 1e-10
+    cutoff_mode: str = "rsum2"
+    solver: SolverOptions = field(default_factory=SolverOptions)
+    chunk_size: int = 4096
+
+
+@dataclass
+class BondInfo:
+    """Result of one bond update: where, which way, what the split discarded."""
+
+    bond: int
+    direction: str
+    kept: int
+    discarded_weight: float
+
+
+def build_environments(head, phi_sites, opts):
+    """Environment cache for a head whose centre is at one end of the chain.
+
+    With the centre at site 0 the right environments of bonds ``1 .. N`` are
+    built; with it at site ``N - 1`` the left environments of bonds ``0 .. N-1``.
+    """
+    n_sites, n_samples, _ = phi_sites.shape
+    width = max(opts.max_bond, max(head.bond_dims))
+    envs = EnvironmentCache(n_sites, n_samples, width, phi_sites.dtype, head.backend, opts.chunk_size)
+    if head.center == 0:
+        for i in range(n_sites - 1, 0, -1):
+            envs.advance_right(i, phi_sites[i], head.cores[i])
+    elif head.center == n_sites - 1:
+        for i in range(0, n_sites - 1):
+            envs.advance_left(i, phi_sites[i], head.cores[i])
+    else:
+        raise ValueError(f"environments are built from a chain end; the label is on site {head.center}")
+    return envs
+
+
+def half_sweep(head, envs, phi_sites, y, direction, opts, on_bond=None):
+    """Update every bond once, moving the label across the whole chain.
+
+    Parameters
+    ----------
+    head : MPSHead
+        Centre at site 0 for ``direction="right"``, at site ``N - 1`` for ``"left"``.
+    envs : EnvironmentCache
+    phi_sites : array, shape (N, n_samples, d)
+    y : array, shape (n_samples, L)
+    direction : {"right", "left"}
+    opts : SweepOptions
+    on_bond : callable, optional
+        Called with a :class:`BondInfo` after every bond.
+
+    Returns
+    -------
+    list of BondInfo
+    """
+    n_sites = head.n_sites
+    bonds = range(n_sites - 1) if direction == "right" else range(n_sites - 2, -1, -1)
+    infos = []
+    for j in bonds:
+        left, left_log = envs.get(j)
+        right, right_log = envs.get(j + 2)
+        problem = LocalProblem(
+            left, left_log, phi_sites[j], phi_sites[j + 1], right, right_log,
+            head.n_labels, head.backend, opts.chunk_size,
+        )
+        Bs = problem.to_scaled(head.merge(j), head.log_norm)
+        Bs, _ = solve_local(problem, Bs, y, opts.solver)
+        block, log_norm = problem.from_scaled(Bs)
+        tinfo = head.split(j, block, log_norm, direction, opts.max_bond, opts.cutoff, opts.cutoff_mode)
+        if direction == "right":
+            envs.advance_left(j, phi_sites[j], head.cores[j])
+        else:
+            envs.advance_right(j + 1, phi_sites[j + 1], head.cores[j + 1])
+        info = BondInfo(j, direction, tinfo.kept, tinfo.discarded_weight)
+        infos.append(info)
+        if on_bond is not None:
+            on_bond(info)
+    return infos
+
+
+def full_sweep(head, envs, phi_sites, y, opts, on_bond=None):
+    """A right half-sweep then a left one (centre at site 0 before and after)."""
+    infos = half_sweep(head, envs, phi_sites, y, "right", opts, on_bond)
+    infos += half_sweep(head, envs, phi_sites, y, "left", opts, on_bond)
+    return infos
+
+
+def center_outputs(head, envs, phi_sites, chunk_size=4096):
+    """Outputs of every training sample from the cached environments of the centre site.
+
+    Parameters
+    ----------
+    head : MPSHead
+    envs : EnvironmentCache
+        Valid left environment at bond ``c`` and right environment at ``c + 1``.
+    phi_sites : array, shape (N, n_samples, d)
+
+    Returns
+    -------
+    array, shape (n_samples, L), on the backend, float64
+    """
+    be = head.backend
+    xp = be.xp
+    c = head.center
+    left, left_log = envs.get(c)
+    right, right_log = envs.get(c + 1)
+    core = head.cores[c]
+    Dl, d, L, Dr = core.shape
+    n = left.shape[0]
+    out = xp.empty((n, L), dtype=np.float64)
+    mat = core.reshape(Dl * d, L * Dr)
+    for start in range(0, n, chunk_size):
+        sl = slice(start, start + chunk_size)
+        T = xp.matmul(be.row_outer(left[sl], phi_sites[c, sl]), mat)
+        out[sl] = be.row_contract(T.reshape(-1, L, Dr), right[sl])
+    out *= xp.exp(left_log + right_log + head.log_norm)[:, None]
+    return out
+
+
+def training_loss(f, y, loss, xp):
+    """Mean loss per sample of outputs ``f`` against one-hot ``y``."""
+    return float(loss_value(f, y.astype(np.float64), loss, xp)) / f.shape[0]
