@@ -7,7 +7,8 @@ merged block.  Written as a matrix ``Bm`` of shape ``(Dl * d * d, L * Dr)``::
 
 with ``P[n] = L[n] (x) phi_j[n] (x) phi_{j+1}[n]`` (length ``Dl d d``), ``R`` the
 right environment, ``s[n] = exp(logL[n] + logR[n] - c)`` the per-sample scale
-relative to the largest (``c``), and ``g = exp(c + log_norm)`` the global scale.
+relative to the largest (``c``), and ``g = exp(c + log_norm)`` the global scale
+(with ``normalize_samples=True``: ``s[n] = 1`` and ``c = 0``).
 All passes work on the *scaled* block ``Bs = g * Bm`` (so numbers stay O(1)
 whatever the chain length) and over chunks of samples, so every product is a
 large matrix multiply and intermediates stay in cache:
@@ -37,9 +38,16 @@ class LocalProblem:
     n_labels : int
     backend : Backend
     chunk_size : int
+    normalize_samples : bool
+        When true the per-sample scales are dropped (``s[n] = 1``, ``c = 0``):
+        the block is fitted to the outputs of *normalised* environments, which
+        for classification give the same argmax (see ``MPSClassifier.sample_norm``).
     """
 
-    def __init__(self, left, left_log, phi_a, phi_b, right, right_log, n_labels, backend, chunk_size=4096):
+    def __init__(
+        self, left, left_log, phi_a, phi_b, right, right_log, n_labels, backend, chunk_size=4096,
+        normalize_samples=False,
+    ):
         xp = backend.xp
         self.backend = backend
         self.left, self.phi_a, self.phi_b, self.right = left, phi_a, phi_b, right
@@ -49,9 +57,13 @@ class LocalProblem:
         self.n_labels = n_labels
         self.chunk_size = chunk_size
         self.dtype = left.dtype
-        log_s = left_log + right_log
-        self.log_shift = xp.max(log_s)  # 0-d, stays on the device
-        self.scale = xp.exp(log_s - self.log_shift).astype(self.dtype)
+        if normalize_samples:
+            self.log_shift = xp.zeros((), dtype=np.float64)
+            self.scale = xp.ones(self.n_samples, dtype=self.dtype)
+        else:
+            log_s = left_log + right_log
+            self.log_shift = xp.max(log_s)  # 0-d, stays on the device
+            self.scale = xp.exp(log_s - self.log_shift).astype(self.dtype)
         self.shape = (self.Dl * self.d * self.d, n_labels * self.Dr)
 
     # -- scaling between stored blocks and the well-conditioned working block --------
@@ -139,6 +151,28 @@ class LocalProblem:
     def _accumulate(self, grad, P, w, sl):
         W = self.backend.row_outer(w * self.scale[sl, None], self.right[sl])
         grad += P.T @ W
+
+    def grams(self):
+        """Data Gram matrices of the two halves of the projected input.
+
+        Returns
+        -------
+        left : ndarray, shape (Dl * d, Dl * d), float64 (host)
+            ``sum_n s[n] (L[n] (x) phi_j[n]) (L[n] (x) phi_j[n])^T``.
+        right : ndarray, shape (d * Dr, d * Dr), float64 (host)
+            ``sum_n s[n] (phi_{j+1}[n] (x) R[n]) (phi_{j+1}[n] (x) R[n])^T``.
+        """
+        xp = self.backend.xp
+        ro = self.backend.row_outer
+        gl = xp.zeros((self.Dl * self.d,) * 2, dtype=np.float64)
+        gr = xp.zeros((self.d * self.Dr,) * 2, dtype=np.float64)
+        for sl in self._chunks():
+            w = self.scale[sl, None]
+            x = ro(self.left[sl], self.phi_a[sl])
+            y = ro(self.phi_b[sl], self.right[sl])
+            gl += (x.T @ (x * w)).astype(np.float64)
+            gr += (y.T @ (y * w)).astype(np.float64)
+        return self.backend.asnumpy(gl), self.backend.asnumpy(gr)
 
     def forward_and_gradient(self, Bs, residual):
         """One fused pass: outputs, then the gradient of the residual weights.

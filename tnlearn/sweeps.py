@@ -32,6 +32,13 @@ class SweepOptions:
     solver : SolverOptions
     chunk_size : int
         Samples per chunk in every pass (bounds the temporaries).
+    truncation : {"data", "svd"}
+        ``"svd"``: the plain truncated SVD of the block (Frobenius-optimal);
+        ``"data"``: the split that is optimal for the outputs on the training
+        data (:func:`tnlearn.truncation.metric_truncated_split`).
+    normalize_samples : bool
+        Fit each block to per-sample normalised outputs (see
+        :class:`~tnlearn.local_problem.LocalProblem`).
     """
 
     max_bond: int
@@ -39,6 +46,8 @@ class SweepOptions:
     cutoff_mode: str = "rsum2"
     solver: SolverOptions = field(default_factory=SolverOptions)
     chunk_size: int = 4096
+    truncation: str = "data"
+    normalize_samples: bool = True
 
 
 @dataclass
@@ -98,12 +107,13 @@ def half_sweep(head, envs, phi_sites, y, direction, opts, on_bond=None):
         right, right_log = envs.get(j + 2)
         problem = LocalProblem(
             left, left_log, phi_sites[j], phi_sites[j + 1], right, right_log,
-            head.n_labels, head.backend, opts.chunk_size,
+            head.n_labels, head.backend, opts.chunk_size, opts.normalize_samples,
         )
         Bs = problem.to_scaled(head.merge(j), head.log_norm)
         Bs, _ = solve_local(problem, Bs, y, opts.solver)
         block, log_norm = problem.from_scaled(Bs)
-        tinfo = head.split(j, block, log_norm, direction, opts.max_bond, opts.cutoff, opts.cutoff_mode)
+        grams = problem.grams() if opts.truncation == "data" else None
+        tinfo = head.split(j, block, log_norm, direction, opts.max_bond, opts.cutoff, opts.cutoff_mode, grams)
         if direction == "right":
             envs.advance_left(j, phi_sites[j], head.cores[j])
         else:
@@ -122,7 +132,7 @@ def full_sweep(head, envs, phi_sites, y, opts, on_bond=None):
     return infos
 
 
-def center_outputs(head, envs, phi_sites, chunk_size=4096):
+def center_outputs(head, envs, phi_sites, chunk_size=4096, normalized=False):
     """Outputs of every training sample from the cached environments of the centre site.
 
     Parameters
@@ -131,6 +141,10 @@ def center_outputs(head, envs, phi_sites, chunk_size=4096):
     envs : EnvironmentCache
         Valid left environment at bond ``c`` and right environment at ``c + 1``.
     phi_sites : array, shape (N, n_samples, d)
+    chunk_size : int
+    normalized : bool
+        Divide each sample's outputs by the norms of its environments at the
+        centre (what ``normalize_samples`` training fits).
 
     Returns
     -------
@@ -150,7 +164,10 @@ def center_outputs(head, envs, phi_sites, chunk_size=4096):
         sl = slice(start, start + chunk_size)
         T = xp.matmul(be.row_outer(left[sl], phi_sites[c, sl]), mat)
         out[sl] = be.row_contract(T.reshape(-1, L, Dr), right[sl])
-    out *= xp.exp(left_log + right_log + head.log_norm)[:, None]
+    if normalized:
+        out *= np.exp(head.log_norm)
+    else:
+        out *= xp.exp(left_log + right_log + head.log_norm)[:, None]
     return out
 
 

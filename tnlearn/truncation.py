@@ -105,3 +105,62 @@ def truncated_svd(matrix, max_bond=None, cutoff=0.0, cutoff_mode="rsum2"):
     discarded = float(s2[k:].sum() / total) if total > 0 else 0.0
     info = TruncationInfo(kept=k, discarded_weight=discarded, singular_values=s)
     return U[:, :k], s[:k], Vh[:k], info
+
+
+def psd_sqrt(G, rel_floor=1e-8):
+    """Square root and inverse square root of a symmetric positive semi-definite matrix.
+
+    Eigenvalues below ``rel_floor * max(eigenvalue)`` are raised to that floor,
+    so the inverse exists for rank-deficient Gram matrices.
+
+    Parameters
+    ----------
+    G : ndarray, shape (k, k)
+
+    Returns
+    -------
+    sqrt, inv_sqrt : ndarray, shape (k, k)
+    """
+    w, V = np.linalg.eigh((G + G.T) / 2)
+    top = max(float(w.max()), 0.0)
+    w = np.maximum(w, rel_floor * top if top > 0 else 1.0)
+    r = np.sqrt(w)
+    return (V * r) @ V.T, (V / r) @ V.T
+
+
+def metric_truncated_split(matrix, left_sqrt, left_inv_sqrt, right_sqrt, max_bond=None, cutoff=0.0, cutoff_mode="rsum2"):
+    """Best rank-``k`` split ``matrix ~= Q @ C`` in a data metric, with ``Q`` an isometry.
+
+    The error is measured as ``|Gl^(1/2) (M - Q C) Gr^(1/2)|_F`` with ``Gl``
+    and ``Gr`` the Gram matrices of the data seen through the rows and the
+    columns (for a two-site block: the left and right halves of the per-sample
+    projected inputs), so the truncation drops what changes the model *outputs*
+    least, rather than what is smallest in Frobenius norm.  With identity Grams
+    this is the ordinary truncated SVD.
+
+    Parameters
+    ----------
+    matrix : ndarray, shape (m, n)
+    left_sqrt, left_inv_sqrt : ndarray, shape (m, m)
+        ``Gl^(1/2)`` and ``Gl^(-1/2)``.
+    right_sqrt : ndarray, shape (n, n)
+        ``Gr^(1/2)``.
+    max_bond, cutoff, cutoff_mode
+        As :func:`truncated_svd`, applied to the singular values of
+        ``Gl^(1/2) M Gr^(1/2)``.
+
+    Returns
+    -------
+    Q : ndarray, shape (m, k)
+        Orthonormal columns spanning the kept row space.
+    C : ndarray, shape (k, n)
+        The optimal coefficients given ``Q``: ``(Q^T Gl Q)^-1 Q^T Gl M``.
+    info : TruncationInfo
+        ``discarded_weight`` is the relative squared error in the data metric.
+    """
+    whitened = left_sqrt @ matrix @ right_sqrt
+    U, _, _, info = truncated_svd(whitened, max_bond, cutoff, cutoff_mode)
+    Q, _ = np.linalg.qr(left_inv_sqrt @ U)
+    GlQ = left_sqrt @ (left_sqrt @ Q)
+    C = np.linalg.solve(Q.T @ GlQ, GlQ.T @ matrix)
+    return Q, C, info

@@ -55,6 +55,18 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
     feature_map : str, FeatureMap or callable, default="trig"
         See :mod:`tnlearn.embeddings`.
     dtype : {"float32", "float64"}, default="float32"
+    sample_norm : bool, default=True
+        Fit every block to the outputs of *per-sample normalised* environments,
+        ``f(x) / (|L(x)| |R(x)|)``, instead of the raw ``f(x)``.  The two differ
+        by a positive factor per sample, so the predicted class is the same,
+        but the raw outputs of an ``N``-site chain span many orders of
+        magnitude across samples (how well the isometries capture each
+        sample's product state compounds over the sites), and the raw loss
+        ignores every poorly captured sample.  On 14x14 Fashion-MNIST (2,000
+        samples, m = 20, 2 sweeps) this lifts test accuracy from 72% to 78%.
+        ``False`` gives the paper's raw squared loss.  ``decision_function``
+        always returns the raw ``f(x)`` (what quimb's contraction gives);
+        ``predict_proba`` and the recorded loss use the normalised outputs when true.
     init : {"pca", "identity"}, default="pca"
         ``"pca"`` builds the initial sites from the training data's principal
         subspaces (see :func:`tnlearn.stages.mps.pca_init_cores`), at bond
@@ -98,6 +110,7 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
         loss="mse",
         feature_map="trig",
         dtype="float32",
+        sample_norm=True,
         init="pca",
         init_bond=2,
         line_search_samples=8192,
@@ -117,6 +130,7 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
         self.loss = loss
         self.feature_map = feature_map
         self.dtype = dtype
+        self.sample_norm = sample_norm
         self.init = init
         self.init_bond = init_bond
         self.line_search_samples = line_search_samples
@@ -245,6 +259,7 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
             cutoff_mode=self.cutoff_mode,
             solver=SolverOptions(self.solver, self.loss, self.n_iter, self.step_size, self.line_search_samples),
             chunk_size=self.chunk_size,
+            normalize_samples=bool(self.sample_norm),
         )
         envs = build_environments(head, phi_sites, opts)
         eval_data = None
@@ -268,9 +283,14 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
         finally:
             if bar is not None:
                 bar.close()
-        f = center_outputs(head, envs, phi_sites, opts.chunk_size)
+        f = center_outputs(head, envs, phi_sites, opts.chunk_size, normalized=opts.normalize_samples)
         seconds = time.perf_counter() - t0
         loss = training_loss(f, Y, self.loss, xp)
+        if not np.isfinite(loss):
+            raise FloatingPointError(
+                f"the training loss became {loss} in sweep {len(self.history_) + 1}: the sweep diverged; "
+                "use step_size='auto' or a smaller step_size, or dtype='float64'"
+            )
         train_acc = float(np.mean(backend.asnumpy(xp.argmax(f, axis=1)) == y_idx))
         test_acc = None
         if eval_data is not None:
@@ -335,7 +355,10 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
     @available_if(_is_cross_entropy)
     def predict_proba(self, X):
         """Softmax of the outputs (models trained with ``loss="cross_entropy"``), shape (n_samples, n_classes)."""
-        return softmax(self.decision_function(X), np)
+        self._check_fitted()
+        X = self._check_X(X, fitting=False)
+        phi = self._embed(X, self.head_.backend, "clip")
+        return softmax(self.head_.decision_function(phi, self.chunk_size, normalized=bool(self.sample_norm)), np)
 
     @property
     def mps_(self):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from tnlearn.environments import _normalise_rows, left_step, right_step
-from tnlearn.truncation import truncated_svd
+from tnlearn.truncation import metric_truncated_split, psd_sqrt, truncated_svd
 
 
 def init_cores(n_sites, phys_dim, n_labels, bond_dim, rng, dtype=np.float32, noise=1e-2):
@@ -56,7 +56,7 @@ def init_cores(n_sites, phys_dim, n_labels, bond_dim, rng, dtype=np.float32, noi
     return [c.astype(dtype) for c in cores], log_norm
 
 
-def pca_init_cores(phi_sites, n_labels, bond_dim, rng, backend, chunk_size=4096):
+def pca_init_cores(phi_sites, n_labels, bond_dim, rng, backend, chunk_size=4096, balance=0.0, max_weight=1e4):
     """Data-driven initial cores: each right site keeps the principal subspace of the data.
 
     Sweeping from the right end, site ``j`` is the isometry onto the ``bond_dim``
@@ -89,13 +89,16 @@ def pca_init_cores(phi_sites, n_labels, bond_dim, rng, backend, chunk_size=4096)
     n_sites, n, d = phi_sites.shape
     dtype = phi_sites.dtype
     right = xp.ones((n, 1), dtype=dtype)
+    log_capture = xp.zeros(n, dtype=np.float64)
     cores = [None] * n_sites
     for j in range(n_sites - 1, 0, -1):
         width = d * right.shape[1]
         rho = xp.zeros((width, width), dtype=np.float64)
+        weight = xp.exp(-balance * (log_capture - log_capture.max())).astype(dtype)
+        weight = xp.minimum(weight, max_weight)
         for start in range(0, n, chunk_size):
             M = backend.row_outer(phi_sites[j, start : start + chunk_size], right[start : start + chunk_size])
-            rho += (M.T @ M).astype(np.float64)
+            rho += (M.T @ (M * weight[start : start + chunk_size, None])).astype(np.float64)
         evals, evecs = np.linalg.eigh(backend.asnumpy(rho))
         k = min(bond_dim, width)
         V = evecs[:, ::-1][:, :k].astype(dtype)  # leading eigenvectors, shape (d * D_{j+1}, k)
@@ -105,7 +108,7 @@ def pca_init_cores(phi_sites, n_labels, bond_dim, rng, backend, chunk_size=4096)
         for start in range(0, n, chunk_size):
             sl = slice(start, start + chunk_size)
             new_right[sl] = backend.row_outer(phi_sites[j, sl], right[sl]) @ Vb
-        _normalise_rows(new_right, xp)
+        log_capture += _normalise_rows(new_right, xp)
         right = new_right
     label = rng.standard_normal((1, d, n_labels, right.shape[1]))
     cores[0] = backend.asarray((label / np.linalg.norm(label)).astype(dtype))
@@ -199,7 +202,7 @@ class MPSHead:
             return xp.einsum("asm,mtlb->astlb", a, b)
         raise ValueError(f"cannot merge sites ({j}, {j + 1}): the label is on site {self.center}")
 
-    def split(self, j, block, log_norm, direction, max_bond, cutoff, cutoff_mode):
+    def split(self, j, block, log_norm, direction, max_bond, cutoff, cutoff_mode, grams=None):
         """Split a merged block by truncated SVD and move the centre.
 
         Parameters
@@ -213,6 +216,12 @@ class MPSHead:
             ``S V`` go to site ``j + 1``; ``"left"``: the reverse.
         max_bond, cutoff, cutoff_mode
             As :func:`tnlearn.truncation.truncated_svd`.
+        grams : tuple of ndarray, optional
+            ``(G_left (Dl d, Dl d), G_right (d Dr, d Dr))``, the data Gram matrices
+            of the block's two halves (:meth:`LocalProblem.grams`).  When given,
+            the split keeps what matters most for the outputs on the data
+            (:func:`tnlearn.truncation.metric_truncated_split`) instead of the
+            plain SVD's largest Frobenius weight.
 
         Returns
         -------
@@ -221,7 +230,11 @@ class MPSHead:
         be = self.backend
         Dl, d, d2, L, Dr = block.shape
         host = be.asnumpy(block)
-        if direction == "right":
+        if grams is not None:
+            info = self._metric_split(j, host, direction, max_bond, cutoff, cutoff_mode, grams)
+            nrm = np.linalg.norm(be.asnumpy(self.cores[self.center]))
+            self.cores[self.center] = self.cores[self.center] / be.asarray(nrm).astype(host.dtype)
+        elif direction == "right":
             U, s, Vh, info = truncated_svd(host.reshape(Dl * d, d2 * L * Dr), max_bond, cutoff, cutoff_mode)
             k = len(s)
             right = s[:, None] * Vh
@@ -241,8 +254,36 @@ class MPSHead:
         self.log_norm = float(log_norm) + float(np.log(nrm))
         return info
 
+    def _metric_split(self, j, host, direction, max_bond, cutoff, cutoff_mode, grams):
+        be = self.backend
+        Dl, d, d2, L, Dr = host.shape
+        gl_sqrt, gl_inv = psd_sqrt(grams[0])
+        gr_sqrt, gr_inv = psd_sqrt(grams[1])
+        eye = np.eye(L)
+        if direction == "right":
+            # columns are (t, l, b); the right Gram acts on (t, b) and is the identity on l
+            g4 = gr_sqrt.reshape(d2, Dr, d2, Dr)
+            right_sqrt = np.einsum("tbuc,lm->tlbumc", g4, eye).reshape(d2 * L * Dr, d2 * L * Dr)
+            Q, C, info = metric_truncated_split(
+                host.reshape(Dl * d, d2 * L * Dr), gl_sqrt, gl_inv, right_sqrt, max_bond, cutoff, cutoff_mode
+            )
+            k = Q.shape[1]
+            self.cores[j] = be.asarray(Q.reshape(Dl, d, k).astype(host.dtype))
+            self.cores[j + 1] = be.asarray(C.reshape(k, d2, L, Dr).astype(host.dtype))
+            self.center = j + 1
+        else:
+            mat = host.transpose(0, 1, 3, 2, 4).reshape(Dl * d * L, d2 * Dr)
+            Q, C, info = metric_truncated_split(
+                mat.T, gr_sqrt, gr_inv, np.kron(gl_sqrt, eye), max_bond, cutoff, cutoff_mode
+            )
+            k = Q.shape[1]
+            self.cores[j] = be.asarray(C.T.reshape(Dl, d, L, k).astype(host.dtype))
+            self.cores[j + 1] = be.asarray(Q.T.reshape(k, d2, Dr).astype(host.dtype))
+            self.center = j
+        return info
+
     # -- prediction -----------------------------------------------------------------
-    def decision_function(self, phi_sites, chunk_size=4096):
+    def decision_function(self, phi_sites, chunk_size=4096, normalized=False):
         """Model outputs by contracting the chain with each sample's product state.
 
         Parameters
@@ -250,6 +291,10 @@ class MPSHead:
         phi_sites : array, shape (n_sites, n_samples, d)
             Embedded samples, site-major, on this head's backend.
         chunk_size : int
+        normalized : bool
+            Divide each sample's outputs by the norms of its left and right
+            environments at the label site (same argmax; the outputs that
+            ``normalize_samples`` training fits).
 
         Returns
         -------
@@ -276,6 +321,6 @@ class MPSHead:
             Dl, d, L, Dr = core.shape
             T = xp.matmul(be.row_outer(left, phi_sites[c, sl]), core.reshape(Dl * d, L * Dr))
             f = be.row_contract(T.reshape(m, L, Dr), right).astype(np.float64)
-            f *= xp.exp(log_s + self.log_norm)[:, None]
+            f *= np.exp(self.log_norm) if normalized else xp.exp(log_s + self.log_norm)[:, None]
             out[sl] = be.asnumpy(f)
         return out

@@ -1,0 +1,179 @@
+"""Tests for the ``tnlearn`` command line (in-process ``main``; one subprocess for the entry point)."""
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tnlearn.cli import main
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+PLOTS = ("accuracy.png", "truncation.png", "bond_dims.png")
+RECORD_KEYS = {"sweep", "loss", "train_accuracy", "test_accuracy", "max_truncation_error",
+               "mean_truncation_error", "bond_dims", "seconds", "truncation_errors"}
+FAST = ["--dataset", "digits", "--bond-dim", "4", "--sweeps", "1", "--quiet"]
+
+
+def assert_png(path):
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC, f"{path} is not a PNG file"
+    assert len(data) > 5000, f"{path} is suspiciously small ({len(data)} bytes)"
+
+
+def assert_one_line_error(capsys, rc, *fragments):
+    out, err = capsys.readouterr()
+    assert rc == 2
+    assert "Traceback" not in err + out
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("tnlearn: error: ")
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """One fast digits run shared by the tests that only read it."""
+    out = tmp_path_factory.mktemp("runs") / "m4"
+    assert main(["train", *FAST, "--out", str(out)]) == 0
+    return out
+
+
+def test_train_writes_run_directory(run_dir):
+    history = json.loads((run_dir / "history.json").read_text())
+    assert isinstance(history, list) and len(history) == 1
+    for record in history:
+        assert set(record) == RECORD_KEYS
+        assert 0.0 <= record["train_accuracy"] <= 1.0
+        assert 0.0 <= record["test_accuracy"] <= 1.0
+        assert max(record["bond_dims"]) <= 4
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["dataset"] == "digits" and run["image_shape"] == [8, 8]
+    assert run["order"] == "row" and run["pool"] == 1
+    assert (run["n_train"], run["n_test"]) == (1347, 450)
+    assert run["options"]["bond_dim"] == 4 and run["options"]["sweeps"] == 1
+    assert run["final_test_accuracy"] == history[-1]["test_accuracy"]
+    assert run["total_seconds"] > 0 and run["tnlearn_version"]
+    assert (run_dir / "model.npz").stat().st_size > 0
+    for name in PLOTS:
+        assert_png(run_dir / name)
+    assert not list(run_dir.glob(".*.tmp"))  # no leftovers of the atomic writes
+
+
+def test_train_options_verbose_and_summary(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["train", "--bond-dim", "4", "--sweeps", "2", "--order", "zigzag", "--n-train", "300",
+               "--dtype", "float64", "--seed", "3", "--out", str(out)])
+    assert rc == 0
+    stdout = capsys.readouterr().out.strip().splitlines()
+    assert len([line for line in stdout if re.match(r"^sweep +\d+ ", line)]) == 2  # verbose=2
+    assert "test accuracy" in stdout[-1] and str(out) in stdout[-1]
+    history = json.loads((out / "history.json").read_text())
+    assert [r["sweep"] for r in history] == [1, 2]
+    run = json.loads((out / "run.json").read_text())
+    assert run["order"] == "zigzag" and run["n_train"] == 300
+    assert run["options"]["dtype"] == "float64" and run["options"]["seed"] == 3
+
+
+def test_train_quiet_prints_only_summary(tmp_path, capsys):
+    assert main(["train", *FAST, "--n-train", "200", "--out", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and out[0].startswith("test accuracy")
+
+
+def test_evaluate_matches_history(run_dir, capsys):
+    last = json.loads((run_dir / "history.json").read_text())[-1]
+    for target in (run_dir, run_dir / "model.npz"):
+        assert main(["evaluate", str(target)]) == 0
+        out = capsys.readouterr().out
+        correct, total = map(int, re.search(r"\((\d+)/(\d+) correct\)", out).groups())
+        assert correct / total == pytest.approx(last["test_accuracy"], abs=1e-12)
+        assert "confusion matrix" in out
+        rows = [line.split() for line in out.splitlines() if re.match(r"^\s+\d\s", line)]
+        assert len(rows) == 10 and sum(int(v) for row in rows for v in row[1:]) == total
+
+
+def test_plot_two_runs(run_dir, tmp_path, capsys):
+    other = tmp_path / "m6"  # a second run directory, without training again
+    other.mkdir()
+    history = json.loads((run_dir / "history.json").read_text())
+    history[0]["bond_dims"] = [min(6, b + 2) for b in history[0]["bond_dims"]]
+    (other / "history.json").write_text(json.dumps(history))
+    (other / "run.json").write_text(json.dumps({"options": {"bond_dim": 6}}))
+    out = tmp_path / "compare"
+    assert main(["plot", str(run_dir), str(other), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out.split()
+    assert printed == [str(out / name) for name in PLOTS]
+    for name in PLOTS:
+        assert_png(out / name)
+
+
+def test_plot_single_run_defaults_to_run_dir(tmp_path, run_dir, capsys):
+    for name in PLOTS:
+        (run_dir / name).unlink()
+    assert main(["plot", str(run_dir), "--labels", "digits m=4"]) == 0
+    for name in PLOTS:
+        assert_png(run_dir / name)
+
+
+def test_error_missing_data_dir(tmp_path, capsys):
+    rc = main(["train", "--dataset", "mnist", "--data-dir", str(tmp_path / "nowhere"),
+               "--out", str(tmp_path / "run")])
+    assert_one_line_error(capsys, rc, "nowhere")
+    assert not (tmp_path / "run").exists()
+
+
+def test_error_dataset_not_cached_no_download(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TNLEARN_DATA", str(tmp_path / "cache"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    rc = main(["train", "--dataset", "mnist", "--no-download", "--out", str(tmp_path / "run")])
+    assert_one_line_error(capsys, rc, "MNIST is not available")
+
+
+def test_error_missing_history(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    rc = main(["plot", str(tmp_path / "empty")])
+    assert_one_line_error(capsys, rc, "history.json")
+
+
+def test_error_corrupt_model(tmp_path, capsys):
+    bad = tmp_path / "model.npz"
+    bad.write_bytes(b"this is not a zip archive")
+    rc = main(["evaluate", str(bad), "--dataset", "digits"])
+    assert_one_line_error(capsys, rc, "not a tnlearn model")
+
+
+def test_error_corrupt_history(tmp_path, capsys):
+    (tmp_path / "history.json").write_text("[{")
+    assert_one_line_error(capsys, main(["plot", str(tmp_path)]), "history.json")
+
+
+def test_error_bad_option_combination(tmp_path, capsys):
+    rc = main(["train", *FAST, "--solver", "cg", "--loss", "cross_entropy", "--out", str(tmp_path)])
+    assert_one_line_error(capsys, rc, "solver")
+
+
+def test_error_wrong_pooling_on_evaluate(run_dir, capsys):
+    assert_one_line_error(capsys, main(["evaluate", str(run_dir), "--pool", "2"]), "features")
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "--dataset", "cifar", "--out", "x"],
+    ["train", "--bond-dim", "0", "--out", "x"],
+    ["train"],
+    [],
+])
+def test_usage_errors_exit_2(argv, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "Traceback" not in err
+
+
+def test_entry_point_help():
+    proc = subprocess.run([sys.executable, "-m", "tnlearn.cli", "train", "--help"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: tnlearn train")
+    assert "--bond-dim" in proc.stdout and "--out" in proc.stdout

@@ -1,0 +1,107 @@
+"""Tests for tnlearn.plotting (synthetic histories; Agg canvas, no pyplot state left behind)."""
+
+import numpy as np
+import pytest
+
+from tnlearn.history import History, SweepRecord
+from tnlearn.plotting import (plot_accuracy, plot_bond_dims, plot_entanglement, plot_truncation,
+                              write_run_plots)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def make_history(n_sweeps=3, n_bonds=9, max_bond=4, with_test=True):
+    records = []
+    for s in range(1, n_sweeps + 1):
+        records.append(SweepRecord(
+            sweep=s, loss=1.0 / s, train_accuracy=0.5 + 0.1 * s,
+            test_accuracy=(0.45 + 0.1 * s) if with_test else None,
+            max_truncation_error=10.0 ** -s, mean_truncation_error=10.0 ** (-s - 1),
+            bond_dims=[min(2 ** min(b + 1, n_bonds - b), max_bond) for b in range(n_bonds)],
+            seconds=0.1, truncation_errors=[10.0 ** -s] * (2 * n_bonds)))
+    return History(records)
+
+
+@pytest.fixture
+def ax():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure()
+    FigureCanvasAgg(fig)
+    return fig.add_subplot()
+
+
+@pytest.mark.parametrize("n_runs", [1, 3])
+def test_plot_accuracy_two_lines_per_run(ax, n_runs):
+    histories = [make_history(max_bond=2 + i) for i in range(n_runs)]
+    labels = [f"m={2 + i}" for i in range(n_runs)]
+    assert plot_accuracy(histories, labels, ax=ax) is ax
+    lines = ax.get_lines()
+    assert len(lines) == 2 * n_runs
+    assert [line.get_linestyle() for line in lines] == ["-", "--"] * n_runs
+    assert lines[0].get_color() == lines[1].get_color() != (lines[2].get_color() if n_runs > 1 else None)
+    np.testing.assert_allclose(lines[0].get_ydata(), [0.6, 0.7, 0.8])
+    assert ax.get_xlabel() and ax.get_ylabel() and ax.get_title()
+    assert ax.get_legend() is not None
+
+
+def test_plot_accuracy_without_test_set(ax):
+    plot_accuracy(make_history(with_test=False), "run", ax=ax)
+    assert len(ax.get_lines()) == 1
+
+
+def test_plot_truncation_log_axis(ax):
+    plot_truncation([make_history(), make_history(n_sweeps=5)], ["a", "b"], ax=ax)
+    assert ax.get_yscale() == "log"
+    assert len(ax.get_lines()) == 2
+    np.testing.assert_allclose(ax.get_lines()[0].get_ydata(), [1e-1, 1e-2, 1e-3])
+
+
+def test_plot_bond_dims_profile(ax):
+    h = make_history(n_bonds=9, max_bond=4)
+    plot_bond_dims([h], ["m=4"], ax=ax)
+    (line,) = ax.get_lines()
+    assert list(line.get_xdata()) == list(range(1, 10))
+    assert list(line.get_ydata()) == h[-1].bond_dims
+
+
+def test_plot_entanglement(ax):
+    entropies = [np.linspace(0, 1, 7), np.array([0.1, 0.5, 0.2])]
+    plot_entanglement(entropies, ["a", "b"], ax=ax)
+    assert [len(line.get_xdata()) for line in ax.get_lines()] == [7, 3]
+    assert "ntropy" in ax.get_ylabel()
+
+
+def test_plot_creates_axes_when_none():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)  # headless test runs; the library itself never sets a backend
+    import matplotlib.pyplot as plt
+
+    ax = plot_accuracy(make_history())
+    try:
+        assert len(ax.get_lines()) == 2
+    finally:
+        plt.close(ax.figure)
+
+
+@pytest.mark.parametrize("histories, labels, exc", [
+    ([], [], ValueError),
+    ([make_history()], ["a", "b"], ValueError),
+    ([History()], ["empty"], ValueError),
+    (["not a history"], ["a"], TypeError),
+])
+def test_bad_input(ax, histories, labels, exc):
+    with pytest.raises(exc):
+        plot_accuracy(histories, labels, ax=ax)
+
+
+def test_write_run_plots(tmp_path):
+    out = tmp_path / "plots"
+    paths = write_run_plots([make_history(), make_history(max_bond=8)], ["m=4", "m=8"], out)
+    assert [p.rsplit("/", 1)[-1] for p in map(str, paths)] == ["accuracy.png", "truncation.png",
+                                                                  "bond_dims.png"]
+    for p in paths:
+        data = open(p, "rb").read()
+        assert data[:8] == PNG_MAGIC and len(data) > 5000

@@ -1,0 +1,306 @@
+"""Command line: ``tnlearn train | evaluate | plot``.
+
+Examples
+--------
+::
+
+    tnlearn train --out runs/digits                       # 8x8 digits, m=16, 4 sweeps
+    tnlearn train --dataset mnist --bond-dim 32 --sweeps 6 --out runs/mnist-m32
+    tnlearn evaluate runs/digits                          # accuracy + confusion matrix
+    tnlearn plot runs/mnist-m16 runs/mnist-m32 --out plots
+
+Expected failures (missing files, data sets, bad options) print one line
+``tnlearn: error: ...`` on stderr and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+DATASETS = ("digits", "mnist", "fashion-mnist")
+ORDERS = ("row", "column", "zigzag")
+
+
+# ---------------------------------------------------------------------- helpers
+def _json_default(obj):
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def _write_json(path, obj):
+    """Write ``obj`` as JSON atomically (temporary file in the same directory + ``os.replace``).
+
+    A list is written one item per line (readable history files); anything else indented.
+    """
+    if isinstance(obj, list):
+        text = "[\n" + ",\n".join(json.dumps(o, default=_json_default) for o in obj) + "\n]\n"
+    else:
+        text = json.dumps(obj, indent=2, default=_json_default) + "\n"
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "x") as fh:  # "x": never clobber; honours the umask, unlike mkstemp
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if tmp.exists():
+            tmp.unlink()
+        raise
+
+
+def _read_json(path, what):
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}); the {what} file is corrupt") from None
+
+
+def _load_history(run_dir):
+    from tnlearn.history import History
+
+    path = Path(run_dir) / "history.json"
+    if not path.is_file():
+        note = "" if Path(run_dir).is_dir() else " (the directory does not exist)"
+        raise FileNotFoundError(f"{path} not found{note}: is {run_dir} a run directory written by "
+                                "'tnlearn train --out'?")
+    try:
+        return History.from_json(_read_json(path, "history"))
+    except (TypeError, KeyError, AttributeError) as exc:
+        raise ValueError(f"{path} does not hold tnlearn sweep records ({exc})") from None
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+    return value
+
+
+def _load_data(name, data_dir, pool, n_train, seed, download, order):
+    from tnlearn.datasets import flatten_images, load_dataset
+
+    ds = load_dataset(name, data_dir=data_dir, pool=pool, n_train=n_train, random_state=seed,
+                      download=download)
+    return ds, flatten_images(ds.X_train, order), flatten_images(ds.X_test, order)
+
+
+def _data_options(p, default_dataset):
+    p.add_argument("--dataset", choices=DATASETS, default=default_dataset,
+                   help="data set" + (f" (default: {default_dataset})" if default_dataset else
+                                      " (default: the one in run.json)"))
+    p.add_argument("--data-dir", metavar="DIR", help="directory holding the four (fashion-)MNIST IDX files")
+    p.add_argument("--no-download", dest="download", action="store_false",
+                   help="never download missing (fashion-)MNIST files")
+    p.add_argument("--pool", type=_positive_int, metavar="P",
+                   help="average-pooling factor (default: 2 for (fashion-)MNIST, 1 for digits)")
+    p.add_argument("--order", choices=ORDERS, default=None if default_dataset is None else "row",
+                   help="pixel order along the chain (default: row)")
+
+
+# ------------------------------------------------------------------------ train
+def cmd_train(args):
+    from tnlearn import __version__
+    from tnlearn.io import save_model
+    from tnlearn.models import MPSClassifier
+    from tnlearn.plotting import write_run_plots
+
+    t0 = time.perf_counter()
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a directory")
+    ds, X_train, X_test = _load_data(args.dataset, args.data_dir, args.pool, args.n_train, args.seed,
+                                     args.download, args.order)
+    if not args.quiet:
+        h, w = ds.image_shape
+        print(f"{ds.name}: {len(X_train)} train / {len(X_test)} test images {h}x{w} -> "
+              f"{X_train.shape[1]} sites ({args.order} order)", flush=True)
+    clf = MPSClassifier(max_bond=args.bond_dim, cutoff=args.cutoff, n_sweeps=args.sweeps, solver=args.solver,
+                        n_iter=args.n_iter, loss=args.loss, dtype=args.dtype, backend=args.backend,
+                        random_state=args.seed, verbose=0 if args.quiet else 2)
+    t_fit = time.perf_counter()
+    clf.fit(X_train, ds.y_train, eval_set=(X_test, ds.y_test))
+    fit_seconds = time.perf_counter() - t_fit
+    last = clf.history_[-1]
+
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / "history.json", [asdict(r) for r in clf.history_.records])
+    save_model(clf, out / "model.npz")
+    options = {k: v for k, v in vars(args).items() if k != "func"}
+    options["data_dir"] = args.data_dir and os.path.abspath(args.data_dir)  # evaluate from any cwd
+    pool = args.pool if args.pool is not None else (1 if ds.name == "digits" else 2)  # load_dataset's default
+    run = {
+        "dataset": ds.name, "image_shape": list(ds.image_shape), "order": args.order, "pool": pool,
+        "n_train": len(X_train), "n_test": len(X_test), "n_features": int(X_train.shape[1]),
+        "options": options, "final_train_accuracy": last.train_accuracy,
+        "final_test_accuracy": last.test_accuracy, "fit_seconds": fit_seconds,
+        "tnlearn_version": __version__,
+    }
+    plots = write_run_plots([clf.history_], [f"m={args.bond_dim}"], out)
+    run["total_seconds"] = time.perf_counter() - t0
+    _write_json(out / "run.json", run)
+    print(f"test accuracy {last.test_accuracy:.4f} after {len(clf.history_)} sweeps (m={args.bond_dim}) "
+          f"in {run['total_seconds']:.1f} s; wrote history.json, run.json, model.npz and "
+          f"{len(plots)} plots to {out}")
+    return 0
+
+
+# --------------------------------------------------------------------- evaluate
+def _format_confusion(cm, classes):
+    width = max(5, max(len(str(c)) for c in classes) + 1, len(str(cm.max())) + 1)
+    lines = ["confusion matrix (rows: true class, columns: predicted class)",
+             "true\\pred".rjust(9) + "".join(str(c).rjust(width) for c in classes)]
+    lines += [str(c).rjust(9) + "".join(str(v).rjust(width) for v in row) for c, row in zip(classes, cm)]
+    return "\n".join(lines)
+
+
+def cmd_evaluate(args):
+    from sklearn.metrics import confusion_matrix
+
+    from tnlearn.io import load_model
+
+    target = Path(args.model)
+    model_path = target / "model.npz" if target.is_dir() else target
+    if not model_path.is_file():
+        raise FileNotFoundError(f"{model_path} not found: pass a run directory or a model .npz file")
+    run_path = model_path.parent / "run.json"
+    run = _read_json(run_path, "run") if run_path.is_file() else {}
+    saved = run.get("options", {})
+    dataset = args.dataset or run.get("dataset")
+    if dataset is None:
+        raise ValueError(f"cannot tell which data set {model_path} was trained on (no {run_path}); "
+                         "pass --dataset")
+    pool = args.pool if args.pool is not None else run.get("pool")
+    order = args.order or run.get("order", "row")
+    seed = args.seed if args.seed is not None else saved.get("seed", 0)
+    data_dir = args.data_dir if args.data_dir is not None else saved.get("data_dir")
+    model = load_model(model_path)
+    ds, _, X_test = _load_data(dataset, data_dir, pool, None, seed, args.download, order)
+    pred = model.predict(X_test)
+    correct = int(np.sum(pred == ds.y_test))
+    print(f"{model_path}: {ds.name} test split ({order} order, pool {pool or 'default'}): "
+          f"accuracy {correct / len(pred):.6f} ({correct}/{len(pred)} correct)")
+    classes = np.unique(np.concatenate([model.classes_, ds.y_test]))
+    print(_format_confusion(confusion_matrix(ds.y_test, pred, labels=classes), classes))
+    return 0
+
+
+# ------------------------------------------------------------------------- plot
+def cmd_plot(args):
+    from tnlearn.plotting import write_run_plots
+
+    histories = [_load_history(d) for d in args.run_dirs]
+    if args.labels is not None:
+        if len(args.labels) != len(args.run_dirs):
+            raise ValueError(f"got {len(args.labels)} --labels for {len(args.run_dirs)} run directories; "
+                             "pass one label per run")
+        labels = args.labels
+    else:
+        labels = []
+        for d in args.run_dirs:
+            run_path = Path(d) / "run.json"
+            m = _read_json(run_path, "run").get("options", {}).get("bond_dim") if run_path.is_file() else None
+            labels.append(f"m={m}" if m is not None else Path(d).resolve().name)
+        if len(set(labels)) < len(labels):  # e.g. two runs with the same m: use the directory names
+            labels = [Path(d).resolve().name for d in args.run_dirs]
+    out = args.out or (args.run_dirs[0] if len(args.run_dirs) == 1 else "plots")
+    for path in write_run_plots(histories, labels, out):
+        print(path)
+    return 0
+
+
+# ------------------------------------------------------------------------ parser
+def build_parser():
+    """The ``tnlearn`` argument parser (subcommands ``train``, ``evaluate``, ``plot``)."""
+    from tnlearn import __version__
+
+    parser = argparse.ArgumentParser(prog="tnlearn", description="Train and inspect matrix-product-state "
+                                     "classifiers trained by DMRG sweeps.")
+    parser.add_argument("--version", action="version", version=f"tnlearn {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train an MPS classifier and write a run directory",
+                       description="Train an MPSClassifier; write history.json, run.json, model.npz "
+                                   "and plots into --out.")
+    _data_options(p, "digits")
+    p.add_argument("--bond-dim", type=_positive_int, default=16, metavar="M", help="max bond dimension (default: 16)")
+    p.add_argument("--sweeps", type=_positive_int, default=4, metavar="S", help="full sweeps (default: 4)")
+    p.add_argument("--cutoff", type=float, default=1e-10, metavar="C", help="SVD cutoff (default: 1e-10)")
+    p.add_argument("--loss", choices=("mse", "cross_entropy"), default="mse", help="loss (default: mse)")
+    p.add_argument("--solver", choices=("gd", "cg"), default="gd", help="local solver (default: gd)")
+    p.add_argument("--n-iter", type=_positive_int, default=1, metavar="K",
+                   help="solver iterations per bond (default: 1)")
+    p.add_argument("--n-train", type=_positive_int, metavar="N", help="random training subset of N images")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="(default: float32)")
+    p.add_argument("--backend", choices=("numpy", "cupy"), default="numpy", help="array backend (default: numpy)")
+    p.add_argument("--seed", type=int, default=0, metavar="K", help="random seed (default: 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or per-sweep lines")
+    p.add_argument("--out", required=True, metavar="RUNDIR", help="run directory to write")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="test accuracy and confusion matrix of a saved model",
+                       description="Evaluate a saved model on its data set's test split; data options "
+                                   "default to the run's run.json.")
+    p.add_argument("model", metavar="RUNDIR_OR_MODEL", help="run directory or model .npz file")
+    _data_options(p, None)
+    p.add_argument("--seed", type=int, metavar="K", help="digits train/test split seed (default: the run's)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("plot", help="plot and compare the histories of runs",
+                       description="Write accuracy.png, truncation.png and bond_dims.png comparing runs.")
+    p.add_argument("run_dirs", nargs="+", metavar="RUNDIR", help="run directories holding history.json")
+    p.add_argument("--out", metavar="DIR", help="output directory (default: the RUNDIR, or ./plots for several)")
+    p.add_argument("--labels", nargs="+", metavar="LABEL", help="one legend label per run (default: m=<bond dim>)")
+    p.set_defaults(func=cmd_plot)
+    return parser
+
+
+def _message(exc):
+    if isinstance(exc, OSError) and exc.strerror and exc.filename:
+        text = f"{exc.strerror}: {exc.filename}"
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(text.split())  # one line, even for multi-line messages
+
+
+def main(argv=None):
+    """Run the command line; returns the exit status (0 success, 2 usage or expected error)."""
+    from sklearn.exceptions import NotFittedError
+
+    from tnlearn.datasets import DatasetUnavailableError, IDXFormatError
+    from tnlearn.io import ModelFormatError
+
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    try:
+        return args.func(args)
+    except (ValueError, OSError, DatasetUnavailableError, IDXFormatError, ModelFormatError,
+            NotFittedError) as exc:
+        print(f"tnlearn: error: {_message(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tnlearn: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""Training plots drawn from :class:`~tnlearn.history.History` objects (never from a model).
+
+matplotlib is imported inside the functions, so ``import tnlearn`` stays light and
+never selects a backend.  Every ``plot_*`` function draws on ``ax`` when given
+(returning it) or on a new pyplot figure; :func:`write_run_plots` writes PNG
+files through the Agg canvas without touching pyplot's global state.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+__all__ = ["plot_accuracy", "plot_truncation", "plot_bond_dims", "plot_entanglement", "write_run_plots"]
+
+_FIGSIZE = (6.0, 4.0)
+
+
+def _runs(items, labels, what):
+    """Normalise one item or a list of items and their labels to two equal-length lists."""
+    from tnlearn.history import History
+
+    if isinstance(items, History) or (what == "entropies" and len(items) and np.isscalar(items[0])):
+        items = [items]  # a single run
+    items = list(items)
+    if not items:
+        raise ValueError(f"{what} is empty; pass at least one run")
+    if labels is None:
+        labels = [f"run {i + 1}" for i in range(len(items))] if len(items) > 1 else [None]
+    elif isinstance(labels, str):
+        labels = [labels]
+    labels = list(labels)
+    if len(labels) != len(items):
+        raise ValueError(f"got {len(items)} {what} but {len(labels)} labels; pass one label per run")
+    if what == "histories":
+        for label, h in zip(labels, items):
+            if not isinstance(h, History):
+                raise TypeError(f"histories must hold History objects, got {type(h).__name__}")
+            if len(h) == 0:
+                name = f" {label!r}" if label else ""
+                raise ValueError(f"history{name} has no sweep records to plot")
+    return items, labels
+
+
+def _axes(ax):
+    if ax is None:
+        import matplotlib.pyplot as plt
+
+        _, ax = plt.subplots(figsize=_FIGSIZE, layout="constrained")
+    return ax
+
+
+def _finish(ax, xlabel, ylabel, title, integer_x=True):
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if integer_x:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(True, which="major", alpha=0.35, linewidth=0.6)
+    if any(line.get_label() and not line.get_label().startswith("_") for line in ax.get_lines()):
+        ax.legend(frameon=False, fontsize="small")
+    return ax
+
+
+def plot_accuracy(histories, labels=None, ax=None):
+    """Train (solid) and test (dashed) accuracy against the sweep number.
+
+    Parameters
+    ----------
+    histories : History or list of History
+        One per run; each run gets one colour.
+    labels : str or list of str, optional
+        One per run (default ``"run 1"``, ``"run 2"``, ...; none for a single run).
+    ax : matplotlib.axes.Axes, optional
+        Axes to draw on; default a new pyplot figure.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+        With two lines per run (one when a run has no test accuracies).
+    """
+    histories, labels = _runs(histories, labels, "histories")
+    ax = _axes(ax)
+    for i, (h, label) in enumerate(zip(histories, labels)):
+        colour, prefix = f"C{i % 10}", f"{label}: " if label else ""
+        sweeps = h.column("sweep")
+        ax.plot(sweeps, h.column("train_accuracy"), "-o", color=colour, ms=4, label=f"{prefix}train")
+        test = [np.nan if a is None else a for a in h.column("test_accuracy")]
+        if not np.all(np.isnan(test)):
+            ax.plot(sweeps, test, "--s", color=colour, ms=4, label=f"{prefix}test")
+    return _finish(ax, "Sweep", "Accuracy", "Classification accuracy")
+
+
+def plot_truncation(histories, labels=None, ax=None):
+    """Largest SVD truncation error (discarded weight) of each sweep, on a log axis.
+
+    Parameters
+    ----------
+    histories : History or list of History
+    labels : str or list of str, optional
+    ax : matplotlib.axes.Axes, optional
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+        With one line per run.  Sweeps that truncated nothing (error 0) have no
+        point on the log axis.
+    """
+    histories, labels = _runs(histories, labels, "histories")
+    ax = _axes(ax)
+    for i, (h, label) in enumerate(zip(histories, labels)):
+        err = np.asarray(h.column("max_truncation_error"), dtype=float)
+        err[err <= 0] = np.nan
+        ax.plot(h.column("sweep"), err, "-o", color=f"C{i % 10}", ms=4, label=label)
+    ax.set_yscale("log")
+    return _finish(ax, "Sweep", "Max. truncation error", "Truncation error per sweep")
+
+
+def plot_bond_dims(histories, labels=None, ax=None):
+    """Bond-dimension profile along the chain after each run's last sweep.
+
+    Parameters
+    ----------
+    histories : History or list of History
+    labels : str or list of str, optional
+    ax : matplotlib.axes.Axes, optional
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+        With one step line per run; bond ``b`` joins sites ``b - 1`` and ``b``.
+    """
+    histories, labels = _runs(histories, labels, "histories")
+    ax = _axes(ax)
+    for i, (h, label) in enumerate(zip(histories, labels)):
+        dims = h[-1].bond_dims
+        ax.plot(np.arange(1, len(dims) + 1), dims, drawstyle="steps-mid", color=f"C{i % 10}",
+                lw=1.5, label=label)
+    ax.set_ylim(bottom=0)
+    return _finish(ax, "Bond", "Bond dimension", "Bond dimensions after the last sweep")
+
+
+def plot_entanglement(entropies, labels=None, ax=None):
+    """Entanglement (von Neumann) entropy across each bond of the chain.
+
+    Parameters
+    ----------
+    entropies : array, shape (n_bonds,), or list of such arrays
+        One 1-D array per run, in nats.
+    labels : str or list of str, optional
+    ax : matplotlib.axes.Axes, optional
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+        With one line per run.
+    """
+    entropies, labels = _runs(entropies, labels, "entropies")
+    ax = _axes(ax)
+    for i, (s, label) in enumerate(zip(entropies, labels)):
+        s = np.asarray(s, dtype=float)
+        if s.ndim != 1:
+            raise ValueError(f"each entropy profile must be 1-D (n_bonds,), got shape {s.shape}")
+        ax.plot(np.arange(1, len(s) + 1), s, "-", marker=".", color=f"C{i % 10}", label=label)
+    ax.set_ylim(bottom=0)
+    return _finish(ax, "Bond", "Entanglement entropy (nats)", "Entanglement entropy along the chain")
+
+
+def write_run_plots(histories, labels=None, out_dir="."):
+    """Write ``accuracy.png``, ``truncation.png`` and ``bond_dims.png`` into ``out_dir``.
+
+    Parameters
+    ----------
+    histories : History or list of History
+    labels : str or list of str, optional
+    out_dir : str or path-like
+        Created if missing; existing files of these names are replaced.
+
+    Returns
+    -------
+    list of str
+        The three paths, in the order above.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    histories, labels = _runs(histories, labels, "histories")
+    os.makedirs(out_dir, exist_ok=True)
+    paths = []
+    for name, plot in (("accuracy", plot_accuracy), ("truncation", plot_truncation),
+                       ("bond_dims", plot_bond_dims)):
+        fig = Figure(figsize=_FIGSIZE, layout="constrained")
+        FigureCanvasAgg(fig)
+        plot(histories, labels, ax=fig.add_subplot())
+        path = os.path.join(os.fspath(out_dir), f"{name}.png")
+        fig.savefig(path, dpi=150)
+        paths.append(path)
+    return paths
