@@ -20,7 +20,7 @@ def test_digits_accuracy_target(digits):
 
 def test_history_records(tiny_problem):
     X, y = tiny_problem
-    clf = MPSClassifier(max_bond=4, n_sweeps=3, random_state=0).fit(X, y)
+    clf = MPSClassifier(max_bond=4, n_sweeps=3, precondition=False, random_state=0).fit(X, y)
     assert len(clf.history_) == 3
     rec = clf.history_[-1]
     assert rec.sweep == 3 and len(rec.bond_dims) == X.shape[1] - 1 and rec.test_accuracy is None
@@ -29,6 +29,9 @@ def test_history_records(tiny_problem):
     assert rec.train_accuracy == pytest.approx(clf.score(X, y))
     losses = clf.history_.column("loss")
     assert losses[-1] < losses[0]
+    # preconditioned steps get further than plain gradient steps
+    pre = MPSClassifier(max_bond=4, n_sweeps=3, precondition=True, random_state=0).fit(X, y)
+    assert max(pre.history_.column("loss")) < losses[-1]
 
 
 @pytest.mark.parametrize("dtype,rtol", [("float64", 1e-9), ("float32", 2e-4)])

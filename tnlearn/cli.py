@@ -132,9 +132,10 @@ def cmd_train(args):
         h, w = ds.image_shape
         print(f"{ds.name}: {len(X_train)} train / {len(X_test)} test images {h}x{w} -> "
               f"{X_train.shape[1]} sites ({args.order} order)", flush=True)
+    extra = {k: getattr(args, k) for k in ("precondition", "damping") if getattr(args, k) is not None}
     clf = MPSClassifier(max_bond=args.bond_dim, cutoff=args.cutoff, n_sweeps=args.sweeps, solver=args.solver,
-                        n_iter=args.n_iter, loss=args.loss, dtype=args.dtype, backend=args.backend,
-                        random_state=args.seed, verbose=0 if args.quiet else 2)
+                        n_iter=args.n_iter, loss=args.loss, truncation=args.truncation, dtype=args.dtype,
+                        backend=args.backend, random_state=args.seed, verbose=0 if args.quiet else 2, **extra)
     t_fit = time.perf_counter()
     clf.fit(X_train, ds.y_train, eval_set=(X_test, ds.y_test))
     fit_seconds = time.perf_counter() - t_fit
@@ -247,6 +248,12 @@ def build_parser():
     p.add_argument("--solver", choices=("gd", "cg"), default="gd", help="local solver (default: gd)")
     p.add_argument("--n-iter", type=_positive_int, default=1, metavar="K",
                    help="solver iterations per bond (default: 1)")
+    p.add_argument("--precondition", action=argparse.BooleanOptionalAction, default=None,
+                   help="Kronecker-factored data preconditioner for the local steps (default: the estimator's)")
+    p.add_argument("--damping", type=float, default=None, metavar="LAMBDA",
+                   help="relative damping of the preconditioner (default: the estimator's)")
+    p.add_argument("--truncation", choices=("data", "svd"), default="data",
+                   help="split: data-metric SVD or plain SVD (default: data)")
     p.add_argument("--n-train", type=_positive_int, metavar="N", help="random training subset of N images")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="(default: float32)")
     p.add_argument("--backend", choices=("numpy", "cupy"), default="numpy", help="array backend (default: numpy)")

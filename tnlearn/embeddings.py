@@ -157,14 +157,28 @@ def embed(X, feature_map="trig", dtype=np.float32, out_of_domain="raise"):
     Raises
     ------
     ValueError
-        When ``X`` has NaN/inf values or values outside the map's domain.
+        When ``X`` has NaN/inf values, or values outside the map's domain and
+        ``out_of_domain="raise"``.
+    TypeError
+        When ``X`` is complex.
     """
     fmap = get_feature_map(feature_map)
     X = np.asarray(X)
     if X.ndim != 2:
         raise ValueError(f"X must have shape (n_samples, n_sites), got shape {X.shape}")
-    if not np.all(np.isfinite(X)):
-        raise ValueError("X contains NaN or infinite values; remove or impute them before fitting")
+    if np.iscomplexobj(X):
+        raise TypeError(
+            f"X has complex dtype {X.dtype}; feature maps take real values: pass X.real or np.abs(X)"
+        )
+    finite = np.isfinite(X)
+    if not finite.all():
+        # columns, not rows: the estimators may embed a shuffled copy of X
+        cols = np.flatnonzero(~finite.all(axis=0))
+        shown = ", ".join(str(j) for j in cols[:5]) + (", ..." if len(cols) > 5 else "")
+        raise ValueError(
+            f"X contains {int((~finite).sum())} NaN or infinite value(s), in column(s) {shown}; "
+            "remove or impute them (e.g. sklearn.impute.SimpleImputer) before fit or predict"
+        )
     if fmap.domain is not None and X.size:
         lo, hi = fmap.domain
         xmin, xmax = float(X.min()), float(X.max())

@@ -24,6 +24,7 @@ import json
 import os
 import tempfile
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -72,6 +73,7 @@ def save_model(model, path):
 
     model._check_fitted()
     params = model.get_params()
+    params["dtype"] = np.dtype(params["dtype"]).name  # np.float32 -> "float32": JSON, not code
     if not isinstance(params["feature_map"], str):
         raise ValueError(
             "only models with a named feature map (e.g. 'trig') can be saved: a callable cannot be "
@@ -107,25 +109,56 @@ def save_model(model, path):
 
 def read_header(path):
     """The JSON header of a saved model, validated (no arrays are loaded)."""
-    header, _ = _open(path)
+    header, archive = _open(path)
+    archive.close()
     return header
 
 
+# what a damaged zip archive raises while it is opened or a member is read
+_CORRUPT = (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError)
+
+
+def _corrupt(path, exc):
+    return ModelFormatError(
+        f"{path} is not a readable tnlearn model file: the .npz archive is damaged "
+        f"({type(exc).__name__}: {exc}); save the model again with tnlearn.io.save_model, or re-train it"
+    )
+
+
 def _open(path):
+    """Open the archive and validate its header; the caller closes the archive."""
     path = os.fspath(path)
     try:
         archive = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
+    except (FileNotFoundError, IsADirectoryError, PermissionError):  # the path, not the file's content
         raise
-    except (ValueError, OSError, zipfile.BadZipFile) as exc:
+    except ValueError as exc:  # e.g. a pickle file, refused by allow_pickle=False
         raise ModelFormatError(f"{path} is not a tnlearn model file (.npz archive): {exc}") from exc
-    if not isinstance(archive, np.lib.npyio.NpzFile) or "header" not in archive.files:
+    except _CORRUPT as exc:
+        raise _corrupt(path, exc) from exc
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise ModelFormatError(f"{path} is not a tnlearn model file: it is a single .npy array, not an .npz archive")
+    try:
+        return _check_header(path, archive), archive
+    except BaseException:
+        archive.close()
+        raise
+
+
+def _check_header(path, archive):
+    if "header" not in archive.files:
         raise ModelFormatError(f"{path} is not a tnlearn model file: it has no 'header' entry")
     try:
         header = json.loads(bytes(archive["header"]).decode("utf-8"))
     except ValueError as exc:  # includes numpy refusing an object (pickled) array
         raise ModelFormatError(f"{path}: the header is not valid JSON text ({exc})") from exc
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
+    except _CORRUPT as exc:
+        raise _corrupt(path, exc) from exc
+    if not isinstance(header, dict):
+        raise ModelFormatError(
+            f"{path} is not a tnlearn model file: its header is a JSON {type(header).__name__}, not an object"
+        )
+    if header.get("format") != FORMAT:
         raise ModelFormatError(f"{path} is not a tnlearn model file (format {header.get('format')!r})")
     version = header.get("format_version")
     if version != FORMAT_VERSION:
@@ -134,7 +167,49 @@ def _open(path):
             "Load it with the tnlearn version that wrote it "
             f"({header.get('tnlearn_version', 'unknown')}) or re-train"
         )
-    return header, archive
+    return header
+
+
+def _header_int(header, key):
+    value = header[key]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"header field {key!r} must be an integer, got {value!r}")
+    return value
+
+
+def _check_arrays(cores, classes, center, log_norm, n_features, model):
+    """Structural checks of a loaded model (ValueError on the first inconsistency)."""
+    from tnlearn.embeddings import get_feature_map
+
+    n_sites = len(cores)
+    if n_sites < 2 or n_sites != n_features:
+        raise ValueError(f"{n_sites} cores for n_features_in={n_features}")
+    if not 0 <= center < n_sites:
+        raise ValueError(f"centre site {center} is outside the chain of {n_sites} sites")
+    if not np.isfinite(log_norm):
+        raise ValueError(f"log_norm={log_norm} is not finite")
+    if classes.ndim != 1 or len(classes) < 2 or classes.dtype.kind not in "biufUS":
+        raise ValueError(f"classes must be a 1-D array of >= 2 numbers or strings, got {classes.dtype} {classes.shape}")
+    if np.any(classes[1:] <= classes[:-1]):
+        raise ValueError(f"classes must be sorted and unique (as np.unique gives), got {classes.tolist()}")
+    d = get_feature_map(model.feature_map).dim
+    left = 1
+    for i, core in enumerate(cores):
+        want = 4 if i == center else 3
+        if core.dtype.kind != "f" or core.ndim != want:
+            raise ValueError(f"core_{i} is {core.dtype} with {core.ndim} axes; expected real floats with {want}")
+        if core.shape[0] != left or core.shape[1] != d:
+            raise ValueError(
+                f"core_{i} has shape {core.shape}: its left bond must be {left} (the previous core's "
+                f"right bond) and its physical dimension {d} (feature map {model.feature_map!r})"
+            )
+        if i == center and core.shape[2] != len(classes):
+            raise ValueError(f"the centre core has {core.shape[2]} labels but there are {len(classes)} classes")
+        if not np.all(np.isfinite(core)):
+            raise ValueError(f"core_{i} has NaN or infinite values")
+        left = core.shape[-1]
+    if left != 1:
+        raise ValueError(f"the last core's right bond is {left}, expected 1")
 
 
 def load_model(path, backend=None):
@@ -154,30 +229,46 @@ def load_model(path, backend=None):
     Raises
     ------
     ModelFormatError
-        For a foreign, tampered or unsupported file.
+        For a foreign, tampered or unsupported file: unreadable header, other
+        format version, invalid hyperparameters, or cores that do not form a
+        finite MPS matching ``n_features_in`` and ``classes``.
     """
     from tnlearn.backend import get_backend
     from tnlearn.history import History
     from tnlearn.models import MPSClassifier
     from tnlearn.stages.mps import MPSHead
 
+    path = os.fspath(path)
+    override = get_backend(backend) if backend is not None else None  # a bad override is the caller's error
     header, archive = _open(path)
-    if header.get("model_class") != "MPSClassifier":
-        raise ModelFormatError(f"{path}: unknown model class {header.get('model_class')!r}")
     try:
+        if header.get("model_class") != "MPSClassifier":
+            raise ModelFormatError(f"{path}: unknown model class {header.get('model_class')!r}")
         params = dict(header["params"])
         if backend is not None:
             params["backend"] = backend
         model = MPSClassifier(**params)
-        cores = [archive[f"core_{i}"] for i in range(int(header["n_sites"]))]
+        model._check_params()
+        n_sites = _header_int(header, "n_sites")
+        n_features = _header_int(header, "n_features_in")
+        center = _header_int(header, "center")
+        log_norm = float(header["log_norm"])
+        cores = [archive[f"core_{i}"] for i in range(n_sites)]
         classes = archive["classes"]
-        head = MPSHead(cores, int(header["center"]), float(header["log_norm"]), get_backend(params["backend"]))
+        _check_arrays(cores, classes, center, log_norm, n_features, model)
+        head = MPSHead(cores, center, log_norm, override or get_backend(params["backend"]))
         history = History.from_json(header["history"])
-        n_features = int(header["n_features_in"])
+    except ModelFormatError:
+        raise
     except (KeyError, TypeError, ValueError) as exc:
-        raise ModelFormatError(f"{path}: the model file is incomplete or inconsistent ({exc!r})") from exc
-    if head.n_sites != n_features or head.n_labels != len(classes):
-        raise ModelFormatError(f"{path}: cores do not match n_features_in / classes; the file is corrupt")
+        raise ModelFormatError(
+            f"{path}: the model file is incomplete or inconsistent ({exc}); it was damaged or edited "
+            "after saving: save the model again with tnlearn.io.save_model, or re-train it"
+        ) from exc
+    except _CORRUPT as exc:
+        raise _corrupt(path, exc) from exc
+    finally:
+        archive.close()
     model.head_ = head
     model.classes_ = classes
     model.n_features_in_ = n_features

@@ -19,6 +19,16 @@ Solvers (registry :data:`SOLVERS`):
   gives the paper's fixed step.
 * ``"cg"`` — ``n_iter`` conjugate-gradient iterations on the local normal
   equations of the squared loss (CGLS), as in the paper's alternative.
+
+Preconditioning (``precondition=True``): the local Hessian of the squared loss
+is ``H = sum_n (x_n x_n^T) (x) (y_n y_n^T)`` with ``x_n`` and ``y_n`` the left
+(``L_n (x) phi_j``) and right (``phi_{j+1} (x) R_n``) halves of sample ``n``'s
+projected input.  Its Kronecker-factored approximation ``Gl (x) Gr``, built
+from the two data Gram matrices (which the data-metric split needs anyway),
+is inverted factor by factor, a ``(Dl d)^3 + (d Dr)^3`` job, and every search
+direction is ``M^-1 g`` instead of ``g`` (the K-FAC idea applied to a DMRG
+block).  Gradient descent then takes near-Newton steps and CG converges in a
+few iterations, at the same per-iteration cost over the samples.
 """
 
 from __future__ import annotations
@@ -69,6 +79,11 @@ class SolverOptions:
     step_size : "auto" or float
     line_search_samples : int or None
         Samples used to estimate the curvature for ``step_size="auto"``.
+    precondition : bool
+        Use the Kronecker-factored data preconditioner (module docstring).
+    damping : float
+        Relative Tikhonov damping of each Gram factor before inversion:
+        ``G + damping * mean(eig(G)) * I``.
     """
 
     solver: str = "gd"
@@ -76,10 +91,55 @@ class SolverOptions:
     n_iter: int = 1
     step_size: object = "auto"
     line_search_samples: int | None = 8192
+    precondition: bool = False
+    damping: float = 1e-3
 
 
-def gradient_descent(problem, Bs, y, opts):
-    """``opts.n_iter`` gradient steps on the working block.
+def damped_inverse(G, damping):
+    """Inverse of ``G + damping * mean(eig(G)) * I`` for a symmetric PSD ``G`` (host, float64)."""
+    k = G.shape[0]
+    shift = damping * max(float(np.trace(G)) / k, np.finfo(np.float64).tiny)
+    w, V = np.linalg.eigh((G + G.T) / 2)
+    w = np.maximum(w, 0.0) + shift
+    return (V / w) @ V.T
+
+
+class KroneckerPreconditioner:
+    """``g -> (Gl + lam I)^-1 g (Gr + mu I)^-1`` on a working block.
+
+    Parameters
+    ----------
+    grams : tuple of ndarray
+        ``(Gl (Dl d, Dl d), Gr (d Dr, d Dr))`` from :meth:`LocalProblem.grams`.
+    problem : LocalProblem
+        Gives the block layout and the backend.
+    damping : float
+    """
+
+    def __init__(self, grams, problem, damping):
+        be = problem.backend
+        self.Dl, self.d, self.L, self.Dr = problem.Dl, problem.d, problem.n_labels, problem.Dr
+        self.shape = problem.shape
+        self.left_inv = be.asarray(damped_inverse(grams[0], damping).astype(problem.dtype))
+        self.right_inv = be.asarray(damped_inverse(grams[1], damping).astype(problem.dtype))
+        self.xp = be.xp
+
+    def __call__(self, g):
+        """Apply to a block of shape ``(Dl * d * d, L * Dr)``; returns the same shape."""
+        Dl, d, L, Dr = self.Dl, self.d, self.L, self.Dr
+        w = self.left_inv @ g.reshape(Dl * d, d * L * Dr)  # rows (a, s), columns (t, l, b)
+        w = w.reshape(Dl * d, d, L, Dr).transpose(0, 2, 1, 3).reshape(Dl * d * L, d * Dr)
+        w = w @ self.right_inv
+        w = w.reshape(Dl * d, L, d, Dr).transpose(0, 2, 1, 3)
+        return self.xp.ascontiguousarray(w).reshape(self.shape)
+
+
+def _identity(g):
+    return g
+
+
+def gradient_descent(problem, Bs, y, opts, precondition=_identity):
+    """``opts.n_iter`` (preconditioned) gradient steps on the working block.
 
     Returns
     -------
@@ -95,21 +155,22 @@ def gradient_descent(problem, Bs, y, opts):
         f, g = problem.forward_and_gradient(Bs, residual)
         if f_before is None:
             f_before = f
+        p = precondition(g)
         if opts.step_size == "auto":
             rows = opts.line_search_samples
-            Ag = problem.forward(g, rows=rows)
-            n_used = Ag.shape[0]
-            curvature = kappa * xp.sum(Ag * Ag) * (problem.n_samples / n_used)
-            gg = xp.sum(g * g)
-            step = xp.where(curvature > 0, gg / xp.where(curvature > 0, curvature, 1), 0)
+            Ap = problem.forward(p, rows=rows)
+            n_used = Ap.shape[0]
+            curvature = kappa * xp.sum(Ap * Ap) * (problem.n_samples / n_used)
+            gp = xp.sum(g * p)
+            step = xp.where(curvature > 0, gp / xp.where(curvature > 0, curvature, 1), 0)
         else:
             step = opts.step_size
-        Bs = Bs + step * g
+        Bs = Bs + step * p
     return Bs, f_before
 
 
-def conjugate_gradient(problem, Bs, y, opts):
-    """CGLS on the local squared loss: ``opts.n_iter`` iterations from ``Bs``.
+def conjugate_gradient(problem, Bs, y, opts, precondition=_identity):
+    """(Preconditioned) CGLS on the local squared loss: ``opts.n_iter`` iterations from ``Bs``.
 
     Returns
     -------
@@ -122,8 +183,9 @@ def conjugate_gradient(problem, Bs, y, opts):
     f, s = problem.forward_and_gradient(Bs, residual_fn("mse", y, xp))
     f_before = f
     r = y - f
-    p = s
-    ss = xp.sum(s * s)
+    z = precondition(s)
+    p = z
+    ss = xp.sum(s * z)
     for it in range(opts.n_iter):
         q = problem.forward(p)
         qq = xp.sum(q * q)
@@ -133,9 +195,10 @@ def conjugate_gradient(problem, Bs, y, opts):
             break
         r = r - alpha * q
         s = problem.gradient(r)
-        ss_new = xp.sum(s * s)
+        z = precondition(s)
+        ss_new = xp.sum(s * z)
         beta = xp.where(ss > 0, ss_new / xp.where(ss > 0, ss, 1), 0)
-        p = s + beta * p
+        p = z + beta * p
         ss = ss_new
     return Bs, f_before
 
@@ -143,6 +206,21 @@ def conjugate_gradient(problem, Bs, y, opts):
 _SOLVER_FUNCS = {"gd": gradient_descent, "cg": conjugate_gradient}
 
 
-def solve_local(problem, Bs, y, opts):
-    """Dispatch to the solver named in ``opts.solver`` (see :data:`SOLVERS`)."""
-    return _SOLVER_FUNCS[opts.solver](problem, Bs, y, opts)
+def solve_local(problem, Bs, y, opts, grams=None):
+    """Dispatch to the solver named in ``opts.solver`` (see :data:`SOLVERS`).
+
+    Parameters
+    ----------
+    problem : LocalProblem
+    Bs : array, shape (Dl * d * d, L * Dr)
+    y : array, shape (n, L)
+    opts : SolverOptions
+    grams : tuple of ndarray, optional
+        The block's data Gram matrices; needed when ``opts.precondition``.
+    """
+    precondition = _identity
+    if opts.precondition:
+        if grams is None:
+            grams = problem.grams()
+        precondition = KroneckerPreconditioner(grams, problem, opts.damping)
+    return _SOLVER_FUNCS[opts.solver](problem, Bs, y, opts, precondition)

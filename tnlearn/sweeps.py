@@ -109,10 +109,12 @@ def half_sweep(head, envs, phi_sites, y, direction, opts, on_bond=None):
             left, left_log, phi_sites[j], phi_sites[j + 1], right, right_log,
             head.n_labels, head.backend, opts.chunk_size, opts.normalize_samples,
         )
+        grams = problem.grams() if opts.truncation == "data" or opts.solver.precondition else None
         Bs = problem.to_scaled(head.merge(j), head.log_norm)
-        Bs, _ = solve_local(problem, Bs, y, opts.solver)
+        Bs, _ = solve_local(problem, Bs, y, opts.solver, grams)
         block, log_norm = problem.from_scaled(Bs)
-        grams = problem.grams() if opts.truncation == "data" else None
+        if opts.truncation != "data":
+            grams = None
         tinfo = head.split(j, block, log_norm, direction, opts.max_bond, opts.cutoff, opts.cutoff_mode, grams)
         if direction == "right":
             envs.advance_left(j, phi_sites[j], head.cores[j])

@@ -8,6 +8,7 @@ back to its backend.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,12 +57,32 @@ def _n_keep(s, max_bond, cutoff, cutoff_mode):
     return max(k, 1)
 
 
-def check_truncation_args(max_bond, cutoff, cutoff_mode):
-    """Validate truncation settings, raising a ``ValueError`` that names the fix."""
-    if max_bond is not None and (not isinstance(max_bond, (int, np.integer)) or max_bond < 1):
-        raise ValueError(f"max_bond={max_bond!r} must be an integer >= 1 (or None for no cap)")
-    if not np.isfinite(cutoff) or cutoff < 0:
-        raise ValueError(f"cutoff={cutoff!r} must be a finite number >= 0 (0 disables the cutoff)")
+def check_truncation_args(max_bond, cutoff, cutoff_mode, allow_none=False):
+    """Validate truncation settings, raising a ``ValueError`` that names the fix.
+
+    Parameters
+    ----------
+    max_bond : int or None
+        An integer >= 1; ``None`` (no cap) only with ``allow_none=True``: the
+        estimators size their environment caches by ``max_bond``, so they need a cap.
+    cutoff : float
+        A finite real number >= 0.
+    cutoff_mode : {"rsum2", "rel", "abs"}
+    allow_none : bool, default=False
+        Accept ``max_bond=None`` (as :func:`truncated_svd` does).
+    """
+    if max_bond is None:
+        if not allow_none:
+            raise ValueError(
+                "max_bond=None (no cap) is not supported here: the environments are sized by "
+                "max_bond; pass an integer >= 1, e.g. max_bond=16"
+            )
+    elif isinstance(max_bond, bool) or not isinstance(max_bond, (int, np.integer)) or max_bond < 1:
+        raise ValueError(f"max_bond={max_bond!r} must be an integer >= 1, e.g. max_bond=16")
+    if isinstance(cutoff, bool) or not isinstance(cutoff, numbers.Real) or not np.isfinite(cutoff) or cutoff < 0:
+        raise ValueError(
+            f"cutoff={cutoff!r} must be a finite real number >= 0, e.g. cutoff=1e-10 (0 disables the cutoff)"
+        )
     if cutoff_mode not in CUTOFF_MODES:
         raise ValueError(f"cutoff_mode={cutoff_mode!r} is not known; choose one of {CUTOFF_MODES}")
 

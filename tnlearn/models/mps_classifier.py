@@ -19,6 +19,15 @@ from tnlearn.truncation import check_truncation_args
 
 _DTYPES = ("float32", "float64")
 _INITS = ("pca", "identity")
+_TRUNCATIONS = ("data", "svd")
+
+
+def _dtype_name(dtype):
+    """``"float32"`` for ``"float32"``, ``np.float32`` or ``np.dtype("float32")``; None if not a dtype."""
+    try:
+        return np.dtype(dtype).name
+    except TypeError:
+        return None
 
 
 class MPSClassifier(ClassifierMixin, BaseEstimator):
@@ -41,6 +50,12 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
     cutoff_mode : {"rsum2", "rel", "abs"}, default="rsum2"
         ``"rsum2"`` discards singular values whose squared sum is at most
         ``cutoff`` of the total (the truncation error), as in quimb.
+    truncation : {"data", "svd"}, default="data"
+        How a merged block is split.  ``"svd"``: plain truncated SVD (the
+        largest singular values of the block).  ``"data"``: the rank-``m``
+        split that changes the outputs on the training data least (an SVD
+        whitened by the data Gram matrices of the block's two halves, see
+        :func:`tnlearn.truncation.metric_truncated_split`).
     n_sweeps : int, default=4
         Full sweeps (right and back) per call to :meth:`fit`.
     solver : {"gd", "cg"}, default="gd"
@@ -76,6 +91,17 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
         Initial bond dimension for ``init="identity"``.
     line_search_samples : int or None, default=8192
         Samples used to estimate the step for ``step_size="auto"`` (None: all).
+    precondition : bool, default=True
+        Precondition every local step with the Kronecker-factored data Gram
+        matrices of the block (see :mod:`tnlearn.solvers`): near-Newton steps
+        for the price of a gradient step.  On 14x14 Fashion-MNIST (60,000
+        images, m = 20, 3 sweeps) test accuracy 82.8% -> 84.8%; on digits
+        (m = 16, 4 sweeps) 97.8% -> 98.0%.
+    damping : float, default=0.3
+        Relative damping of the preconditioner's Gram factors,
+        ``G + damping * mean(eig(G)) * I``.  Small values (1e-3) trust the
+        Kronecker approximation too far and destabilise the sweep; 0.1-0.3
+        worked best on Fashion-MNIST.
     chunk_size : int, default=4096
         Samples per matrix product (bounds temporary memory).
     backend : {"numpy", "cupy"}, default="numpy"
@@ -103,6 +129,7 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
         max_bond=16,
         cutoff=1e-10,
         cutoff_mode="rsum2",
+        truncation="data",
         n_sweeps=4,
         solver="gd",
         n_iter=1,
@@ -114,6 +141,8 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
         init="pca",
         init_bond=2,
         line_search_samples=8192,
+        precondition=True,
+        damping=0.3,
         chunk_size=4096,
         backend="numpy",
         random_state=None,
@@ -123,6 +152,7 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
         self.max_bond = max_bond
         self.cutoff = cutoff
         self.cutoff_mode = cutoff_mode
+        self.truncation = truncation
         self.n_sweeps = n_sweeps
         self.solver = solver
         self.n_iter = n_iter
@@ -134,6 +164,8 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
         self.init = init
         self.init_bond = init_bond
         self.line_search_samples = line_search_samples
+        self.precondition = precondition
+        self.damping = damping
         self.chunk_size = chunk_size
         self.backend = backend
         self.random_state = random_state
@@ -149,7 +181,7 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(f"loss={self.loss!r} is not known; choose one of {LOSSES}")
         if self.solver == "cg" and self.loss != "mse":
             raise ValueError("solver='cg' minimises the squared loss: use loss='mse', or solver='gd'")
-        if self.dtype not in _DTYPES:
+        if _dtype_name(self.dtype) not in _DTYPES:
             raise ValueError(f"dtype={self.dtype!r} is not supported; choose one of {_DTYPES}")
         for name in ("n_sweeps", "n_iter", "init_bond", "chunk_size"):
             value = getattr(self, name)
@@ -157,6 +189,10 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
                 raise ValueError(f"{name}={value!r} must be an integer >= 1")
         if not (self.step_size == "auto" or (isinstance(self.step_size, (int, float)) and self.step_size > 0)):
             raise ValueError(f"step_size={self.step_size!r} must be 'auto' or a positive number")
+        if not (isinstance(self.damping, (int, float)) and self.damping > 0):
+            raise ValueError(f"damping={self.damping!r} must be a positive number (e.g. 1e-3)")
+        if self.truncation not in _TRUNCATIONS:
+            raise ValueError(f"truncation={self.truncation!r} is not known; choose one of {_TRUNCATIONS}")
         if self.init not in _INITS:
             raise ValueError(f"init={self.init!r} is not known; choose one of {_INITS}")
         get_feature_map(self.feature_map)
@@ -166,7 +202,8 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
         if X.dtype == object or not np.issubdtype(X.dtype, np.number):
             raise TypeError(f"X must be numeric, got dtype {X.dtype}")
         if X.ndim != 2:
-            hint = " (flatten images first: X.reshape(len(X), -1))" if X.ndim == 3 else ""
+            hints = {1: " (one sample: X.reshape(1, -1))", 3: " (flatten images first: X.reshape(len(X), -1))"}
+            hint = hints.get(X.ndim, "")
             raise ValueError(f"X must be 2-D with shape (n_samples, n_features), got shape {X.shape}{hint}")
         if X.shape[0] == 0:
             raise ValueError("X has no samples (shape {}); pass at least one".format(X.shape))
@@ -206,17 +243,32 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
         X = self._check_X(X, fitting=True)
         y = np.asarray(y)
         if y.ndim != 1:
-            raise ValueError(f"y must be 1-D with shape (n_samples,), got shape {y.shape}")
+            hint = " (a column vector: pass y.ravel())" if y.ndim == 2 and y.shape[1] == 1 else ""
+            raise ValueError(f"y must be 1-D with shape (n_samples,), got shape {y.shape}{hint}")
         if len(y) != len(X):
             raise ValueError(f"X has {len(X)} samples but y has {len(y)}; they must match")
         check_classification_targets(y)
+        if eval_set is not None:
+            if not (isinstance(eval_set, (tuple, list)) and len(eval_set) == 2):
+                raise ValueError(f"eval_set must be a pair (X_test, y_test) of the same length, got {type(eval_set).__name__}")
+            if len(eval_set[0]) != len(eval_set[1]):
+                raise ValueError(
+                    f"eval_set must be a pair (X_test, y_test) of the same length, got {len(eval_set[0])} "
+                    f"samples and {len(eval_set[1])} labels"
+                )
+            if np.ndim(eval_set[0]) != 2 or np.shape(eval_set[0])[1] != X.shape[1]:
+                raise ValueError(
+                    f"eval_set X_test has shape {np.shape(eval_set[0])} but X has {X.shape[1]} features; "
+                    "prepare both the same way"
+                )
         continuing = self.warm_start and hasattr(self, "head_")
         if continuing:
             if X.shape[1] != self.n_features_in_:
                 raise ValueError(f"warm_start: X has {X.shape[1]} features, the model {self.n_features_in_}")
             unknown = np.setdiff1d(np.unique(y), self.classes_)
             if unknown.size:
-                raise ValueError(f"warm_start: y has classes {unknown.tolist()} unseen in the first fit")
+                raise ValueError(f"warm_start: y has classes {unknown.tolist()} unseen in the first fit; "
+                                 "refit with warm_start=False to learn a new set of classes")
             classes = self.classes_
         else:
             classes = np.unique(y)
@@ -257,8 +309,12 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
             max_bond=self.max_bond,
             cutoff=self.cutoff,
             cutoff_mode=self.cutoff_mode,
-            solver=SolverOptions(self.solver, self.loss, self.n_iter, self.step_size, self.line_search_samples),
+            solver=SolverOptions(
+                self.solver, self.loss, self.n_iter, self.step_size, self.line_search_samples,
+                bool(self.precondition), float(self.damping),
+            ),
             chunk_size=self.chunk_size,
+            truncation=self.truncation,
             normalize_samples=bool(self.sample_norm),
         )
         envs = build_environments(head, phi_sites, opts)
@@ -283,7 +339,7 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
         finally:
             if bar is not None:
                 bar.close()
-        f = center_outputs(head, envs, phi_sites, opts.chunk_size, normalized=opts.normalize_samples)
+        f = center_outputs(head, envs, phi_sites, opts.chunk_size, normalized=bool(opts.normalize_samples))
         seconds = time.perf_counter() - t0
         loss = training_loss(f, Y, self.loss, xp)
         if not np.isfinite(loss):

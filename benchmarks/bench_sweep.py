@@ -1,0 +1,133 @@
+"""Time full DMRG sweeps on synthetic data and compare with the machine's matmul peak.
+
+Prints, for one configuration: seconds per full sweep (right and back), the
+achieved GFLOP/s according to the cost model of ALGORITHMS.md (a full sweep is
+``8 N n m^2 d^2 L`` flops: a forward and a gradient product of
+``2 n m^2 d^2 L`` flops at each of the ``2 (N - 1)`` bond visits), the
+float32 / float64 matmul peak of this machine measured in the same run
+(2048 x 2048 products), the fraction of peak, the time spent outside the
+sweep (initialisation, environments), and the peak resident memory.
+
+Example (the issue's reference configuration)::
+
+    python benchmarks/bench_sweep.py --n-samples 60000 --n-sites 196 --bond 20
+
+Data are random pixels in [0, 1] with random labels: the timing of a sweep does
+not depend on what the data mean, only on the shapes (the bond dimensions are
+all ``m`` after the PCA initialisation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+
+import numpy as np
+
+
+def matmul_peak(dtype, size=2048, repeats=5):
+    """Best GFLOP/s of a ``size x size`` matrix product in ``dtype``."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((size, size)).astype(dtype)
+    b = rng.standard_normal((size, size)).astype(dtype)
+    a @ b  # warm up the BLAS threads
+    best = np.inf
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * size**3 / best / 1e9
+
+
+def sweep_flops(n_samples, n_sites, m, d, n_labels):
+    """Cost-model flops of one full sweep: ``8 N n m^2 d^2 L``."""
+    return 8.0 * n_sites * n_samples * m * m * d * d * n_labels
+
+
+def peak_rss_gib():
+    """Peak resident set size of this process so far, in GiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def run(args):
+    from tnlearn.backend import get_backend
+    from tnlearn.embeddings import embed
+    from tnlearn.solvers import SolverOptions
+    from tnlearn.stages.mps import MPSHead, pca_init_cores
+    from tnlearn.sweeps import SweepOptions, build_environments, full_sweep
+
+    dtype = np.dtype(args.dtype)
+    rng = np.random.default_rng(args.seed)
+    backend = get_backend(args.backend)
+    X = rng.random((args.n_samples, args.n_sites))
+    y = rng.integers(0, args.labels, args.n_samples)
+    Y = np.zeros((args.n_samples, args.labels), dtype)
+    Y[np.arange(args.n_samples), y] = 1
+    feature_map = "trig" if args.d == 2 else f"poly{args.d - 1}"
+
+    t0 = time.perf_counter()
+    phi = backend.asarray(np.ascontiguousarray(embed(X, feature_map, dtype=dtype).transpose(1, 0, 2)))
+    del X
+    Y = backend.asarray(Y)
+    cores, log_norm = pca_init_cores(phi, args.labels, args.bond, rng, backend, args.chunk_size)
+    head = MPSHead(cores, 0, log_norm, backend)
+    opts = SweepOptions(
+        max_bond=args.bond,
+        cutoff=0.0,
+        solver=SolverOptions(args.solver, "mse", args.n_iter, precondition=args.precondition),
+        chunk_size=args.chunk_size,
+        truncation=args.truncation,
+    )
+    envs = build_environments(head, phi, opts)
+    setup = time.perf_counter() - t0
+    env_gib = envs.nbytes / 2**30
+
+    times = []
+    for _ in range(args.sweeps):
+        t = time.perf_counter()
+        full_sweep(head, envs, phi, Y, opts)
+        times.append(time.perf_counter() - t)
+    return times, setup, env_gib, head
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--n-samples", type=int, default=60000)
+    p.add_argument("--n-sites", type=int, default=196)
+    p.add_argument("--bond", type=int, default=20, help="max bond dimension m")
+    p.add_argument("--d", type=int, default=2, help="local dimension (2: trig map)")
+    p.add_argument("--labels", type=int, default=10)
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--solver", choices=["gd", "cg"], default="gd")
+    p.add_argument("--n-iter", type=int, default=1)
+    p.add_argument("--precondition", action="store_true")
+    p.add_argument("--truncation", choices=["data", "svd"], default="data")
+    p.add_argument("--chunk-size", type=int, default=4096)
+    p.add_argument("--sweeps", type=int, default=1)
+    p.add_argument("--backend", default="numpy")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+
+    peak32 = matmul_peak(np.float32)
+    peak64 = matmul_peak(np.float64)
+    times, setup, env_gib, head = run(args)
+    best = min(times)
+    flops = sweep_flops(args.n_samples, args.n_sites, args.bond, args.d, args.labels)
+    achieved = flops / best / 1e9
+    peak = peak32 if args.dtype == "float32" else peak64
+    print(f"config       : n={args.n_samples} N={args.n_sites} m={args.bond} d={args.d} L={args.labels} "
+          f"{args.dtype} solver={args.solver} n_iter={args.n_iter} precondition={args.precondition} "
+          f"truncation={args.truncation}")
+    print(f"matmul peak  : {peak32:.1f} GFLOP/s float32, {peak64:.1f} GFLOP/s float64 (2048^2, this run)")
+    print(f"set-up       : {setup:.1f} s (embedding, PCA initialisation, environments)")
+    print(f"sweep        : {', '.join(f'{t:.2f}' for t in times)} s per full sweep (best {best:.2f} s)")
+    print(f"cost model   : {flops / 1e12:.3f} TFLOP per sweep -> {achieved:.1f} GFLOP/s = "
+          f"{100 * achieved / peak:.0f}% of the {args.dtype} peak")
+    print(f"environments : {env_gib:.2f} GiB; peak RSS {peak_rss_gib():.2f} GiB; bond dims max {max(head.bond_dims)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
