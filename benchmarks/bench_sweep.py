@@ -76,7 +76,7 @@ def run(args):
     opts = SweepOptions(
         max_bond=args.bond,
         cutoff=0.0,
-        solver=SolverOptions(args.solver, "mse", args.n_iter, precondition=args.precondition),
+        solver=SolverOptions(args.solver, "mse", args.n_iter, precondition=args.precondition, damping=args.damping),
         chunk_size=args.chunk_size,
         truncation=args.truncation,
     )
@@ -102,7 +102,9 @@ def main(argv=None):
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--solver", choices=["gd", "cg"], default="gd")
     p.add_argument("--n-iter", type=int, default=1)
-    p.add_argument("--precondition", action="store_true")
+    p.add_argument("--precondition", action=argparse.BooleanOptionalAction, default=True,
+                   help="Kronecker-factored preconditioner, as MPSClassifier's default (default: on)")
+    p.add_argument("--damping", type=float, default=0.3, help="preconditioner damping (default: 0.3)")
     p.add_argument("--truncation", choices=["data", "svd"], default="data")
     p.add_argument("--chunk-size", type=int, default=4096)
     p.add_argument("--sweeps", type=int, default=1)
@@ -119,6 +121,7 @@ def main(argv=None):
     peak = peak32 if args.dtype == "float32" else peak64
     print(f"config       : n={args.n_samples} N={args.n_sites} m={args.bond} d={args.d} L={args.labels} "
           f"{args.dtype} solver={args.solver} n_iter={args.n_iter} precondition={args.precondition} "
+          f"damping={args.damping} "
           f"truncation={args.truncation}")
     print(f"matmul peak  : {peak32:.1f} GFLOP/s float32, {peak64:.1f} GFLOP/s float64 (2048^2, this run)")
     print(f"set-up       : {setup:.1f} s (embedding, PCA initialisation, environments)")

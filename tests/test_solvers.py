@@ -51,7 +51,7 @@ def test_preconditioned_cg_reaches_the_least_squares_block(rng):
     A = _design(prob)
     exact = np.linalg.lstsq(A, y.reshape(-1), rcond=None)[0].reshape(prob.shape)
     opts = SolverOptions("cg", "mse", n_iter=int(np.prod(prob.shape)), precondition=True, damping=1e-3)
-    Bs, _ = solve_local(prob, np.zeros(prob.shape), y, opts)
+    Bs, _, _ = solve_local(prob, np.zeros(prob.shape), y, opts)
     np.testing.assert_allclose(prob.forward(Bs), prob.forward(exact), atol=1e-6)
 
 
@@ -70,7 +70,34 @@ def test_preconditioned_steps_lower_the_local_loss_more_than_plain_ones(rng, sol
     after = {}
     for pre in (False, True):
         opts = SolverOptions(solver, loss, n_iter=2, line_search_samples=None, precondition=pre)
-        Bs, _ = solve_local(prob, B0, y, opts)
+        Bs, _, _ = solve_local(prob, B0, y, opts)
         after[pre] = float(loss_value(prob.forward(Bs), y, loss, np))
     assert after[False] < before and after[True] < before
     assert after[True] < after[False]
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_grams_from_the_fused_pass_equal_the_separate_pass(rng, normalize):
+    n, Dl, Dr = 37, 3, 4
+    left, right = rng.standard_normal((n, Dl)), rng.standard_normal((n, Dr))
+    logs = rng.standard_normal(n)
+    prob = LocalProblem(left, logs, rng.random((n, 2)), rng.random((n, 2)), right, -logs / 3, 3, NP, 8, normalize)
+    w = rng.standard_normal((n, 3))
+    f, g, (gl, gr) = prob.forward_and_gradient(rng.standard_normal(prob.shape), lambda fc, sl: w[sl], with_grams=True)
+    gl2, gr2 = prob.grams()
+    np.testing.assert_allclose(gl, gl2, rtol=1e-12)
+    np.testing.assert_allclose(gr, gr2, rtol=1e-12)
+    # and against the definition
+    x = np.einsum("na,ns->nas", left, prob.phi_a).reshape(n, -1)
+    np.testing.assert_allclose(gl, np.einsum("ni,n,nj->ij", x, prob.scale, x), rtol=1e-10)
+    np.testing.assert_allclose(g, prob.gradient(w), rtol=1e-12)
+
+
+def test_solvers_return_grams_only_when_needed(rng):
+    prob = _problem(rng)
+    y = np.eye(3)[rng.integers(0, 3, prob.n_samples)]
+    B0 = rng.standard_normal(prob.shape)
+    for solver in ("gd", "cg"):
+        assert solve_local(prob, B0, y, SolverOptions(solver, precondition=False))[2] is None
+        gl, gr = solve_local(prob, B0, y, SolverOptions(solver, precondition=False), want_grams=True)[2]
+        np.testing.assert_allclose(gl, prob.grams()[0], rtol=1e-12)

@@ -57,6 +57,7 @@ class LocalProblem:
         self.n_labels = n_labels
         self.chunk_size = chunk_size
         self.dtype = left.dtype
+        self.normalize_samples = bool(normalize_samples)
         if normalize_samples:
             self.log_shift = xp.zeros((), dtype=np.float64)
             self.scale = xp.ones(self.n_samples, dtype=self.dtype)
@@ -162,19 +163,31 @@ class LocalProblem:
         right : ndarray, shape (d * Dr, d * Dr), float64 (host)
             ``sum_n s[n] (phi_{j+1}[n] (x) R[n]) (phi_{j+1}[n] (x) R[n])^T``.
         """
-        xp = self.backend.xp
+        acc = self._gram_accumulators()
         ro = self.backend.row_outer
-        gl = xp.zeros((self.Dl * self.d,) * 2, dtype=np.float64)
-        gr = xp.zeros((self.d * self.Dr,) * 2, dtype=np.float64)
         for sl in self._chunks():
-            w = self.scale[sl, None]
-            x = ro(self.left[sl], self.phi_a[sl])
-            y = ro(self.phi_b[sl], self.right[sl])
-            gl += (x.T @ (x * w)).astype(np.float64)
-            gr += (y.T @ (y * w)).astype(np.float64)
-        return self.backend.asnumpy(gl), self.backend.asnumpy(gr)
+            self._accumulate_grams(acc, ro(self.left[sl], self.phi_a[sl]), sl)
+        return self._gram_result(acc)
 
-    def forward_and_gradient(self, Bs, residual):
+    def _gram_accumulators(self):
+        xp = self.backend.xp
+        return [xp.zeros((self.Dl * self.d,) * 2, dtype=np.float64), xp.zeros((self.d * self.Dr,) * 2, dtype=np.float64)]
+
+    def _accumulate_grams(self, acc, x, sl):
+        """Add one chunk's contribution; ``x`` is the chunk's ``L (x) phi_j`` (already formed)."""
+        y = self.backend.row_outer(self.phi_b[sl], self.right[sl])
+        if self.normalize_samples:
+            acc[0] += (x.T @ x).astype(np.float64)
+            acc[1] += (y.T @ y).astype(np.float64)
+        else:
+            w = self.scale[sl, None]
+            acc[0] += (x.T @ (x * w)).astype(np.float64)
+            acc[1] += (y.T @ (y * w)).astype(np.float64)
+
+    def _gram_result(self, acc):
+        return self.backend.asnumpy(acc[0]), self.backend.asnumpy(acc[1])
+
+    def forward_and_gradient(self, Bs, residual, with_grams=False):
         """One fused pass: outputs, then the gradient of the residual weights.
 
         Parameters
@@ -189,12 +202,22 @@ class LocalProblem:
         f : array, shape (n, L)
         grad : array, shape (Dl * d * d, L * Dr)
             ``sum_n w[n, l] * row_n``, the descent direction for ``Bs``.
+        grams : tuple of ndarray
+            Only with ``with_grams=True``: :meth:`grams`, accumulated in the
+            same pass (the left half ``L (x) phi_j`` is formed anyway).
         """
         xp = self.backend.xp
+        ro = self.backend.row_outer
         f = xp.empty((self.n_samples, self.n_labels), dtype=self.dtype)
         grad = xp.zeros(self.shape, dtype=self.dtype)
+        acc = self._gram_accumulators() if with_grams else None
         for sl in self._chunks():
-            P = self._projected(sl)
+            x = ro(self.left[sl], self.phi_a[sl])
+            P = ro(x, self.phi_b[sl])
+            if with_grams:
+                self._accumulate_grams(acc, x, sl)
             f[sl] = self._forward_chunk(P, Bs, sl)
             self._accumulate(grad, P, residual(f[sl], sl), sl)
+        if with_grams:
+            return f, grad, self._gram_result(acc)
         return f, grad

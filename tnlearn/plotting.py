@@ -149,7 +149,8 @@ def plot_entanglement(entropies, labels=None, ax=None):
     Parameters
     ----------
     entropies : array, shape (n_bonds,), or list of such arrays
-        One 1-D array per run, in nats.
+        One 1-D array per run, in bits (base-2 logarithm, as quimb's
+        ``MatrixProductState.entropy`` returns).
     labels : str or list of str, optional
     ax : matplotlib.axes.Axes, optional
 
@@ -166,7 +167,7 @@ def plot_entanglement(entropies, labels=None, ax=None):
             raise ValueError(f"each entropy profile must be 1-D (n_bonds,), got shape {s.shape}")
         ax.plot(np.arange(1, len(s) + 1), s, "-", marker=".", color=f"C{i % 10}", label=label)
     ax.set_ylim(bottom=0)
-    return _finish(ax, "Bond", "Entanglement entropy (nats)", "Entanglement entropy along the chain")
+    return _finish(ax, "Bond", "Entanglement entropy (bits)", "Entanglement entropy along the chain")
 
 
 def write_run_plots(histories, labels=None, out_dir="."):

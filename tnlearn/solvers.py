@@ -92,7 +92,7 @@ class SolverOptions:
     step_size: object = "auto"
     line_search_samples: int | None = 8192
     precondition: bool = False
-    damping: float = 1e-3
+    damping: float = 0.3
 
 
 def damped_inverse(G, damping):
@@ -138,7 +138,18 @@ def _identity(g):
     return g
 
 
-def gradient_descent(problem, Bs, y, opts, precondition=_identity):
+def _first_pass(problem, Bs, residual, opts, want_grams):
+    """Outputs, gradient, Grams (when wanted) and the preconditioner, in one pass over the samples."""
+    need_grams = want_grams or opts.precondition
+    if need_grams:
+        f, g, grams = problem.forward_and_gradient(Bs, residual, with_grams=True)
+    else:
+        (f, g), grams = problem.forward_and_gradient(Bs, residual), None
+    precondition = KroneckerPreconditioner(grams, problem, opts.damping) if opts.precondition else _identity
+    return f, g, grams, precondition
+
+
+def gradient_descent(problem, Bs, y, opts, want_grams=False):
     """``opts.n_iter`` (preconditioned) gradient steps on the working block.
 
     Returns
@@ -146,15 +157,20 @@ def gradient_descent(problem, Bs, y, opts, precondition=_identity):
     Bs : array, shape (Dl * d * d, L * Dr)
     f_before : array, shape (n, L)
         Outputs before the update (for the running loss).
+    grams : tuple of ndarray or None
+        The block's data Gram matrices, when wanted or preconditioning.
     """
     xp = problem.backend.xp
     residual = residual_fn(opts.loss, y, xp)
     kappa = 1.0 if opts.loss == "mse" else 0.5
-    f_before = None
+    f_before = grams = None
+    precondition = _identity
     for _ in range(opts.n_iter):
-        f, g = problem.forward_and_gradient(Bs, residual)
         if f_before is None:
+            f, g, grams, precondition = _first_pass(problem, Bs, residual, opts, want_grams)
             f_before = f
+        else:
+            f, g = problem.forward_and_gradient(Bs, residual)
         p = precondition(g)
         if opts.step_size == "auto":
             rows = opts.line_search_samples
@@ -166,21 +182,22 @@ def gradient_descent(problem, Bs, y, opts, precondition=_identity):
         else:
             step = opts.step_size
         Bs = Bs + step * p
-    return Bs, f_before
+    return Bs, f_before, grams
 
 
-def conjugate_gradient(problem, Bs, y, opts, precondition=_identity):
+def conjugate_gradient(problem, Bs, y, opts, want_grams=False):
     """(Preconditioned) CGLS on the local squared loss: ``opts.n_iter`` iterations from ``Bs``.
 
     Returns
     -------
     Bs : array, shape (Dl * d * d, L * Dr)
     f_before : array, shape (n, L)
+    grams : tuple of ndarray or None
     """
     if opts.loss != "mse":
         raise ValueError("solver='cg' minimises the squared loss; use loss='mse' or solver='gd'")
     xp = problem.backend.xp
-    f, s = problem.forward_and_gradient(Bs, residual_fn("mse", y, xp))
+    f, s, grams, precondition = _first_pass(problem, Bs, residual_fn("mse", y, xp), opts, want_grams)
     f_before = f
     r = y - f
     z = precondition(s)
@@ -200,13 +217,13 @@ def conjugate_gradient(problem, Bs, y, opts, precondition=_identity):
         beta = xp.where(ss > 0, ss_new / xp.where(ss > 0, ss, 1), 0)
         p = z + beta * p
         ss = ss_new
-    return Bs, f_before
+    return Bs, f_before, grams
 
 
 _SOLVER_FUNCS = {"gd": gradient_descent, "cg": conjugate_gradient}
 
 
-def solve_local(problem, Bs, y, opts, grams=None):
+def solve_local(problem, Bs, y, opts, want_grams=False):
     """Dispatch to the solver named in ``opts.solver`` (see :data:`SOLVERS`).
 
     Parameters
@@ -215,12 +232,17 @@ def solve_local(problem, Bs, y, opts, grams=None):
     Bs : array, shape (Dl * d * d, L * Dr)
     y : array, shape (n, L)
     opts : SolverOptions
-    grams : tuple of ndarray, optional
-        The block's data Gram matrices; needed when ``opts.precondition``.
+    want_grams : bool
+        Also return the block's data Gram matrices (:meth:`LocalProblem.grams`),
+        accumulated in the solver's first pass over the samples.
+
+    Returns
+    -------
+    Bs : array, shape (Dl * d * d, L * Dr)
+        The updated working block.
+    f_before : array, shape (n, L)
+        Outputs of the block before the update.
+    grams : tuple of ndarray or None
+        Present when ``want_grams`` or ``opts.precondition``.
     """
-    precondition = _identity
-    if opts.precondition:
-        if grams is None:
-            grams = problem.grams()
-        precondition = KroneckerPreconditioner(grams, problem, opts.damping)
-    return _SOLVER_FUNCS[opts.solver](problem, Bs, y, opts, precondition)
+    return _SOLVER_FUNCS[opts.solver](problem, Bs, y, opts, want_grams)

@@ -109,9 +109,8 @@ def half_sweep(head, envs, phi_sites, y, direction, opts, on_bond=None):
             left, left_log, phi_sites[j], phi_sites[j + 1], right, right_log,
             head.n_labels, head.backend, opts.chunk_size, opts.normalize_samples,
         )
-        grams = problem.grams() if opts.truncation == "data" or opts.solver.precondition else None
         Bs = problem.to_scaled(head.merge(j), head.log_norm)
-        Bs, _ = solve_local(problem, Bs, y, opts.solver, grams)
+        Bs, _, grams = solve_local(problem, Bs, y, opts.solver, want_grams=opts.truncation == "data")
         block, log_norm = problem.from_scaled(Bs)
         if opts.truncation != "data":
             grams = None
