@@ -29,12 +29,16 @@ class Backend:
         ``row_outer(a (n, p), b (n, q)) -> (n, p * q)`` per-sample outer product.
     row_contract : callable
         ``row_contract(t (n, m, q), r (n, q)) -> (n, m)`` per-sample contraction.
+    row_normalise : callable
+        ``row_normalise(env (n, m)) -> log_norms (n,)``: each row divided by its
+        norm in place; the float64 log norms returned.
     """
 
     name: str
     xp: Any = field(repr=False)
     row_outer: Callable = field(repr=False)
     row_contract: Callable = field(repr=False)
+    row_normalise: Callable = field(repr=False)
 
     def asarray(self, x, dtype=None):
         """Move ``x`` onto this backend (no copy when it is already there)."""
@@ -50,7 +54,7 @@ class Backend:
 def _numpy_backend() -> Backend:
     from tnlearn import _kernels
 
-    return Backend("numpy", np, _kernels.row_outer, _kernels.row_contract)
+    return Backend("numpy", np, _kernels.row_outer, _kernels.row_contract, _kernels.row_normalise)
 
 
 def _cupy_backend() -> Backend:
@@ -87,7 +91,12 @@ def _cupy_backend() -> Backend:
         out[...] = res
         return out
 
-    return Backend("cupy", cp, row_outer, row_contract)
+    def row_normalise(env):
+        norms = cp.sqrt(cp.einsum("ij,ij->i", env, env, dtype=np.float64))
+        env /= cp.where(norms > 0, norms, 1).astype(env.dtype)[:, None]
+        return cp.log(cp.maximum(norms, 1e-300))
+
+    return Backend("cupy", cp, row_outer, row_contract, row_normalise)
 
 
 def get_backend(name: str | Backend = "numpy") -> Backend:

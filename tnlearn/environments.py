@@ -124,17 +124,17 @@ class EnvironmentCache:
 
     def _advance(self, src, dst, phi, core, step):
         """Fill slot ``dst`` from slot ``src`` through one site, chunk by chunk."""
-        xp = self.backend.xp
         width = core.shape[2] if step is left_step else core.shape[0]
         if width > self.max_bond:
             raise ValueError(f"bond dimension {width} exceeds the cache's max_bond={self.max_bond}")
         env_in, log_in = self.get(src)
         target = self.data[dst, :, :width]
         log_out = self.log_norm[dst]
+        be = self.backend
         for start in range(0, self.n_samples, self.chunk_size):
             sl = slice(start, start + self.chunk_size)
-            block = step(env_in[sl], phi[sl], core, self.backend)
-            log_out[sl] = log_in[sl] + _normalise_rows(block, xp)
+            block = step(env_in[sl], phi[sl], core, be)
+            log_out[sl] = log_in[sl] + be.row_normalise(block)
             target[sl] = block
         self.dims[dst] = width
 
