@@ -76,7 +76,8 @@ def run(args):
     opts = SweepOptions(
         max_bond=args.bond,
         cutoff=0.0,
-        solver=SolverOptions(args.solver, "mse", args.n_iter, precondition=args.precondition, damping=args.damping),
+        solver=SolverOptions(args.solver, "mse", args.n_iter, precondition=args.precondition, damping=args.damping,
+                             gram_samples=args.gram_samples),
         chunk_size=args.chunk_size,
         truncation=args.truncation,
     )
@@ -105,6 +106,7 @@ def main(argv=None):
     p.add_argument("--precondition", action=argparse.BooleanOptionalAction, default=True,
                    help="Kronecker-factored preconditioner, as MPSClassifier's default (default: on)")
     p.add_argument("--damping", type=float, default=0.3, help="preconditioner damping (default: 0.3)")
+    p.add_argument("--gram-samples", type=int, default=None, help="samples for the Gram matrices (default: all)")
     p.add_argument("--truncation", choices=["data", "svd"], default="data")
     p.add_argument("--chunk-size", type=int, default=4096)
     p.add_argument("--sweeps", type=int, default=1)
@@ -121,7 +123,7 @@ def main(argv=None):
     peak = peak32 if args.dtype == "float32" else peak64
     print(f"config       : n={args.n_samples} N={args.n_sites} m={args.bond} d={args.d} L={args.labels} "
           f"{args.dtype} solver={args.solver} n_iter={args.n_iter} precondition={args.precondition} "
-          f"damping={args.damping} "
+          f"damping={args.damping} gram_samples={args.gram_samples} "
           f"truncation={args.truncation}")
     print(f"matmul peak  : {peak32:.1f} GFLOP/s float32, {peak64:.1f} GFLOP/s float64 (2048^2, this run)")
     print(f"set-up       : {setup:.1f} s (embedding, PCA initialisation, environments)")

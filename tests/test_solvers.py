@@ -101,3 +101,17 @@ def test_solvers_return_grams_only_when_needed(rng):
         assert solve_local(prob, B0, y, SolverOptions(solver, precondition=False))[2] is None
         gl, gr = solve_local(prob, B0, y, SolverOptions(solver, precondition=False), want_grams=True)[2]
         np.testing.assert_allclose(gl, prob.grams()[0], rtol=1e-12)
+
+
+def test_grams_of_the_first_rows(rng):
+    """gram_rows / rows restrict the Gram estimate to a prefix of the samples, across chunk edges."""
+    n, Dl, Dr = 50, 3, 2
+    left, right = rng.standard_normal((n, Dl)), rng.standard_normal((n, Dr))
+    zeros = np.zeros(n)
+    full = LocalProblem(left, zeros, rng.random((n, 2)), rng.random((n, 2)), right, zeros, 3, NP, 8, True)
+    head = LocalProblem(left[:21], zeros[:21], full.phi_a[:21], full.phi_b[:21], right[:21], zeros[:21], 3, NP, 8, True)
+    w = rng.standard_normal((n, 3))
+    _, _, (gl, gr) = full.forward_and_gradient(np.ones(full.shape), lambda fc, sl: w[sl], True, gram_rows=21)
+    np.testing.assert_allclose(gl, head.grams()[0], rtol=1e-12)
+    np.testing.assert_allclose(gr, head.grams()[1], rtol=1e-12)
+    np.testing.assert_allclose(full.grams(rows=21)[0], gl, rtol=1e-12)

@@ -153,8 +153,14 @@ class LocalProblem:
         W = self.backend.row_outer(w * self.scale[sl, None], self.right[sl])
         grad += P.T @ W
 
-    def grams(self):
+    def grams(self, rows=None):
         """Data Gram matrices of the two halves of the projected input.
+
+        Parameters
+        ----------
+        rows : int, optional
+            Use only the first ``rows`` samples (all by default): an unbiased
+            estimate up to a factor when the samples are in random order.
 
         Returns
         -------
@@ -165,7 +171,7 @@ class LocalProblem:
         """
         acc = self._gram_accumulators()
         ro = self.backend.row_outer
-        for sl in self._chunks():
+        for sl in self._chunks(rows):
             self._accumulate_grams(acc, ro(self.left[sl], self.phi_a[sl]), sl)
         return self._gram_result(acc)
 
@@ -187,7 +193,7 @@ class LocalProblem:
     def _gram_result(self, acc):
         return self.backend.asnumpy(acc[0]), self.backend.asnumpy(acc[1])
 
-    def forward_and_gradient(self, Bs, residual, with_grams=False):
+    def forward_and_gradient(self, Bs, residual, with_grams=False, gram_rows=None):
         """One fused pass: outputs, then the gradient of the residual weights.
 
         Parameters
@@ -203,19 +209,22 @@ class LocalProblem:
         grad : array, shape (Dl * d * d, L * Dr)
             ``sum_n w[n, l] * row_n``, the descent direction for ``Bs``.
         grams : tuple of ndarray
-            Only with ``with_grams=True``: :meth:`grams`, accumulated in the
-            same pass (the left half ``L (x) phi_j`` is formed anyway).
+            Only with ``with_grams=True``: :meth:`grams` (of the first
+            ``gram_rows`` samples, all by default), accumulated in the same
+            pass (the left half ``L (x) phi_j`` is formed anyway).
         """
         xp = self.backend.xp
         ro = self.backend.row_outer
         f = xp.empty((self.n_samples, self.n_labels), dtype=self.dtype)
         grad = xp.zeros(self.shape, dtype=self.dtype)
         acc = self._gram_accumulators() if with_grams else None
+        gram_end = self.n_samples if gram_rows is None else min(gram_rows, self.n_samples)
         for sl in self._chunks():
             x = ro(self.left[sl], self.phi_a[sl])
             P = ro(x, self.phi_b[sl])
-            if with_grams:
-                self._accumulate_grams(acc, x, sl)
+            if with_grams and sl.start < gram_end:
+                stop = min(sl.stop, gram_end)
+                self._accumulate_grams(acc, x[: stop - sl.start], slice(sl.start, stop))
             f[sl] = self._forward_chunk(P, Bs, sl)
             self._accumulate(grad, P, residual(f[sl], sl), sl)
         if with_grams:

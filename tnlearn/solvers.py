@@ -81,6 +81,9 @@ class SolverOptions:
         Samples used to estimate the curvature for ``step_size="auto"``.
     precondition : bool
         Use the Kronecker-factored data preconditioner (module docstring).
+    gram_samples : int or None
+        Samples used to estimate the data Gram matrices (preconditioner and
+        data-metric split); None: all.
     damping : float
         Relative Tikhonov damping of each Gram factor before inversion:
         ``G + damping * mean(eig(G)) * I``.
@@ -93,6 +96,7 @@ class SolverOptions:
     line_search_samples: int | None = 8192
     precondition: bool = False
     damping: float = 0.3
+    gram_samples: int | None = None
 
 
 def damped_inverse(G, damping):
@@ -142,7 +146,7 @@ def _first_pass(problem, Bs, residual, opts, want_grams):
     """Outputs, gradient, Grams (when wanted) and the preconditioner, in one pass over the samples."""
     need_grams = want_grams or opts.precondition
     if need_grams:
-        f, g, grams = problem.forward_and_gradient(Bs, residual, with_grams=True)
+        f, g, grams = problem.forward_and_gradient(Bs, residual, with_grams=True, gram_rows=opts.gram_samples)
     else:
         (f, g), grams = problem.forward_and_gradient(Bs, residual), None
     precondition = KroneckerPreconditioner(grams, problem, opts.damping) if opts.precondition else _identity

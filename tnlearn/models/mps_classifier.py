@@ -102,6 +102,10 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
         ``G + damping * mean(eig(G)) * I``.  Small values (1e-3) trust the
         Kronecker approximation too far and destabilise the sweep; 0.1-0.3
         worked best on Fashion-MNIST.
+    gram_samples : int or None, default=None
+        Estimate the block's data Gram matrices (for the preconditioner and
+        the data-metric split) from the first ``gram_samples`` of the shuffled
+        training samples instead of all of them (None).
     chunk_size : int, default=4096
         Samples per matrix product (bounds temporary memory).
     backend : {"numpy", "cupy"}, default="numpy"
@@ -143,6 +147,7 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
         line_search_samples=8192,
         precondition=True,
         damping=0.3,
+        gram_samples=None,
         chunk_size=4096,
         backend="numpy",
         random_state=None,
@@ -166,6 +171,7 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
         self.line_search_samples = line_search_samples
         self.precondition = precondition
         self.damping = damping
+        self.gram_samples = gram_samples
         self.chunk_size = chunk_size
         self.backend = backend
         self.random_state = random_state
@@ -183,6 +189,11 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError("solver='cg' minimises the squared loss: use loss='mse', or solver='gd'")
         if _dtype_name(self.dtype) not in _DTYPES:
             raise ValueError(f"dtype={self.dtype!r} is not supported; choose one of {_DTYPES}")
+        if self.gram_samples is not None and (
+            not isinstance(self.gram_samples, (int, np.integer)) or isinstance(self.gram_samples, bool)
+            or self.gram_samples < 1
+        ):
+            raise ValueError(f"gram_samples={self.gram_samples!r} must be None (all samples) or an integer >= 1")
         for name in ("n_sweeps", "n_iter", "init_bond", "chunk_size"):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or value < 1:
@@ -311,7 +322,7 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
             cutoff_mode=self.cutoff_mode,
             solver=SolverOptions(
                 self.solver, self.loss, self.n_iter, self.step_size, self.line_search_samples,
-                bool(self.precondition), float(self.damping),
+                bool(self.precondition), float(self.damping), self.gram_samples,
             ),
             chunk_size=self.chunk_size,
             truncation=self.truncation,
