@@ -111,7 +111,10 @@ class LocalProblem:
     def _forward_chunk(self, P, Bs, sl):
         xp = self.backend.xp
         T = xp.matmul(P, Bs).reshape(P.shape[0], self.n_labels, self.Dr)
-        return self.backend.row_contract(T, self.right[sl]) * self.scale[sl, None]
+        out = self.backend.row_contract(T, self.right[sl])
+        if not self.normalize_samples:
+            out *= self.scale[sl, None]
+        return out
 
     def forward(self, Bs, rows=None):
         """Outputs of the first ``rows`` samples (all by default).
@@ -150,7 +153,9 @@ class LocalProblem:
         return grad
 
     def _accumulate(self, grad, P, w, sl):
-        W = self.backend.row_outer(w * self.scale[sl, None], self.right[sl])
+        if not self.normalize_samples:
+            w = w * self.scale[sl, None]
+        W = self.backend.row_outer(w, self.right[sl])
         grad += P.T @ W
 
     def grams(self, rows=None):
