@@ -72,15 +72,16 @@ def _tol(dtype):
 
 
 cutoffs = st.one_of(st.just(0.0), st.floats(1e-6, 0.9))
-
-
-@SETTINGS
-@given(
+truncation_cases = given(
     M=matrices(),
     max_bond=st.one_of(st.none(), st.integers(1, 9)),
     cutoff=cutoffs,
     cutoff_mode=st.sampled_from(CUTOFF_MODES),
 )
+
+
+@SETTINGS
+@truncation_cases
 def test_truncated_svd_invariants(M, max_bond, cutoff, cutoff_mode):
     U, s, Vh, info = truncated_svd(M, max_bond=max_bond, cutoff=cutoff, cutoff_mode=cutoff_mode)
     k, s_all, tol = info.kept, info.singular_values.astype(np.float64), _tol(M.dtype)
@@ -111,12 +112,7 @@ def test_truncated_svd_invariants(M, max_bond, cutoff, cutoff_mode):
 
 
 @SETTINGS
-@given(
-    M=matrices(),
-    max_bond=st.one_of(st.none(), st.integers(1, 9)),
-    cutoff=cutoffs,
-    cutoff_mode=st.sampled_from(CUTOFF_MODES),
-)
+@truncation_cases
 def test_truncated_svd_keeps_what_the_cutoff_mode_says(M, max_bond, cutoff, cutoff_mode):
     *_, info = truncated_svd(M, max_bond=max_bond, cutoff=cutoff, cutoff_mode=cutoff_mode)
     s = info.singular_values.astype(np.float64)
