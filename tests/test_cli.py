@@ -177,3 +177,63 @@ def test_entry_point_help():
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("usage: tnlearn train")
     assert "--bond-dim" in proc.stdout and "--out" in proc.stdout
+
+
+def _history_without_seconds(run_dir):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in json.loads((run_dir / "history.json").read_text())]
+
+
+RESUMABLE = ["--dataset", "digits", "--bond-dim", "6", "--n-train", "500", "--quiet"]
+
+
+def test_resume_continues_to_the_same_result(tmp_path, capsys):
+    """2 sweeps, then --resume to 3, equals 3 sweeps in one go (bit-identical history and model)."""
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    assert main(["train", *RESUMABLE, "--sweeps", "3", "--out", str(whole)]) == 0
+    assert main(["train", *RESUMABLE, "--sweeps", "2", "--out", str(split)]) == 0
+    assert main(["train", "--resume", str(split), "--sweeps", "3", "--quiet"]) == 0
+    assert _history_without_seconds(split) == _history_without_seconds(whole)
+    from tnlearn.io import load_model
+
+    import numpy as np
+
+    a, b = load_model(split / "model.npz"), load_model(whole / "model.npz")
+    for x, y in zip(a.head_.cores, b.head_.cores):
+        np.testing.assert_array_equal(x, y)
+    # asking for no more sweeps than done is not an error
+    capsys.readouterr()
+    assert main(["train", "--resume", str(split), "--sweeps", "2", "--quiet"]) == 0
+    assert "already has 3 sweeps" in capsys.readouterr().out
+
+
+def test_resume_errors(tmp_path, capsys):
+    assert_one_line_error(capsys, main(["train", "--resume", str(tmp_path), "--quiet"]), "run.json not found", "--resume")
+    assert_one_line_error(capsys, main(["train", *FAST]), "--out RUNDIR", "--resume RUNDIR")
+
+
+def test_kill_during_training_then_resume_completes(tmp_path):
+    """kill -9 at a random moment after the first checkpoint; --resume then finishes the run."""
+    import os
+    import random
+    import signal
+    import time
+
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-c", "import sys; from tnlearn.cli import main; sys.exit(main(sys.argv[1:]))",
+           "train", "--dataset", "digits", "--bond-dim", "8", "--sweeps", "6", "--quiet", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not (out / "model.npz").exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(random.uniform(0.0, 0.5))
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert (out / "model.npz").exists()
+    assert main(["train", "--resume", str(out), "--sweeps", "6", "--quiet"]) == 0
+    history = json.loads((out / "history.json").read_text())
+    assert [r["sweep"] for r in history] == [1, 2, 3, 4, 5, 6]

@@ -116,14 +116,35 @@ def _data_options(p, default_dataset):
 
 
 # ------------------------------------------------------------------------ train
+def _resume_options(args):
+    """Fill ``args`` from the run directory's run.json for ``--resume``; returns the run directory."""
+    run_dir = Path(args.resume)
+    run_path, model_path = run_dir / "run.json", run_dir / "model.npz"
+    for path in (run_path, model_path):
+        if not path.is_file():
+            raise FileNotFoundError(f"--resume {run_dir}: {path.name} not found; it is written by "
+                                    "`tnlearn train --out RUNDIR` after the first sweep")
+    saved = _read_json(run_path, "run").get("options", {})
+    keep = {"sweeps", "quiet", "checkpoint_every", "resume", "out", "func"}
+    for key, value in saved.items():
+        if key not in keep and hasattr(args, key):
+            setattr(args, key, value)
+    return run_dir
+
+
 def cmd_train(args):
     from tnlearn import __version__
-    from tnlearn.io import save_model
+    from tnlearn.io import load_model, save_model
     from tnlearn.models import MPSClassifier
     from tnlearn.plotting import write_run_plots
 
     t0 = time.perf_counter()
-    out = Path(args.out)
+    if args.resume:
+        out = _resume_options(args)
+    elif args.out:
+        out = Path(args.out)
+    else:
+        raise ValueError("say where the run goes: --out RUNDIR (new run) or --resume RUNDIR (continue one)")
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a directory")
     ds, X_train, X_test = _load_data(args.dataset, args.data_dir, args.pool, args.n_train, args.seed,
@@ -132,32 +153,57 @@ def cmd_train(args):
         h, w = ds.image_shape
         print(f"{ds.name}: {len(X_train)} train / {len(X_test)} test images {h}x{w} -> "
               f"{X_train.shape[1]} sites ({args.order} order)", flush=True)
-    extra = {k: getattr(args, k) for k in ("precondition", "damping") if getattr(args, k) is not None}
-    clf = MPSClassifier(max_bond=args.bond_dim, cutoff=args.cutoff, n_sweeps=args.sweeps, solver=args.solver,
-                        n_iter=args.n_iter, loss=args.loss, truncation=args.truncation, dtype=args.dtype,
-                        backend=args.backend, random_state=args.seed, verbose=0 if args.quiet else 2, **extra)
-    t_fit = time.perf_counter()
-    clf.fit(X_train, ds.y_train, eval_set=(X_test, ds.y_test))
-    fit_seconds = time.perf_counter() - t_fit
-    last = clf.history_[-1]
+    verbose = 0 if args.quiet else 2
+    if args.resume:
+        clf = load_model(out / "model.npz")
+        done = len(clf.history_)
+        if done >= args.sweeps:
+            print(f"{out} already has {done} sweeps (asked for {args.sweeps} in total); nothing to do")
+            return 0
+        clf.set_params(warm_start=True, n_sweeps=args.sweeps - done, verbose=verbose)
+        if not args.quiet:
+            print(f"resuming {out} after sweep {done}, up to {args.sweeps} sweeps", flush=True)
+    else:
+        extra = {k: getattr(args, k) for k in ("precondition", "damping") if getattr(args, k) is not None}
+        clf = MPSClassifier(max_bond=args.bond_dim, cutoff=args.cutoff, n_sweeps=args.sweeps, solver=args.solver,
+                            n_iter=args.n_iter, loss=args.loss, truncation=args.truncation, dtype=args.dtype,
+                            backend=args.backend, random_state=args.seed, verbose=verbose, **extra)
 
-    out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / "history.json", [asdict(r) for r in clf.history_.records])
-    save_model(clf, out / "model.npz")
-    options = {k: v for k, v in vars(args).items() if k != "func"}
+    options = {k: v for k, v in vars(args).items() if k not in ("func", "resume")}
     options["data_dir"] = args.data_dir and os.path.abspath(args.data_dir)  # evaluate from any cwd
     pool = args.pool if args.pool is not None else (1 if ds.name == "digits" else 2)  # load_dataset's default
     run = {
         "dataset": ds.name, "image_shape": list(ds.image_shape), "order": args.order, "pool": pool,
         "n_train": len(X_train), "n_test": len(X_test), "n_features": int(X_train.shape[1]),
-        "options": options, "final_train_accuracy": last.train_accuracy,
-        "final_test_accuracy": last.test_accuracy, "fit_seconds": fit_seconds,
-        "tnlearn_version": __version__,
+        "options": options, "tnlearn_version": __version__,
     }
-    plots = write_run_plots([clf.history_], [f"m={args.bond_dim}"], out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def checkpoint(model):
+        n = len(model.history_)
+        if n % args.checkpoint_every == 0 or n == args.sweeps:
+            save_model(model, out / "model.npz")  # atomic: a kill leaves the old or the new file
+            _write_json(out / "history.json", [asdict(r) for r in model.history_.records])
+            _write_json(out / "run.json", {**run, "status": f"checkpoint after sweep {n}"})
+
+    t_fit = time.perf_counter()
+    try:
+        clf.fit(X_train, ds.y_train, eval_set=(X_test, ds.y_test), on_sweep=checkpoint)
+    except KeyboardInterrupt:
+        last = len(clf.history_) // args.checkpoint_every * args.checkpoint_every if hasattr(clf, "history_") else 0
+        where = f"{out}/model.npz holds sweep {last}" if last else "no sweep had finished, nothing was saved"
+        print(f"\ninterrupted: {where}; continue with `tnlearn train --resume {out} --sweeps {args.sweeps}`",
+              file=sys.stderr)
+        return 130
+    fit_seconds = time.perf_counter() - t_fit
+    last = clf.history_[-1]
+    run.update({"status": "finished", "final_train_accuracy": last.train_accuracy,
+                "final_test_accuracy": last.test_accuracy, "fit_seconds": fit_seconds})
+    m = clf.max_bond
+    plots = write_run_plots([clf.history_], [f"m={m}"], out)
     run["total_seconds"] = time.perf_counter() - t0
     _write_json(out / "run.json", run)
-    print(f"test accuracy {last.test_accuracy:.4f} after {len(clf.history_)} sweeps (m={args.bond_dim}) "
+    print(f"test accuracy {last.test_accuracy:.4f} after {len(clf.history_)} sweeps (m={m}) "
           f"in {run['total_seconds']:.1f} s; wrote history.json, run.json, model.npz and "
           f"{len(plots)} plots to {out}")
     return 0
@@ -259,7 +305,11 @@ def build_parser():
     p.add_argument("--backend", choices=("numpy", "cupy"), default="numpy", help="array backend (default: numpy)")
     p.add_argument("--seed", type=int, default=0, metavar="K", help="random seed (default: 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-sweep lines")
-    p.add_argument("--out", required=True, metavar="RUNDIR", help="run directory to write")
+    p.add_argument("--out", metavar="RUNDIR", help="run directory to write (a new run)")
+    p.add_argument("--resume", metavar="RUNDIR", help="continue the run in RUNDIR up to --sweeps sweeps in total "
+                   "(its data and model options come from RUNDIR/run.json)")
+    p.add_argument("--checkpoint-every", type=_positive_int, default=1, metavar="K",
+                   help="save model.npz and history.json every K sweeps (default: 1)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="test accuracy and confusion matrix of a saved model",

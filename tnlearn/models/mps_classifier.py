@@ -232,7 +232,7 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
         return backend.asarray(np.ascontiguousarray(Phi.transpose(1, 0, 2)))
 
     # -- fitting ------------------------------------------------------------------
-    def fit(self, X, y, eval_set=None):
+    def fit(self, X, y, eval_set=None, on_sweep=None):
         """Train by DMRG sweeps.
 
         Parameters
@@ -245,6 +245,13 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
             Class labels.
         eval_set : tuple (X_test, y_test), optional
             Scored after every sweep; its accuracy goes into ``history_``.
+        on_sweep : callable, optional
+            Called as ``on_sweep(self)`` after every completed sweep (the label
+            is back on site 0 and ``history_`` has the new record), e.g. to
+            write a checkpoint with :func:`tnlearn.io.save_model`.  A run
+            interrupted later can continue from such a checkpoint with
+            ``warm_start=True`` and reach the same weights as an uninterrupted
+            run with the same ``random_state`` and data.
 
         Returns
         -------
@@ -335,6 +342,8 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
             eval_data = (self._embed(X_eval, backend, "clip"), np.asarray(eval_set[1]))
         for _ in range(self.n_sweeps):
             self._run_one_sweep(head, envs, phi_sites, Y, y_idx[order], opts, eval_data, backend)
+            if on_sweep is not None:
+                on_sweep(self)
         return self
 
     def _run_one_sweep(self, head, envs, phi_sites, Y, y_idx, opts, eval_data, backend):

@@ -156,7 +156,9 @@ class MPSHead:
 
     def __init__(self, cores, center, log_norm, backend):
         self.backend = backend
-        self.cores = [backend.asarray(c) for c in cores]
+        # C-contiguous always, so that a model loaded from disk runs the very same BLAS
+        # calls (and gives bit-identical results) as the one that was saved
+        self.cores = [backend.xp.ascontiguousarray(backend.asarray(c)) for c in cores]
         self.center = int(center)
         self.log_norm = float(log_norm)
         self._check()
@@ -252,6 +254,8 @@ class MPSHead:
             self.cores[j + 1] = be.asarray(Vh.reshape(k, d2, Dr))
             self.center = j
         self.log_norm = float(log_norm) + float(np.log(nrm))
+        for k in (j, j + 1):
+            self.cores[k] = be.xp.ascontiguousarray(self.cores[k])
         return info
 
     def _metric_split(self, j, host, direction, max_bond, cutoff, cutoff_mode, grams):
