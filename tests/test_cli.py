@@ -116,6 +116,10 @@ def test_plot_single_run_defaults_to_run_dir(tmp_path, run_dir, capsys):
     assert main(["plot", str(run_dir), "--labels", "digits m=4"]) == 0
     for name in PLOTS:
         assert_png(run_dir / name)
+    # the run directory holds its model, so the entanglement profile is drawn too
+    printed = capsys.readouterr().out.split()
+    assert printed[-1] == str(run_dir / "entanglement.png")
+    assert_png(run_dir / "entanglement.png")
 
 
 def test_error_missing_data_dir(tmp_path, capsys):
@@ -237,3 +241,59 @@ def test_kill_during_training_then_resume_completes(tmp_path):
     assert main(["train", "--resume", str(out), "--sweeps", "6", "--quiet"]) == 0
     history = json.loads((out / "history.json").read_text())
     assert [r["sweep"] for r in history] == [1, 2, 3, 4, 5, 6]
+
+
+def test_nan_mid_sweep_stops_with_the_last_good_checkpoint(tmp_path, capsys, monkeypatch):
+    """A block turning NaN in sweep 2 stops the run; model.npz still holds sweep 1 and resumes."""
+    import numpy as np
+
+    import tnlearn.sweeps as sweeps
+
+    real = sweeps.solve_local
+    calls = {"n": 0}
+    n_bonds_per_sweep = 2 * (64 - 1)
+
+    def poisoned(problem, Bs, y, opts, want_grams=False):
+        calls["n"] += 1
+        Bs, f, grams = real(problem, Bs, y, opts, want_grams)
+        if calls["n"] == n_bonds_per_sweep + 10:  # a bond in the middle of sweep 2
+            Bs = Bs * np.nan
+        return Bs, f, grams
+
+    monkeypatch.setattr(sweeps, "solve_local", poisoned)
+    out = tmp_path / "nan"
+    rc = main(["train", *RESUMABLE, "--sweeps", "3", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "NaN" in err and "model.npz holds sweep 1 (the last good state)" in err
+    assert len(json.loads((out / "history.json").read_text())) == 1
+    monkeypatch.setattr(sweeps, "solve_local", real)
+    assert main(["train", "--resume", str(out), "--sweeps", "3", "--quiet"]) == 0
+    assert len(json.loads((out / "history.json").read_text())) == 3
+
+
+def test_ctrl_c_finishes_the_bond_saves_and_exits_cleanly(tmp_path):
+    import signal
+    import time
+
+    from tnlearn.io import load_model
+
+    out = tmp_path / "sigint"
+    cmd = [sys.executable, "-c", "import sys; from tnlearn.cli import main; sys.exit(main(sys.argv[1:]))",
+           "train", "--dataset", "digits", "--bond-dim", "8", "--sweeps", "8", "--quiet", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not (out / "model.npz").exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "interrupted:" in err and "--resume" in err
+    model = load_model(out / "interrupted.npz")  # a consistent network, whatever the label's site
+    done = len(json.loads((out / "history.json").read_text()))
+    assert 1 <= done < 8 and len(model.history_) == done
+    assert main(["train", "--resume", str(out), "--sweeps", str(done + 1), "--quiet"]) == 0

@@ -132,6 +132,13 @@ def _resume_options(args):
     return run_dir
 
 
+def _last_checkpoint(clf, out, args):
+    """Where the last checkpoint of an interrupted run is, in words."""
+    done = len(clf.history_) if hasattr(clf, "history_") else 0
+    last = done if done == args.sweeps else done // args.checkpoint_every * args.checkpoint_every
+    return f"{out}/model.npz holds sweep {last}" if last else "no checkpoint was written (no sweep had finished)"
+
+
 def cmd_train(args):
     from tnlearn import __version__
     from tnlearn.io import load_model, save_model
@@ -190,11 +197,15 @@ def cmd_train(args):
     try:
         clf.fit(X_train, ds.y_train, eval_set=(X_test, ds.y_test), on_sweep=checkpoint)
     except KeyboardInterrupt:
-        last = len(clf.history_) // args.checkpoint_every * args.checkpoint_every if hasattr(clf, "history_") else 0
-        where = f"{out}/model.npz holds sweep {last}" if last else "no sweep had finished, nothing was saved"
-        print(f"\ninterrupted: {where}; continue with `tnlearn train --resume {out} --sweeps {args.sweeps}`",
-              file=sys.stderr)
+        saved = ""
+        if hasattr(clf, "head_"):  # the bond in progress was finished: the network is consistent
+            save_model(clf, out / "interrupted.npz")
+            saved = f"; the network as it was mid-sweep (label on site {clf.head_.center}) is in {out}/interrupted.npz"
+        print(f"\ninterrupted: {_last_checkpoint(clf, out, args)}{saved}; continue with "
+              f"`tnlearn train --resume {out} --sweeps {args.sweeps}`", file=sys.stderr)
         return 130
+    except FloatingPointError as exc:
+        raise FloatingPointError(f"{exc}; {_last_checkpoint(clf, out, args)} (the last good state)") from exc
     fit_seconds = time.perf_counter() - t_fit
     last = clf.history_[-1]
     run.update({"status": "finished", "final_train_accuracy": last.train_accuracy,
@@ -268,7 +279,14 @@ def cmd_plot(args):
         if len(set(labels)) < len(labels):  # e.g. two runs with the same m: use the directory names
             labels = [Path(d).resolve().name for d in args.run_dirs]
     out = args.out or (args.run_dirs[0] if len(args.run_dirs) == 1 else "plots")
-    for path in write_run_plots(histories, labels, out):
+    entropies = None
+    models = [Path(d) / "model.npz" for d in args.run_dirs]
+    if all(m.is_file() for m in models):  # every run has its model: add the entanglement profiles
+        from tnlearn.io import load_model
+        from tnlearn.physics import entanglement_entropies
+
+        entropies = [entanglement_entropies(load_model(m)) for m in models]
+    for path in write_run_plots(histories, labels, out, entropies):
         print(path)
     return 0
 
@@ -321,7 +339,9 @@ def build_parser():
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("plot", help="plot and compare the histories of runs",
-                       description="Write accuracy.png, truncation.png and bond_dims.png comparing runs.")
+                       description="Write accuracy.png, truncation.png and bond_dims.png comparing runs, and "
+                                   "entanglement.png (entropy across every bond, in bits) when every "
+                                   "RUNDIR holds its model.npz.")
     p.add_argument("run_dirs", nargs="+", metavar="RUNDIR", help="run directories holding history.json")
     p.add_argument("--out", metavar="DIR", help="output directory (default: the RUNDIR, or ./plots for several)")
     p.add_argument("--labels", nargs="+", metavar="LABEL", help="one legend label per run (default: m=<bond dim>)")
@@ -351,7 +371,7 @@ def main(argv=None):
     try:
         return args.func(args)
     except (ValueError, OSError, DatasetUnavailableError, IDXFormatError, ModelFormatError,
-            NotFittedError) as exc:
+            NotFittedError, FloatingPointError) as exc:
         print(f"tnlearn: error: {_message(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -170,7 +170,19 @@ def plot_entanglement(entropies, labels=None, ax=None):
     return _finish(ax, "Bond", "Entanglement entropy (bits)", "Entanglement entropy along the chain")
 
 
-def write_run_plots(histories, labels=None, out_dir="."):
+def _save(plot, items, labels, out_dir, name):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=_FIGSIZE, layout="constrained")
+    FigureCanvasAgg(fig)
+    plot(items, labels, ax=fig.add_subplot())
+    path = os.path.join(os.fspath(out_dir), f"{name}.png")
+    fig.savefig(path, dpi=150)
+    return path
+
+
+def write_run_plots(histories, labels=None, out_dir=".", entropies=None):
     """Write ``accuracy.png``, ``truncation.png`` and ``bond_dims.png`` into ``out_dir``.
 
     Parameters
@@ -179,24 +191,20 @@ def write_run_plots(histories, labels=None, out_dir="."):
     labels : str or list of str, optional
     out_dir : str or path-like
         Created if missing; existing files of these names are replaced.
+    entropies : list of array, optional
+        One entanglement profile per run (see :func:`plot_entanglement`);
+        when given, ``entanglement.png`` is written too.
 
     Returns
     -------
     list of str
-        The three paths, in the order above.
+        The paths, in the order above.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     histories, labels = _runs(histories, labels, "histories")
     os.makedirs(out_dir, exist_ok=True)
-    paths = []
-    for name, plot in (("accuracy", plot_accuracy), ("truncation", plot_truncation),
-                       ("bond_dims", plot_bond_dims)):
-        fig = Figure(figsize=_FIGSIZE, layout="constrained")
-        FigureCanvasAgg(fig)
-        plot(histories, labels, ax=fig.add_subplot())
-        path = os.path.join(os.fspath(out_dir), f"{name}.png")
-        fig.savefig(path, dpi=150)
-        paths.append(path)
+    paths = [_save(plot, histories, labels, out_dir, name)
+             for name, plot in (("accuracy", plot_accuracy), ("truncation", plot_truncation),
+                                ("bond_dims", plot_bond_dims))]
+    if entropies is not None:
+        paths.append(_save(plot_entanglement, list(entropies), labels, out_dir, "entanglement"))
     return paths

@@ -22,6 +22,43 @@ _INITS = ("pca", "identity")
 _TRUNCATIONS = ("data", "svd")
 
 
+class _BondBoundaryInterrupt:
+    """Defer Ctrl-C (SIGINT) to the end of the bond update in progress.
+
+    Inside the ``with`` block a SIGINT only sets a flag; :meth:`check`, called
+    after every bond, then raises ``KeyboardInterrupt``, so the network, its
+    environments and the label position are consistent when the interrupt
+    propagates (the model can be saved).  Outside the main thread, where
+    signal handlers cannot be installed, Ctrl-C behaves as usual.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def check(self):
+        if self.requested:
+            raise KeyboardInterrupt("interrupted after a completed bond update")
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
+
+
 def _dtype_name(dtype):
     """``"float32"`` for ``"float32"``, ``np.float32`` or ``np.dtype("float32")``; None if not a dtype."""
     try:
@@ -354,8 +391,16 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
 
             bar = tqdm(total=2 * (head.n_sites - 1), desc=f"sweep {len(self.history_) + 1}", leave=False)
         t0 = time.perf_counter()
+        interrupt = _BondBoundaryInterrupt()
+
+        def on_bond(_):
+            if bar is not None:
+                bar.update()
+            interrupt.check()
+
         try:
-            infos = full_sweep(head, envs, phi_sites, Y, opts, on_bond=(lambda _: bar.update()) if bar else None)
+            with interrupt:
+                infos = full_sweep(head, envs, phi_sites, Y, opts, on_bond=on_bond)
         finally:
             if bar is not None:
                 bar.close()
@@ -443,3 +488,57 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
         from tnlearn.networks import head_to_quimb
 
         return head_to_quimb(self.head_)
+
+    @classmethod
+    def from_quimb(cls, mps, classes=None, label_ind="label", **params):
+        """A classifier whose network is an existing quimb MPS.
+
+        The label may sit on any site; it is moved to site 0 by exact
+        (untruncated) SVD moves, and the chain is brought to the mixed
+        canonical form the engine keeps, so the result predicts exactly what
+        the quimb network computes and can be trained further with
+        ``warm_start=True``.
+
+        Parameters
+        ----------
+        mps : quimb.tensor.MatrixProductState
+            Open boundaries, site tags / physical indices as ``mps.site_tag``
+            / ``mps.site_ind`` give them, exactly one site carrying ``label_ind``.
+        classes : array-like, shape (L,), optional
+            The class of each value of the label index (default ``0 .. L-1``).
+        label_ind : str
+        **params
+            Hyperparameters (e.g. ``feature_map``, ``max_bond``); the feature
+            map's dimension must equal the physical dimension of the sites.
+
+        Returns
+        -------
+        MPSClassifier
+            Fitted: ``classes_``, ``n_features_in_``, ``head_`` and an empty
+            ``history_``.
+        """
+        from tnlearn.networks import canonicalize_around, quimb_to_cores
+
+        model = cls(**params)
+        model._check_params()
+        cores, center, log_scale = quimb_to_cores(mps, label_ind)
+        d = cores[0].shape[1]
+        dim = get_feature_map(model.feature_map).dim
+        if d != dim:
+            raise ValueError(f"the MPS has physical dimension {d} but feature_map={model.feature_map!r} gives "
+                             f"vectors of dimension {dim}; pass a feature map of dimension {d}")
+        n_labels = cores[center].shape[2]
+        classes = np.arange(n_labels) if classes is None else np.asarray(classes)
+        if classes.shape != (n_labels,) or len(np.unique(classes)) != n_labels:
+            raise ValueError(f"classes must list {n_labels} distinct labels (the label index's size), got {classes!r}")
+        dtype = np.dtype(model.dtype)
+        cores, log_norm = canonicalize_around([np.asarray(c, dtype=np.float64) for c in cores], center)
+        head = MPSHead(cores, center, log_norm + log_scale, get_backend("numpy"))
+        for j in range(center - 1, -1, -1):  # move the label to site 0, exactly
+            head.split(j, head.merge(j), head.log_norm, "left", max_bond=None, cutoff=0.0, cutoff_mode="abs")
+        backend = get_backend(model.backend)
+        model.head_ = MPSHead([c.astype(dtype) for c in head.cores], 0, head.log_norm, backend)
+        model.classes_ = classes
+        model.n_features_in_ = len(cores)
+        model.history_ = History()
+        return model
