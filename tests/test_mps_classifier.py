@@ -161,3 +161,28 @@ def test_predict_with_wrong_feature_count(tiny_problem):
     clf = MPSClassifier(max_bond=2, n_sweeps=1, random_state=0).fit(X, y)
     with pytest.raises(ValueError, match="fitted with 10"):
         clf.predict(X[:, :5])
+
+
+def test_unpooled_28x28_images_train_in_float32_without_under_or_overflow(digits):
+    """784-site chains in float32: no under/overflow, and the outputs are those of the exact network."""
+    from tnlearn import embed, product_state
+
+    X_train, X_test, y_train, y_test = digits
+
+    def to_28(X):  # 8x8 digits upsampled to 28x28 images (nearest neighbour)
+        imgs = X.reshape(-1, 8, 8)
+        idx = (np.arange(28) * 8) // 28
+        return imgs[:, idx][:, :, idx].reshape(len(X), 784)
+
+    Xtr, Xte = to_28(X_train[:200]), to_28(X_test[:20])
+    clf = MPSClassifier(max_bond=6, n_sweeps=1, dtype="float32", random_state=0).fit(Xtr, y_train[:200])
+    rec = clf.history_[-1]
+    assert clf.head_.n_sites == 784 and np.isfinite(rec.loss) and rec.train_accuracy > 0.3
+    scores = clf.decision_function(Xte)
+    assert np.all(np.isfinite(scores)) and np.all(np.abs(scores).max(axis=1) > 0)
+    # the float32 engine against a float64 quimb contraction of the same (exported) network
+    mps = clf.mps_.astype("float64")
+    phi = embed(Xte[:3], dtype=np.float64)
+    for row, got in zip(phi, scores):
+        expected = (mps & product_state(row)).contract(output_inds=["label"])
+        np.testing.assert_allclose(got, np.asarray(expected.data, dtype=np.float64), rtol=2e-3)
