@@ -49,13 +49,25 @@ def main(argv=None):
     gram = (t.H.reindex({left_bond: left_bond + "'"}) @ t).data
     print("right-canonical check on site", n - 2, ":", np.allclose(gram, np.eye(gram.shape[0]), atol=1e-4))
 
+    from tnlearn import MPSClassifier
+    from tnlearn.physics import entanglement_by_class, entanglement_entropies, schmidt_spectra
+
+    # tnlearn's own sweep of SVDs over the cores, checked against quimb at a few bonds
+    entropies = entanglement_entropies(clf)  # bits; the label counted in the left block
     psi = mps / mps.norm()  # a normalised state in (label) x (features)
-    entropies = np.array([float(psi.entropy(i)) for i in range(1, n)])
+    for b in (1, n // 2, n - 1):
+        assert abs(float(psi.entropy(b)) - entropies[b - 1]) < 1e-3, "tnlearn and quimb disagree"
     middle = n // 2
-    spectrum = np.asarray(psi.schmidt_values(middle))
-    print(f"entanglement entropy: max {entropies.max():.3f} at bond {entropies.argmax() + 1}, "
-          f"mean {entropies.mean():.3f}")
+    spectrum = schmidt_spectra(clf)[middle - 1]
+    print(f"entanglement entropy (bits): max {entropies.max():.3f} at bond {entropies.argmax() + 1}, "
+          f"mean {entropies.mean():.3f} (log2 of the largest bond: {np.log2(max(clf.head_.bond_dims)):.3f})")
     print(f"Schmidt values^2 at bond {middle}: {np.round(spectrum[:6], 4)} ...")
+    per_class = entanglement_by_class(clf)
+    print("mean entropy of each single-class state |W_l>:", np.round(per_class.mean(axis=1), 3))
+
+    # and back: any quimb MPS with a label index is a classifier
+    again = MPSClassifier.from_quimb(mps, classes=clf.classes_, feature_map=clf.feature_map)
+    print("from_quimb(clf.mps_) has the same bond dimensions:", again.head_.bond_dims == clf.head_.bond_dims)
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
