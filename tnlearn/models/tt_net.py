@@ -1,0 +1,333 @@
+"""TT-net: a tensor-train dense layer, a ReLU and a dense output layer (Novikov et al. 2015).
+
+::
+
+    x (flattened, zero-padded to prod(in_shape), centred)
+      -> pre = x @ W_tt + b1        W_tt a TTMatrix, shape (prod in_shape, prod hidden_shape)
+      -> h   = relu(pre)
+      -> f   = h @ V + b2           dense, shape (prod hidden_shape, n_classes)
+      -> softmax cross-entropy
+
+Trained by two-site sweeps over the TT cores: at every bond the two cores are
+merged, the merged block (with ``V``, ``b1``, ``b2``) is optimised by minibatch
+Adam for ``epochs_per_bond`` passes over the data — the block's gradient is the
+upstream gradient back-propagated through the output layer and the ReLU, then
+contracted with the input and the other cores (the block's environments) — and
+the block is split by truncated SVD (``max_rank``, ``cutoff``), so the TT-ranks
+adapt and every split's discarded weight is recorded.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+
+from tnlearn.backend import get_backend
+from tnlearn.history import History, SweepRecord
+from tnlearn.models._validation import (
+    check_eval_set,
+    check_features,
+    check_positive_float,
+    check_positive_int,
+    check_targets,
+)
+from tnlearn.optim import Adam
+from tnlearn.solvers import softmax
+from tnlearn.stages.tt import TTMatrix, check_tt_shapes, factorize
+from tnlearn.truncation import check_truncation_args
+
+_DTYPES = ("float32", "float64")
+
+
+def relu_forward(pre, xp):
+    return xp.maximum(pre, 0)
+
+
+def cross_entropy(f, y_idx, xp):
+    """Mean cross-entropy of logits ``f`` (n, L) against class indices ``y_idx`` (n,)."""
+    z = f.astype(np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    logp = z - xp.log(xp.exp(z).sum(axis=1, keepdims=True))
+    return float(-xp.mean(logp[xp.arange(len(y_idx)), y_idx]))
+
+
+class TTNetClassifier(ClassifierMixin, BaseEstimator):
+    """A TT dense layer, ReLU, dense output; trained by DMRG-style sweeps over the TT cores.
+
+    Parameters
+    ----------
+    n_cores : int, default=5
+        Number of TT cores when ``in_shape`` / ``hidden_shape`` are not given;
+        the input is zero-padded to the next power of two that splits into
+        ``n_cores`` factors (784 -> 1024 = 4^5).
+    in_shape, hidden_shape : tuple of int, optional
+        Factorisations of the (padded) input and of the hidden layer;
+        default: :func:`~tnlearn.stages.tt.factorize` of the input size, and the
+        same for the hidden layer.
+    max_rank : int, default=4
+        Maximum TT-rank (the ``max_bond`` of every split).
+    cutoff : float, default=0.0
+        Relative discarded weight allowed at each split (``cutoff_mode="rsum2"``).
+    n_sweeps : int, default=2
+        Full sweeps (right then left over the ``n_cores - 1`` bonds).
+    epochs_per_bond : float, default=1.0
+        Passes of minibatch Adam over the training set at every bond.
+    batch_size : int, default=128
+    learning_rate : float, default=2e-3
+    dtype : {"float32", "float64"}
+    backend : str, default="numpy"
+    random_state : int, Generator or None
+    verbose : int
+        1: a line per sweep; 2: also a progress bar over bonds.
+
+    Attributes
+    ----------
+    tt_ : TTMatrix
+        The trained TT layer (``tt_.to_quimb()`` is its quimb ``MatrixProductOperator``).
+    b1_, V_, b2_ : ndarray
+        Hidden bias ``(H,)``, output weights ``(H, L)``, output bias ``(L,)``.
+    classes_ : ndarray
+    history_ : History
+        ``bond_dims`` are the TT-ranks after each sweep.
+    """
+
+    def __init__(
+        self,
+        n_cores=5,
+        in_shape=None,
+        hidden_shape=None,
+        max_rank=4,
+        cutoff=0.0,
+        n_sweeps=2,
+        epochs_per_bond=1.0,
+        batch_size=128,
+        learning_rate=2e-3,
+        dtype="float32",
+        backend="numpy",
+        random_state=None,
+        verbose=0,
+    ):
+        self.n_cores = n_cores
+        self.in_shape = in_shape
+        self.hidden_shape = hidden_shape
+        self.max_rank = max_rank
+        self.cutoff = cutoff
+        self.n_sweeps = n_sweeps
+        self.epochs_per_bond = epochs_per_bond
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.dtype = dtype
+        self.backend = backend
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # -- set-up --------------------------------------------------------------------------
+    def _check_params(self):
+        check_truncation_args(self.max_rank, self.cutoff, "rsum2")
+        for name in ("n_cores", "n_sweeps", "batch_size"):
+            check_positive_int(name, getattr(self, name))
+        if self.n_cores < 2 and self.in_shape is None:
+            raise ValueError(f"n_cores={self.n_cores}: a sweep needs at least 2 TT cores")
+        check_positive_float("epochs_per_bond", self.epochs_per_bond, "1.0")
+        check_positive_float("learning_rate", self.learning_rate, "2e-3")
+        if str(np.dtype(self.dtype)) not in _DTYPES:
+            raise ValueError(f"dtype={self.dtype!r} is not supported; choose one of {_DTYPES}")
+
+    def _shapes(self, n_features):
+        in_shape = self.in_shape if self.in_shape is not None else factorize(n_features, self.n_cores)
+        hidden = self.hidden_shape if self.hidden_shape is not None else in_shape
+        in_shape, hidden = check_tt_shapes(in_shape, hidden)
+        if len(in_shape) < 2:
+            raise ValueError(f"in_shape={in_shape}: a sweep needs at least 2 TT cores")
+        if math.prod(in_shape) < n_features:
+            raise ValueError(
+                f"in_shape={in_shape} holds {math.prod(in_shape)} features but X has {n_features}; "
+                f"use factors whose product is >= {n_features} (the input is zero-padded)"
+            )
+        return in_shape, hidden
+
+    def _prepare(self, X, xp):
+        """Centre, scale and zero-pad a batch of raw features to ``(n, prod(in_shape))``."""
+        dtype = np.dtype(self.dtype)
+        Xc = (np.asarray(X, dtype=np.float64) - self.input_mean_) / self.input_scale_
+        out = np.zeros((len(X), self.tt_.in_features), dtype=dtype)
+        out[:, : Xc.shape[1]] = Xc
+        return self._backend.asarray(out)
+
+    # -- the network -----------------------------------------------------------------------
+    def _logits(self, Xp, block=None, bond=None, params=None):
+        b1, V, b2 = params if params is not None else (self.b1_, self.V_, self.b2_)
+        pre = (self.tt_.forward(Xp) if block is None else self.tt_.block_forward(bond, block, Xp)) + b1
+        h = relu_forward(pre, self._backend.xp)
+        return pre, h, h @ V + b2
+
+    def _batch_gradients(self, Xb, yb, block, bond, params):
+        """Loss and gradients of the mean cross-entropy of one minibatch."""
+        xp = self._backend.xp
+        b1, V, b2 = params
+        pre, h, f = self._logits(Xb, block, bond, params)
+        p = softmax(f, xp)
+        p[xp.arange(len(yb)), yb] -= 1
+        dF = p / len(yb)
+        dV = h.T @ dF
+        db2 = dF.sum(axis=0)
+        dpre = (dF @ V.T) * (pre > 0)
+        db1 = dpre.sum(axis=0)
+        dblock = self.tt_.block_gradient(bond, Xb, dpre)
+        return dblock, db1, dV, db2
+
+    def _optimise_bond(self, bond, Xp, y_idx, rng, adam):
+        """Minibatch Adam on the merged block of ``bond`` and the dense parameters."""
+        xp = self._backend.xp
+        block = self.tt_.merge(bond)
+        params = [self.b1_, self.V_, self.b2_]
+        n = Xp.shape[0]
+        n_steps = max(1, int(round(self.epochs_per_bond * n / self.batch_size)))
+        adam.reset("block")
+        y_dev = self._backend.asarray(y_idx)
+        order = None
+        for step in range(n_steps):
+            start = (step * self.batch_size) % n
+            if start == 0 or order is None:
+                order = self._backend.asarray(rng.permutation(n))
+            idx = order[start : start + self.batch_size]
+            dblock, db1, dV, db2 = self._batch_gradients(Xp[idx], y_dev[idx], block, bond, params)
+            block = adam.step("block", block, dblock)
+            params = [adam.step(name, p, g) for name, p, g in zip(("b1", "V", "b2"), params, (db1, dV, db2))]
+        self.b1_, self.V_, self.b2_ = params
+        del xp
+        return block
+
+    # -- fitting ------------------------------------------------------------------------------
+    def fit(self, X, y, eval_set=None):
+        """Train by sweeps over the TT cores.
+
+        Parameters
+        ----------
+        X : array-like, shape (n_samples, n_features)
+            Flattened images (any range: centred and scaled by the training statistics).
+        y : array-like, shape (n_samples,)
+        eval_set : tuple (X_test, y_test), optional
+            Scored after every sweep (``history_[k].test_accuracy``).
+
+        Returns
+        -------
+        self
+        """
+        self._check_params()
+        X = check_features(X, min_features=2)
+        classes, y_idx = check_targets(X, y)
+        eval_set = check_eval_set(eval_set, X.shape[1])
+        in_shape, hidden = self._shapes(X.shape[1])
+        rng = np.random.default_rng(self.random_state)
+        backend = self._backend = get_backend(self.backend)
+        xp = backend.xp
+        dtype = np.dtype(self.dtype)
+        self.classes_ = classes
+        self.n_features_in_ = X.shape[1]
+        self.input_mean_ = X.mean(axis=0)
+        self.input_scale_ = float(X.std()) or 1.0
+        self.tt_ = TTMatrix.random(in_shape, hidden, self.max_rank, rng, dtype, backend)
+        H, L = self.tt_.out_features, len(classes)
+        self.b1_ = xp.zeros(H, dtype=dtype)
+        self.V_ = backend.asarray((rng.standard_normal((H, L)) * np.sqrt(2.0 / H)).astype(dtype))
+        self.b2_ = xp.zeros(L, dtype=dtype)
+        self.history_ = History(meta={"model": "tt-net", "in_shape": list(in_shape), "hidden_shape": list(hidden)})
+        Xp = self._prepare(X, xp)
+        adam = Adam(self.learning_rate, xp=xp)
+        n_bonds = self.tt_.n_cores - 1
+        schedule = [(j, "right") for j in range(n_bonds)] + [(j, "left") for j in range(n_bonds - 1, -1, -1)]
+        for _ in range(self.n_sweeps):
+            t0 = time.perf_counter()
+            bar = None
+            if self.verbose >= 2:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=len(schedule), desc=f"sweep {len(self.history_) + 1}", leave=False)
+            errors = []
+            for bond, direction in schedule:
+                block = self._optimise_bond(bond, Xp, y_idx, rng, adam)
+                info = self.tt_.split(bond, block, direction, self.max_rank, self.cutoff, "rsum2")
+                errors.append(float(info.discarded_weight))
+                if bar is not None:
+                    bar.update()
+            if bar is not None:
+                bar.close()
+            seconds = time.perf_counter() - t0
+            self._record(Xp, y_idx, eval_set, errors, seconds)
+        return self
+
+    def _record(self, Xp, y_idx, eval_set, errors, seconds):
+        xp = self._backend.xp
+        f = self._decision(Xp)
+        loss = cross_entropy(f, self._backend.asarray(y_idx), xp)
+        if not np.isfinite(loss):
+            raise FloatingPointError(
+                f"the training loss became {loss} in sweep {len(self.history_) + 1}; lower learning_rate"
+            )
+        train_acc = float(np.mean(self._backend.asnumpy(xp.argmax(f, axis=1)) == y_idx))
+        test_acc = None if eval_set is None else float(self.score(*eval_set))
+        record = SweepRecord(
+            sweep=len(self.history_) + 1,
+            loss=loss,
+            train_accuracy=train_acc,
+            test_accuracy=test_acc,
+            max_truncation_error=float(max(errors)),
+            mean_truncation_error=float(np.mean(errors)),
+            bond_dims=self.tt_.ranks,
+            seconds=seconds,
+            truncation_errors=errors,
+        )
+        self.history_.append(record)
+        if self.verbose:
+            test = "" if test_acc is None else f"  test acc {test_acc:.4f}"
+            print(
+                f"sweep {record.sweep:3d}  loss {loss:.5f}  train acc {train_acc:.4f}{test}  "
+                f"TT-ranks {self.tt_.ranks}  max trunc err {record.max_truncation_error:.2e}  {seconds:.2f} s",
+                flush=True,
+            )
+
+    # -- prediction -------------------------------------------------------------------------------
+    def _check_fitted(self):
+        if not hasattr(self, "tt_"):
+            from sklearn.exceptions import NotFittedError
+
+            raise NotFittedError("this TTNetClassifier is not fitted yet; call fit(X, y) first")
+
+    def _decision(self, Xp, chunk=8192):
+        xp = self._backend.xp
+        out = xp.empty((Xp.shape[0], len(self.classes_)), dtype=Xp.dtype)
+        for start in range(0, Xp.shape[0], chunk):
+            out[start : start + chunk] = self._logits(Xp[start : start + chunk])[2]
+        return out
+
+    def decision_function(self, X):
+        """Logits, shape (n_samples, n_classes), float64 (host)."""
+        self._check_fitted()
+        X = check_features(X, self.n_features_in_)
+        return self._backend.asnumpy(self._decision(self._prepare(X, self._backend.xp))).astype(np.float64)
+
+    def predict_proba(self, X):
+        """Softmax of the logits, shape (n_samples, n_classes)."""
+        return softmax(self.decision_function(X), np)
+
+    def predict(self, X):
+        """Predicted class labels, shape (n_samples,)."""
+        self._check_fitted()
+        return self.classes_[np.argmax(self.decision_function(X), axis=1)]
+
+    # -- size ------------------------------------------------------------------------------------
+    @property
+    def n_params_(self):
+        """Trained parameters: TT cores, hidden bias, output layer."""
+        self._check_fitted()
+        return int(self.tt_.n_params + self.b1_.size + self.V_.size + self.b2_.size)
+
+    @property
+    def compression_(self):
+        """Dense parameters of the TT layer's matrix over its TT parameters."""
+        self._check_fitted()
+        return float(self.tt_.compression)

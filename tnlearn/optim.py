@@ -1,0 +1,67 @@
+"""Adam, the stochastic local solver of blocks that sit below a non-linearity.
+
+A block of a multilinear stack has a local quadratic (MSE) or convex (CE) problem
+that :mod:`tnlearn.solvers` solves from cached environments.  A block below a
+non-linearity (the TT layer of a TT-net) does not: its local problem is solved
+by a few passes of minibatch Adam (Kingma & Ba 2015) over the samples, with the
+rest of the network fixed except the small dense parameters above it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class Adam:
+    """Adam updates of a fixed set of named arrays.
+
+    Parameters
+    ----------
+    learning_rate : float
+    beta1, beta2, eps : float
+    xp : module
+        numpy or cupy.
+    """
+
+    def __init__(self, learning_rate=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, xp=np):
+        if not learning_rate > 0:
+            raise ValueError(f"learning_rate={learning_rate!r}: must be > 0, e.g. 1e-3")
+        self.learning_rate = float(learning_rate)
+        self.beta1, self.beta2, self.eps = beta1, beta2, eps
+        self.xp = xp
+        self._m, self._v, self._t = {}, {}, {}
+
+    def reset(self, name):
+        """Forget the moments of one parameter (its shape is about to change)."""
+        for store in (self._m, self._v, self._t):
+            store.pop(name, None)
+
+    def step(self, name, param, grad):
+        """Return ``param`` after one Adam step along ``-grad``.
+
+        Parameters
+        ----------
+        name : str
+            Key of the parameter's moments.
+        param, grad : array
+            Same shape.
+
+        Returns
+        -------
+        array
+        """
+        xp = self.xp
+        if name not in self._m or self._m[name].shape != param.shape:
+            self._m[name] = xp.zeros_like(param)
+            self._v[name] = xp.zeros_like(param)
+            self._t[name] = 0
+        self._t[name] += 1
+        t = self._t[name]
+        m = self._m[name]
+        v = self._v[name]
+        m *= self.beta1
+        m += (1 - self.beta1) * grad
+        v *= self.beta2
+        v += (1 - self.beta2) * (grad * grad)
+        lr = self.learning_rate * np.sqrt(1 - self.beta2**t) / (1 - self.beta1**t)
+        return param - (lr * m / (xp.sqrt(v) + self.eps)).astype(param.dtype)
