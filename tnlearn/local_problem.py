@@ -15,6 +15,13 @@ large matrix multiply and intermediates stay in cache:
 
 * forward:  ``T = P @ Bs`` (one GEMM), then a per-sample contraction with ``R``;
 * gradient: ``G = P.T @ (w (x) R)`` (one GEMM) for per-sample weights ``w``.
+
+Data-parallel runs (:mod:`tnlearn.distributed`) give the problem a *shard*:
+the arrays then hold this rank's samples only, and every sum over samples
+leaves through :meth:`LocalProblem.reduce_sum` (an ``Allreduce``): the
+gradient, the Gram matrices, and in the solvers the step's curvature.
+Sample prefixes (``rows``, ``gram_rows``) are global: "the first ``rows``
+samples of the shuffled training set", whichever rank holds them.
 """
 
 from __future__ import annotations
@@ -42,11 +49,21 @@ class LocalProblem:
         When true the per-sample scales are dropped (``s[n] = 1``, ``c = 0``):
         the block is fitted to the outputs of *normalised* environments, which
         for classification give the same argmax (see ``MPSClassifier.sample_norm``).
+    shard : tnlearn.distributed.Shard, optional
+        This rank's part of the samples in a data-parallel run (None: all
+        samples are here).
+
+    Attributes
+    ----------
+    n_samples : int
+        Samples held here.
+    n_total : int
+        Samples on all ranks (``n_samples`` without a shard).
     """
 
     def __init__(
         self, left, left_log, phi_a, phi_b, right, right_log, n_labels, backend, chunk_size=4096,
-        normalize_samples=False,
+        normalize_samples=False, shard=None,
     ):
         xp = backend.xp
         self.backend = backend
@@ -58,12 +75,16 @@ class LocalProblem:
         self.chunk_size = chunk_size
         self.dtype = left.dtype
         self.normalize_samples = bool(normalize_samples)
+        self.shard = shard
+        self.n_total = self.n_samples if shard is None else shard.n_total
         if normalize_samples:
             self.log_shift = xp.zeros((), dtype=np.float64)
             self.scale = xp.ones(self.n_samples, dtype=self.dtype)
         else:
             log_s = left_log + right_log
             self.log_shift = xp.max(log_s)  # 0-d, stays on the device
+            if shard is not None:  # one scale for the whole data set: the working block is shared
+                self.log_shift = shard.max(self.log_shift)
             self.scale = xp.exp(log_s - self.log_shift).astype(self.dtype)
         self.shape = (self.Dl * self.d * self.d, n_labels * self.Dr)
 
@@ -98,6 +119,23 @@ class LocalProblem:
         block = (Bs / nrm).reshape(self.Dl, self.d, self.d, self.n_labels, self.Dr)
         return block, xp.log(nrm.astype(np.float64)) - self.log_shift
 
+    # -- sums across ranks ----------------------------------------------------------
+    def reduce_sum(self, x):
+        """Sum of a per-rank partial sum ``x`` over all ranks (``x`` itself in one process)."""
+        if self.shard is None:
+            return x
+        return self.shard.sum(x)
+
+    def _local_rows(self, rows):
+        """Rows of the global prefix ``[0, rows)`` held here (``rows`` unchanged in one process)."""
+        if self.shard is None or rows is None:
+            return rows
+        return self.shard.local_rows(rows)
+
+    def global_rows(self, rows):
+        """Samples in the global prefix ``[0, rows)`` over all ranks (all samples when None)."""
+        return self.n_total if rows is None else min(rows, self.n_total)
+
     # -- passes over the samples --------------------------------------------------
     def _chunks(self, rows=None):
         n = self.n_samples if rows is None else min(rows, self.n_samples)
@@ -123,12 +161,15 @@ class LocalProblem:
         ----------
         Bs : array, shape (Dl * d * d, L * Dr)
         rows : int, optional
+            A global prefix; with a shard, only its samples inside it are computed.
 
         Returns
         -------
         array, shape (rows, L)
+            Per sample: not reduced across ranks.
         """
         xp = self.backend.xp
+        rows = self._local_rows(rows)
         n = self.n_samples if rows is None else min(rows, self.n_samples)
         out = xp.empty((n, self.n_labels), dtype=self.dtype)
         for sl in self._chunks(rows):
@@ -145,12 +186,13 @@ class LocalProblem:
         Returns
         -------
         array, shape (Dl * d * d, L * Dr)
+            Summed over the samples of all ranks.
         """
         xp = self.backend.xp
         grad = xp.zeros(self.shape, dtype=self.dtype)
         for sl in self._chunks():
             self._accumulate(grad, self._projected(sl), weights[sl], sl)
-        return grad
+        return self.reduce_sum(grad)
 
     def _accumulate(self, grad, P, w, sl):
         if not self.normalize_samples:
@@ -176,7 +218,7 @@ class LocalProblem:
         """
         acc = self._gram_accumulators()
         ro = self.backend.row_outer
-        for sl in self._chunks(rows):
+        for sl in self._chunks(self._local_rows(rows)):
             self._accumulate_grams(acc, ro(self.left[sl], self.phi_a[sl]), sl)
         return self._gram_result(acc)
 
@@ -196,6 +238,10 @@ class LocalProblem:
             acc[1] += (y.T @ (y * w)).astype(np.float64)
 
     def _gram_result(self, acc):
+        if self.shard is not None:  # one Allreduce for both matrices
+            xp = self.backend.xp
+            both = self.reduce_sum(xp.concatenate([acc[0].reshape(-1), acc[1].reshape(-1)]))
+            acc = [both[: acc[0].size].reshape(acc[0].shape), both[acc[0].size :].reshape(acc[1].shape)]
         return self.backend.asnumpy(acc[0]), self.backend.asnumpy(acc[1])
 
     def forward_and_gradient(self, Bs, residual, with_grams=False, gram_rows=None):
@@ -211,8 +257,10 @@ class LocalProblem:
         Returns
         -------
         f : array, shape (n, L)
+            Outputs of the samples held here.
         grad : array, shape (Dl * d * d, L * Dr)
-            ``sum_n w[n, l] * row_n``, the descent direction for ``Bs``.
+            ``sum_n w[n, l] * row_n`` over the samples of all ranks, the
+            descent direction for ``Bs``.
         grams : tuple of ndarray
             Only with ``with_grams=True``: :meth:`grams` (of the first
             ``gram_rows`` samples, all by default), accumulated in the same
@@ -223,6 +271,7 @@ class LocalProblem:
         f = xp.empty((self.n_samples, self.n_labels), dtype=self.dtype)
         grad = xp.zeros(self.shape, dtype=self.dtype)
         acc = self._gram_accumulators() if with_grams else None
+        gram_rows = self._local_rows(gram_rows)
         gram_end = self.n_samples if gram_rows is None else min(gram_rows, self.n_samples)
         for sl in self._chunks():
             x = ro(self.left[sl], self.phi_a[sl])
@@ -232,6 +281,7 @@ class LocalProblem:
                 self._accumulate_grams(acc, x[: stop - sl.start], slice(sl.start, stop))
             f[sl] = self._forward_chunk(P, Bs, sl)
             self._accumulate(grad, P, residual(f[sl], sl), sl)
+        grad = self.reduce_sum(grad)
         if with_grams:
             return f, grad, self._gram_result(acc)
         return f, grad

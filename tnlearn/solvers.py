@@ -29,6 +29,11 @@ is inverted factor by factor, a ``(Dl d)^3 + (d Dr)^3`` job, and every search
 direction is ``M^-1 g`` instead of ``g`` (the K-FAC idea applied to a DMRG
 block).  Gradient descent then takes near-Newton steps and CG converges in a
 few iterations, at the same per-iteration cost over the samples.
+
+In a data-parallel run every sum over samples goes through
+``problem.reduce_sum`` (the gradient and Grams inside the problem, the
+curvature ``|A p|^2`` here); sums of products of blocks (``g . p``) are
+already global and need none.
 """
 
 from __future__ import annotations
@@ -179,8 +184,8 @@ def gradient_descent(problem, Bs, y, opts, want_grams=False):
         if opts.step_size == "auto":
             rows = opts.line_search_samples
             Ap = problem.forward(p, rows=rows)
-            n_used = Ap.shape[0]
-            curvature = kappa * xp.sum(Ap * Ap) * (problem.n_samples / n_used)
+            n_used = problem.global_rows(rows)  # Ap.shape[0] summed over the ranks
+            curvature = kappa * problem.reduce_sum(xp.sum(Ap * Ap)) * (problem.n_total / n_used)
             gp = xp.sum(g * p)
             step = xp.where(curvature > 0, gp / xp.where(curvature > 0, curvature, 1), 0)
         else:
@@ -209,7 +214,7 @@ def conjugate_gradient(problem, Bs, y, opts, want_grams=False):
     ss = xp.sum(s * z)
     for it in range(opts.n_iter):
         q = problem.forward(p)
-        qq = xp.sum(q * q)
+        qq = problem.reduce_sum(xp.sum(q * q))
         alpha = xp.where(qq > 0, ss / xp.where(qq > 0, qq, 1), 0)
         Bs = Bs + alpha * p
         if it == opts.n_iter - 1:

@@ -7,6 +7,12 @@ on one backend.  It never loops over samples in Python: every sample-dependent
 step is a chunked matrix product inside
 :class:`~tnlearn.local_problem.LocalProblem` and
 :class:`~tnlearn.environments.EnvironmentCache`.
+
+Data-parallel (MPI) runs pass a :class:`~tnlearn.distributed.Shard`: the
+data and the environments are then this rank's samples, the local problem
+reduces its sample sums across ranks, and the split of each bond is computed
+on rank 0 and broadcast (:func:`~tnlearn.distributed.broadcast_cores`), so
+all ranks hold the same model after every bond.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tnlearn.distributed import broadcast_cores
 from tnlearn.environments import EnvironmentCache
 from tnlearn.local_problem import LocalProblem
 from tnlearn.solvers import SolverOptions, loss_value, solve_local
@@ -80,7 +87,7 @@ def build_environments(head, phi_sites, opts):
     return envs
 
 
-def half_sweep(head, envs, phi_sites, y, direction, opts, on_bond=None):
+def half_sweep(head, envs, phi_sites, y, direction, opts, on_bond=None, shard=None):
     """Update every bond once, moving the label across the whole chain.
 
     Parameters
@@ -94,6 +101,9 @@ def half_sweep(head, envs, phi_sites, y, direction, opts, on_bond=None):
     opts : SweepOptions
     on_bond : callable, optional
         Called with a :class:`BondInfo` after every bond.
+    shard : tnlearn.distributed.Shard, optional
+        This rank's samples in a data-parallel run (``phi_sites``, ``y`` and
+        ``envs`` then hold only them); None in one process.
 
     Returns
     -------
@@ -107,14 +117,18 @@ def half_sweep(head, envs, phi_sites, y, direction, opts, on_bond=None):
         right, right_log = envs.get(j + 2)
         problem = LocalProblem(
             left, left_log, phi_sites[j], phi_sites[j + 1], right, right_log,
-            head.n_labels, head.backend, opts.chunk_size, opts.normalize_samples,
+            head.n_labels, head.backend, opts.chunk_size, opts.normalize_samples, shard,
         )
         Bs = problem.to_scaled(head.merge(j), head.log_norm)
         Bs, _, grams = solve_local(problem, Bs, y, opts.solver, want_grams=opts.truncation == "data")
         block, log_norm = problem.from_scaled(Bs)
         if opts.truncation != "data":
             grams = None
-        tinfo = head.split(j, block, log_norm, direction, opts.max_bond, opts.cutoff, opts.cutoff_mode, grams)
+        tinfo = None
+        if shard is None or shard.is_root:
+            tinfo = head.split(j, block, log_norm, direction, opts.max_bond, opts.cutoff, opts.cutoff_mode, grams)
+        if shard is not None:
+            tinfo = broadcast_cores(shard, head, (j, j + 1), tinfo)
         if direction == "right":
             envs.advance_left(j, phi_sites[j], head.cores[j])
         else:
@@ -126,10 +140,10 @@ def half_sweep(head, envs, phi_sites, y, direction, opts, on_bond=None):
     return infos
 
 
-def full_sweep(head, envs, phi_sites, y, opts, on_bond=None):
+def full_sweep(head, envs, phi_sites, y, opts, on_bond=None, shard=None):
     """A right half-sweep then a left one (centre at site 0 before and after)."""
-    infos = half_sweep(head, envs, phi_sites, y, "right", opts, on_bond)
-    infos += half_sweep(head, envs, phi_sites, y, "left", opts, on_bond)
+    infos = half_sweep(head, envs, phi_sites, y, "right", opts, on_bond, shard)
+    infos += half_sweep(head, envs, phi_sites, y, "left", opts, on_bond, shard)
     return infos
 
 
@@ -172,6 +186,8 @@ def center_outputs(head, envs, phi_sites, chunk_size=4096, normalized=False):
     return out
 
 
-def training_loss(f, y, loss, xp):
-    """Mean loss per sample of outputs ``f`` against one-hot ``y``."""
-    return float(loss_value(f, y.astype(np.float64), loss, xp)) / f.shape[0]
+def training_loss(f, y, loss, xp, shard=None):
+    """Mean loss per sample of outputs ``f`` against one-hot ``y`` (over all ranks with a ``shard``)."""
+    if shard is None:
+        return float(loss_value(f, y.astype(np.float64), loss, xp)) / f.shape[0]
+    return float(shard.sum(loss_value(f, y.astype(np.float64), loss, xp))) / shard.n_total

@@ -56,7 +56,9 @@ def init_cores(n_sites, phys_dim, n_labels, bond_dim, rng, dtype=np.float32, noi
     return [c.astype(dtype) for c in cores], log_norm
 
 
-def pca_init_cores(phi_sites, n_labels, bond_dim, rng, backend, chunk_size=4096, balance=0.0, max_weight=1e4):
+def pca_init_cores(
+    phi_sites, n_labels, bond_dim, rng, backend, chunk_size=4096, balance=0.0, max_weight=1e4, shard=None,
+):
     """Data-driven initial cores: each right site keeps the principal subspace of the data.
 
     Sweeping from the right end, site ``j`` is the isometry onto the ``bond_dim``
@@ -77,6 +79,12 @@ def pca_init_cores(phi_sites, n_labels, bond_dim, rng, backend, chunk_size=4096,
     rng : numpy.random.Generator
     backend : Backend
     chunk_size : int
+    shard : tnlearn.distributed.Shard, optional
+        In a data-parallel run ``phi_sites`` holds this rank's samples: the
+        density matrices are summed over the ranks and rank 0's eigenvectors
+        broadcast (so that all ranks continue in the same basis).  The
+        label site comes from ``rng``: broadcast the head afterwards when the
+        ranks' generators may differ.
 
     Returns
     -------
@@ -94,14 +102,19 @@ def pca_init_cores(phi_sites, n_labels, bond_dim, rng, backend, chunk_size=4096,
     for j in range(n_sites - 1, 0, -1):
         width = d * right.shape[1]
         rho = xp.zeros((width, width), dtype=np.float64)
-        weight = xp.exp(-balance * (log_capture - log_capture.max())).astype(dtype)
+        top = log_capture.max() if shard is None else shard.max(log_capture.max())
+        weight = xp.exp(-balance * (log_capture - top)).astype(dtype)
         weight = xp.minimum(weight, max_weight)
         for start in range(0, n, chunk_size):
             M = backend.row_outer(phi_sites[j, start : start + chunk_size], right[start : start + chunk_size])
             rho += (M.T @ (M * weight[start : start + chunk_size, None])).astype(np.float64)
+        if shard is not None:
+            rho = shard.sum(rho)
         evals, evecs = np.linalg.eigh(backend.asnumpy(rho))
         k = min(bond_dim, width)
         V = evecs[:, ::-1][:, :k].astype(dtype)  # leading eigenvectors, shape (d * D_{j+1}, k)
+        if shard is not None:  # eigenvector signs are arbitrary: take rank 0's
+            V = shard.comm.bcast_arrays([V])[0]
         cores[j] = backend.asarray(np.ascontiguousarray(V.T).reshape(k, d, right.shape[1]))
         Vb = backend.asarray(V)
         new_right = xp.empty((n, k), dtype=dtype)
