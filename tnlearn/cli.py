@@ -8,9 +8,17 @@ Examples
     tnlearn train --dataset mnist --bond-dim 32 --sweeps 6 --out runs/mnist-m32
     tnlearn evaluate runs/digits                          # accuracy + confusion matrix
     tnlearn plot runs/mnist-m16 runs/mnist-m32 --out plots
+    mpiexec -n 4 tnlearn train --dataset mnist --out runs/mnist-4ranks   # data-parallel (pip install 'tnlearn[mpi]')
 
 Expected failures (missing files, data sets, bad options) print one line
-``tnlearn: error: ...`` on stderr and exit with status 2.
+``tnlearn: error: ...`` on stderr and exit with status 2 (under ``mpiexec``
+the failing rank then aborts the whole job, so no rank is left waiting).
+
+``tnlearn train`` started by an MPI launcher (``mpiexec -n K``, ``srun``)
+trains data-parallel over the ``K`` ranks (``--distributed auto``, the
+default): every rank loads the data, rank 0 first (so a download happens
+once), each keeps its shard of the samples, and only rank 0 prints, writes
+the run directory, checkpoints and plots.
 """
 
 from __future__ import annotations
@@ -125,7 +133,7 @@ def _resume_options(args):
             raise FileNotFoundError(f"--resume {run_dir}: {path.name} not found; it is written by "
                                     "`tnlearn train --out RUNDIR` after the first sweep")
     saved = _read_json(run_path, "run").get("options", {})
-    keep = {"sweeps", "quiet", "checkpoint_every", "resume", "out", "func"}
+    keep = {"sweeps", "quiet", "checkpoint_every", "resume", "out", "func", "distributed"}
     for key, value in saved.items():
         if key not in keep and hasattr(args, key):
             setattr(args, key, value)
@@ -139,6 +147,15 @@ def _last_checkpoint(clf, out, args):
     return f"{out}/model.npz holds sweep {last}" if last else "no checkpoint was written (no sweep had finished)"
 
 
+def _train_comm(choice):
+    """The communicator for ``--distributed`` (auto: MPI when an MPI launcher started several ranks)."""
+    from tnlearn.distributed import get_comm, launched_size
+
+    if choice == "auto":
+        choice = "mpi" if launched_size() > 1 else "none"
+    return get_comm("mpi" if choice == "mpi" else None)
+
+
 def cmd_train(args):
     from tnlearn import __version__
     from tnlearn.io import load_model, save_model
@@ -146,6 +163,8 @@ def cmd_train(args):
     from tnlearn.plotting import write_run_plots
 
     t0 = time.perf_counter()
+    comm = _train_comm(args.distributed)
+    root = comm.rank == 0
     if args.resume:
         out = _resume_options(args)
     elif args.out:
@@ -154,9 +173,13 @@ def cmd_train(args):
         raise ValueError("say where the run goes: --out RUNDIR (new run) or --resume RUNDIR (continue one)")
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a directory")
+    if not root:
+        comm.barrier()  # rank 0 loads (and downloads) first
     ds, X_train, X_test = _load_data(args.dataset, args.data_dir, args.pool, args.n_train, args.seed,
                                      args.download, args.order)
-    if not args.quiet:
+    if root:
+        comm.barrier()
+    if not args.quiet and root:
         h, w = ds.image_shape
         print(f"{ds.name}: {len(X_train)} train / {len(X_test)} test images {h}x{w} -> "
               f"{X_train.shape[1]} sites ({args.order} order)", flush=True)
@@ -165,10 +188,11 @@ def cmd_train(args):
         clf = load_model(out / "model.npz")
         done = len(clf.history_)
         if done >= args.sweeps:
-            print(f"{out} already has {done} sweeps (asked for {args.sweeps} in total); nothing to do")
+            if root:
+                print(f"{out} already has {done} sweeps (asked for {args.sweeps} in total); nothing to do")
             return 0
         clf.set_params(warm_start=True, n_sweeps=args.sweeps - done, verbose=verbose)
-        if not args.quiet:
+        if not args.quiet and root:
             print(f"resuming {out} after sweep {done}, up to {args.sweeps} sweeps", flush=True)
     else:
         extra = {k: getattr(args, k) for k in ("precondition", "damping") if getattr(args, k) is not None}
@@ -182,21 +206,24 @@ def cmd_train(args):
     run = {
         "dataset": ds.name, "image_shape": list(ds.image_shape), "order": args.order, "pool": pool,
         "n_train": len(X_train), "n_test": len(X_test), "n_features": int(X_train.shape[1]),
-        "options": options, "tnlearn_version": __version__,
+        "options": options, "tnlearn_version": __version__, "mpi_ranks": comm.size,
     }
-    out.mkdir(parents=True, exist_ok=True)
+    if root:
+        out.mkdir(parents=True, exist_ok=True)
 
     def checkpoint(model):
         n = len(model.history_)
-        if n % args.checkpoint_every == 0 or n == args.sweeps:
+        if root and (n % args.checkpoint_every == 0 or n == args.sweeps):
             save_model(model, out / "model.npz")  # atomic: a kill leaves the old or the new file
             _write_json(out / "history.json", [asdict(r) for r in model.history_.records])
             _write_json(out / "run.json", {**run, "status": f"checkpoint after sweep {n}"})
 
     t_fit = time.perf_counter()
     try:
-        clf.fit(X_train, ds.y_train, eval_set=(X_test, ds.y_test), on_sweep=checkpoint)
+        clf.fit(X_train, ds.y_train, eval_set=(X_test, ds.y_test), on_sweep=checkpoint, comm=comm)
     except KeyboardInterrupt:
+        if not root:  # every rank stops after the same bond; rank 0 reports
+            return 130
         saved = ""
         if hasattr(clf, "head_"):  # the bond in progress was finished: the network is consistent
             save_model(clf, out / "interrupted.npz")
@@ -207,6 +234,8 @@ def cmd_train(args):
     except FloatingPointError as exc:
         raise FloatingPointError(f"{exc}; {_last_checkpoint(clf, out, args)} (the last good state)") from exc
     fit_seconds = time.perf_counter() - t_fit
+    if not root:
+        return 0
     last = clf.history_[-1]
     run.update({"status": "finished", "final_train_accuracy": last.train_accuracy,
                 "final_test_accuracy": last.test_accuracy, "fit_seconds": fit_seconds})
@@ -328,6 +357,9 @@ def build_parser():
                    "(its data and model options come from RUNDIR/run.json)")
     p.add_argument("--checkpoint-every", type=_positive_int, default=1, metavar="K",
                    help="save model.npz and history.json every K sweeps (default: 1)")
+    p.add_argument("--distributed", choices=("auto", "mpi", "none"), default="auto",
+                   help="data-parallel training over MPI ranks: auto (default) uses MPI when started by "
+                        "mpiexec/srun with several ranks; needs pip install 'tnlearn[mpi]'")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="test accuracy and confusion matrix of a saved model",
@@ -362,6 +394,7 @@ def main(argv=None):
     from sklearn.exceptions import NotFittedError
 
     from tnlearn.datasets import DatasetUnavailableError, IDXFormatError
+    from tnlearn.distributed import MPIUnavailableError, abort_parallel_run, launched_rank
     from tnlearn.io import ModelFormatError
 
     try:
@@ -371,8 +404,11 @@ def main(argv=None):
     try:
         return args.func(args)
     except (ValueError, OSError, DatasetUnavailableError, IDXFormatError, ModelFormatError,
-            NotFittedError, FloatingPointError) as exc:
-        print(f"tnlearn: error: {_message(exc)}", file=sys.stderr)
+            NotFittedError, FloatingPointError, MPIUnavailableError) as exc:
+        rank = launched_rank()
+        where = f" (MPI rank {rank})" if rank else ""
+        print(f"tnlearn: error{where}: {_message(exc)}", file=sys.stderr, flush=True)
+        abort_parallel_run(2)  # under mpiexec: end every rank, none is left waiting in a collective
         return 2
     except KeyboardInterrupt:
         print("tnlearn: interrupted", file=sys.stderr)

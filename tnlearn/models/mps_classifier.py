@@ -10,6 +10,7 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 
 from tnlearn.backend import get_backend
+from tnlearn.distributed import broadcast_cores, check_same_data, get_comm, make_shard, shard_bounds
 from tnlearn.embeddings import embed, get_feature_map
 from tnlearn.history import History, SweepRecord
 from tnlearn.solvers import LOSSES, SOLVERS, SolverOptions, softmax
@@ -146,6 +147,14 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
     chunk_size : int, default=4096
         Samples per matrix product (bounds temporary memory).
     backend : {"numpy", "cupy"}, default="numpy"
+    distributed : {None, "mpi"}, default=None
+        ``"mpi"``: data-parallel training over the ranks of
+        ``MPI.COMM_WORLD`` when the script runs under ``mpiexec -n K`` /
+        ``srun`` (needs ``pip install 'tnlearn[mpi]'``; a world of one rank
+        is the serial path).  Every rank calls ``fit`` with the same data;
+        each keeps a contiguous shard of the shuffled samples, and all end
+        with the same model (see :mod:`tnlearn.distributed`).  ``fit(...,
+        comm=...)`` takes an explicit communicator instead.
     random_state : int, Generator or None, default=None
     warm_start : bool, default=False
         Continue from the fitted network instead of starting anew.
@@ -187,6 +196,7 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
         gram_samples=None,
         chunk_size=4096,
         backend="numpy",
+        distributed=None,
         random_state=None,
         warm_start=False,
         verbose=0,
@@ -211,6 +221,7 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
         self.gram_samples = gram_samples
         self.chunk_size = chunk_size
         self.backend = backend
+        self.distributed = distributed
         self.random_state = random_state
         self.warm_start = warm_start
         self.verbose = verbose
@@ -241,6 +252,8 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(f"damping={self.damping!r} must be a positive number (e.g. 1e-3)")
         if self.truncation not in _TRUNCATIONS:
             raise ValueError(f"truncation={self.truncation!r} is not known; choose one of {_TRUNCATIONS}")
+        if self.distributed not in (None, "mpi"):
+            raise ValueError(f"distributed={self.distributed!r} is not known; use None (one process) or 'mpi'")
         if self.init not in _INITS:
             raise ValueError(f"init={self.init!r} is not known; choose one of {_INITS}")
         get_feature_map(self.feature_map)
@@ -269,7 +282,7 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
         return backend.asarray(np.ascontiguousarray(Phi.transpose(1, 0, 2)))
 
     # -- fitting ------------------------------------------------------------------
-    def fit(self, X, y, eval_set=None, on_sweep=None):
+    def fit(self, X, y, eval_set=None, on_sweep=None, comm=None):
         """Train by DMRG sweeps.
 
         Parameters
@@ -288,7 +301,12 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
             write a checkpoint with :func:`tnlearn.io.save_model`.  A run
             interrupted later can continue from such a checkpoint with
             ``warm_start=True`` and reach the same weights as an uninterrupted
-            run with the same ``random_state`` and data.
+            run with the same ``random_state`` and data.  In a distributed
+            run it is called on every rank (write files on ``comm.rank == 0``).
+        comm : "mpi", mpi4py communicator or tnlearn.distributed communicator, optional
+            Train data-parallel over this communicator's ranks (overrides
+            ``distributed``).  Every rank passes the same ``X``, ``y`` and
+            ``eval_set``; only rank 0 prints.
 
         Returns
         -------
@@ -333,12 +351,19 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
         rng = np.random.default_rng(self.random_state)
         backend = get_backend(self.backend)
         dtype = np.dtype(self.dtype)
+        comm = get_comm(self.distributed if comm is None else comm)
 
         # shuffle once: the line search uses the first rows as a random subset
         order = rng.permutation(len(X))
+        shard = None
+        if comm.size > 1:  # every rank takes its contiguous part of rank 0's shuffled order
+            check_same_data(comm, X, y)
+            order = comm.bcast_arrays([order])[0]
+            shard = make_shard(comm, len(X), backend)
+            order = order[shard.start : shard.stop]
         phi_sites = self._embed(X[order], backend)
-        onehot = np.zeros((len(X), len(classes)), dtype=dtype)
-        onehot[np.arange(len(X)), y_idx[order]] = 1
+        onehot = np.zeros((len(order), len(classes)), dtype=dtype)
+        onehot[np.arange(len(order)), y_idx[order]] = 1
         Y = backend.asarray(onehot)
 
         if continuing:
@@ -346,7 +371,9 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
             if head.center != 0:
                 raise RuntimeError("warm_start needs the label on site 0 (a finished sweep)")
         elif self.init == "pca":
-            cores, log_norm = pca_init_cores(phi_sites, len(classes), self.max_bond, rng, backend, self.chunk_size)
+            cores, log_norm = pca_init_cores(
+                phi_sites, len(classes), self.max_bond, rng, backend, self.chunk_size, shard=shard
+            )
             head = MPSHead(cores, 0, log_norm, backend)
         else:
             fmap = get_feature_map(self.feature_map)
@@ -354,6 +381,8 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
                 X.shape[1], fmap.dim, len(classes), min(self.init_bond, self.max_bond), rng, dtype
             )
             head = MPSHead(cores, 0, log_norm, backend)
+        if shard is not None:  # one model on every rank, whatever each rank's generator drew
+            broadcast_cores(shard, head, range(head.n_sites))
         if not continuing:
             self.classes_ = classes
             self.n_features_in_ = X.shape[1]
@@ -376,17 +405,22 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
         eval_data = None
         if eval_set is not None:
             X_eval = self._check_X(eval_set[0], fitting=False)
-            eval_data = (self._embed(X_eval, backend, "clip"), np.asarray(eval_set[1]))
+            y_eval = np.asarray(eval_set[1])
+            if shard is not None:  # each rank scores a contiguous part of the test set
+                start, stop = shard_bounds(len(X_eval), comm.size, comm.rank)
+                X_eval, y_eval = X_eval[start:stop], y_eval[start:stop]
+            eval_data = (self._embed(X_eval, backend, "clip"), y_eval, len(eval_set[1]))
         for _ in range(self.n_sweeps):
-            self._run_one_sweep(head, envs, phi_sites, Y, y_idx[order], opts, eval_data, backend)
+            self._run_one_sweep(head, envs, phi_sites, Y, y_idx[order], opts, eval_data, backend, shard)
             if on_sweep is not None:
                 on_sweep(self)
         return self
 
-    def _run_one_sweep(self, head, envs, phi_sites, Y, y_idx, opts, eval_data, backend):
+    def _run_one_sweep(self, head, envs, phi_sites, Y, y_idx, opts, eval_data, backend, shard=None):
         xp = backend.xp
         bar = None
-        if self.verbose >= 2:
+        verbose = self.verbose if shard is None or shard.is_root else 0
+        if verbose >= 2:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=2 * (head.n_sites - 1), desc=f"sweep {len(self.history_) + 1}", leave=False)
@@ -396,27 +430,37 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
         def on_bond(_):
             if bar is not None:
                 bar.update()
+            if shard is not None:  # Ctrl-C on any rank stops all of them after the same bond
+                interrupt.requested = shard.comm.any(interrupt.requested)
             interrupt.check()
 
         try:
             with interrupt:
-                infos = full_sweep(head, envs, phi_sites, Y, opts, on_bond=on_bond)
+                infos = full_sweep(head, envs, phi_sites, Y, opts, on_bond=on_bond, shard=shard)
         finally:
             if bar is not None:
                 bar.close()
         f = center_outputs(head, envs, phi_sites, opts.chunk_size, normalized=bool(opts.normalize_samples))
         seconds = time.perf_counter() - t0
-        loss = training_loss(f, Y, self.loss, xp)
+        loss = training_loss(f, Y, self.loss, xp, shard)
         if not np.isfinite(loss):
             raise FloatingPointError(
                 f"the training loss became {loss} in sweep {len(self.history_) + 1}: the sweep diverged; "
                 "use step_size='auto' or a smaller step_size, or dtype='float64'"
             )
-        train_acc = float(np.mean(backend.asnumpy(xp.argmax(f, axis=1)) == y_idx))
+        train_hits = backend.asnumpy(xp.argmax(f, axis=1)) == y_idx
+        if shard is None:
+            train_acc = float(np.mean(train_hits))
+        else:
+            train_acc = float(shard.comm.allreduce_sum(np.sum(train_hits, dtype=np.int64))) / shard.n_total
         test_acc = None
         if eval_data is not None:
             scores = head.decision_function(eval_data[0], opts.chunk_size)
-            test_acc = float(np.mean(self.classes_[np.argmax(scores, axis=1)] == eval_data[1]))
+            test_hits = self.classes_[np.argmax(scores, axis=1)] == eval_data[1]
+            if shard is None:
+                test_acc = float(np.mean(test_hits))
+            else:
+                test_acc = float(shard.comm.allreduce_sum(np.sum(test_hits, dtype=np.int64))) / eval_data[2]
         errors = [i.discarded_weight for i in infos]
         record = SweepRecord(
             sweep=len(self.history_) + 1,
@@ -430,7 +474,7 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
             truncation_errors=errors,
         )
         self.history_.append(record)
-        if self.verbose:
+        if verbose:
             test = "" if test_acc is None else f"  test acc {test_acc:.4f}"
             print(
                 f"sweep {record.sweep:3d}  loss {loss:.5f}  train acc {train_acc:.4f}{test}  "
