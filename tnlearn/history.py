@@ -27,6 +27,10 @@ class SweepRecord:
         Wall time of the sweep (evaluation excluded).
     truncation_errors : list of float
         Discarded weight of every split, in sweep order.
+    stages : dict
+        Per-stage diagnostics of multi-stage models, keyed by stage name
+        (e.g. ``"conv"``): its ``bond_dims``, ``max_truncation_error``,
+        ``loss_before`` / ``loss_after`` and ``seconds``; empty for a single MPS.
     """
 
     sweep: int
@@ -38,6 +42,7 @@ class SweepRecord:
     bond_dims: list
     seconds: float
     truncation_errors: list = field(default_factory=list)
+    stages: dict = field(default_factory=dict)
 
 
 @dataclass

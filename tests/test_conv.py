@@ -1,0 +1,108 @@
+"""The tensor-network conv stage and the conv-mps classifier."""
+
+import numpy as np
+import pytest
+import quimb.tensor as qtn
+
+from tnlearn.backend import get_backend
+from tnlearn.embeddings import embed
+from tnlearn.models.conv_mps import ConvMPSClassifier
+from tnlearn.stages.conv import extract_patches, patch_grid, patch_sites, pca_conv_cores
+
+
+@pytest.mark.parametrize("patch,stride", [(2, 2), (2, 1), (3, 2), (4, 4)])
+def test_extract_patches_matches_loops(rng, patch, stride):
+    images = rng.uniform(size=(3, 8, 9))
+    got = extract_patches(images, patch, stride)
+    Ho, Wo = patch_grid((8, 9), patch, stride)
+    assert got.shape == (3, Ho * Wo, patch * patch)
+    for i in range(3):
+        for r in range(Ho):
+            for c in range(Wo):
+                window = images[i, r * stride : r * stride + patch, c * stride : c * stride + patch]
+                np.testing.assert_array_equal(got[i, r * Wo + c], window.ravel())
+
+
+def test_patch_grid_errors():
+    with pytest.raises(ValueError, match="does not fit"):
+        patch_grid((4, 4), 5, 1)
+    with pytest.raises(ValueError, match="stride=0 must be an integer >= 1"):
+        patch_grid((4, 4), 2, 0)
+
+
+def test_pca_channels_capture_the_principal_components(rng):
+    from tnlearn.networks import head_to_quimb
+
+    be = get_backend("numpy")
+    images = rng.beta(0.5, 0.5, size=(300, 4, 4))
+    phi = patch_sites(images, 2, 2, "trig", np.float64, be)  # (4, 4 * 300, 2)
+    net = pca_conv_cores(phi, 3, 8, rng, be)
+    # the conv MPS as a dense (channels x 16) map, read through quimb
+    dense = head_to_quimb(net).contract(all).transpose("label", "k0", "k1", "k2", "k3").data.reshape(3, 16)
+    assert np.linalg.matrix_rank(dense, tol=1e-8) == 3
+    # full product vectors of the patches: the weight the 3 channels capture, against the
+    # optimum (top-3 principal subspace) and against random 3-dim subspaces
+    full = np.einsum("na,nb,nc,nd->nabcd", *[phi[k] for k in range(4)]).reshape(-1, 16)
+    evals = np.linalg.eigvalsh(full.T @ full)[::-1]
+    q, _ = np.linalg.qr(dense.T)
+    captured = np.sum((full @ q) ** 2)
+    assert captured >= 0.95 * evals[:3].sum()
+    random = [np.sum((full @ np.linalg.qr(rng.standard_normal((16, 3)))[0]) ** 2) for _ in range(20)]
+    assert captured > max(random)
+
+
+@pytest.fixture(scope="module")
+def digits_split():
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    X, y = load_digits(return_X_y=True)
+    return train_test_split(X / 16.0, y, test_size=0.25, random_state=0, stratify=y)
+
+
+@pytest.fixture(scope="module")
+def fitted(digits_split):
+    X_tr, X_te, y_tr, y_te = digits_split
+    clf = ConvMPSClassifier(n_channels=3, max_bond=8, n_sweeps=2, random_state=0)
+    return clf.fit(X_tr, y_tr, eval_set=(X_te, y_te))
+
+
+def test_conv_sweeps_lower_the_loss_and_learn(fitted, digits_split):
+    _, X_te, _, y_te = digits_split
+    for record in fitted.history_:
+        conv = record.stages["conv"]
+        assert conv["loss_after"] < conv["loss_before"]
+        assert max(conv["bond_dims"]) <= 4 and conv["max_truncation_error"] >= 0
+    assert fitted.history_[-1].test_accuracy == pytest.approx(fitted.score(X_te, y_te))
+    assert fitted.score(X_te, y_te) >= 0.85
+
+
+def test_conv_features_equal_a_quimb_contraction(fitted, digits_split):
+    _, X_te, _, _ = digits_split
+    conv_mps = fitted.conv_mps_
+    assert "channel" in conv_mps.ind_map and conv_mps.L == 4
+    image = X_te[0].reshape(8, 8)
+    patch = image[2:4, 4:6].ravel()  # patch (row 1, col 2) of the 4x4 grid: index 6
+    phi = embed(patch[None], "trig", dtype=np.float64)[0]
+    state = qtn.MPS_product_state([p for p in phi], site_ind_id="k{}")
+    u = (conv_mps & state).contract(all).data
+    be = fitted.head_.backend
+    features = fitted.conv_.features(fitted._patches(X_te[:1], be, "clip"), 1)
+    np.testing.assert_allclose(features[6, 0], u / np.linalg.norm(u), atol=1e-5)
+    # and the head is a quimb MPS with the label index, as for MPSClassifier
+    assert "label" in fitted.mps_.ind_map and fitted.mps_.L == 16
+
+
+def test_conv_mps_is_reproducible_and_checks_input(fitted, digits_split):
+    X_tr, X_te, y_tr, y_te = digits_split
+    again = ConvMPSClassifier(n_channels=3, max_bond=8, n_sweeps=2, random_state=0).fit(X_tr, y_tr)
+    np.testing.assert_array_equal(again.predict(X_te), fitted.predict(X_te))
+    with pytest.raises(ValueError, match="not a square image; pass image_shape"):
+        ConvMPSClassifier().fit(X_tr[:, :60], y_tr)
+    with pytest.raises(ValueError, match="patch=1"):
+        ConvMPSClassifier(patch=1).fit(X_tr, y_tr)
+    with pytest.raises(ValueError, match="expects values in \\[0.0, 1.0\\]"):
+        ConvMPSClassifier().fit(X_tr * 16, y_tr)
+    from sklearn.base import clone
+
+    assert clone(fitted).get_params() == fitted.get_params()

@@ -1,0 +1,298 @@
+"""conv-mps: a tensor-network conv stage under an MPS classifier head, trained by sweeps.
+
+::
+
+    image (H x W) --[conv MPS over each p x p patch, c channels, normalised]--> H' x W' grid of c-vectors
+                  --[MPS head with a label index, physical dimension c]--> class scores
+
+Every sweep first sweeps the head (the Stoudenmire–Schwab engine of
+:mod:`tnlearn.sweeps`, on the conv features), then — from sweep
+``conv_start`` on — sweeps the conv MPS's bonds with the head fixed
+(:func:`tnlearn.stage_sweeps.conv_half_sweep`: gradient back-propagated from
+the head through the normalisation, summed over all samples and patches, a
+backtracking step, truncated-SVD split).  The conv MPS starts as the
+principal components of the patch states (:func:`tnlearn.stages.conv.pca_conv_cores`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+
+from tnlearn.backend import get_backend
+from tnlearn.embeddings import get_feature_map
+from tnlearn.history import History, SweepRecord
+from tnlearn.models._validation import check_eval_set, check_features, check_positive_int, check_targets
+from tnlearn.networks import LABEL_IND, head_to_quimb
+from tnlearn.solvers import SolverOptions
+from tnlearn.stage_sweeps import ConvSweepOptions, conv_half_sweep
+from tnlearn.stages.conv import ConvStage, patch_grid, patch_sites, pca_conv_cores
+from tnlearn.stages.mps import MPSHead, pca_init_cores
+from tnlearn.sweeps import SweepOptions, build_environments, center_outputs, full_sweep, training_loss
+from tnlearn.truncation import check_truncation_args
+
+CHANNEL_IND = "channel"
+
+
+def _image_shape(n_features, image_shape):
+    if image_shape is not None:
+        shape = tuple(int(s) for s in image_shape)
+        if len(shape) != 2 or math.prod(shape) != n_features:
+            raise ValueError(f"image_shape={image_shape} does not hold {n_features} features; pass (H, W) with H*W = {n_features}")
+        return shape
+    side = math.isqrt(n_features)
+    if side * side != n_features:
+        raise ValueError(f"X has {n_features} features, not a square image; pass image_shape=(H, W)")
+    return side, side
+
+
+class ConvMPSClassifier(ClassifierMixin, BaseEstimator):
+    """A conv MPS shared over image patches feeding an MPS classifier head.
+
+    Parameters
+    ----------
+    patch : int, default=2
+        Patch side ``p``; the conv MPS has ``p * p`` sites.
+    stride : int, optional
+        Default ``patch`` (non-overlapping patches).
+    n_channels : int, default=2
+        Output channels ``c`` of the conv stage = physical dimension of the head.
+    conv_bond : int, optional
+        Maximum conv bond dimension (default: exact, ``d ** (p*p // 2)``).
+    max_bond : int, default=16
+        Maximum bond dimension of the head.
+    cutoff : float, default=1e-10
+    n_sweeps : int, default=4
+    conv_start : int, default=1
+        First sweep (1-based) that also sweeps the conv stage; ``n_sweeps + 1``
+        keeps it at its PCA initialisation.
+    n_iter : int, default=1
+        Head: preconditioned gradient steps per bond.
+    damping : float, default=0.3
+    image_shape : tuple (H, W), optional
+        Default: square images.
+    feature_map : str, default="trig"
+    dtype : {"float32", "float64"}
+    chunk_size : int, default=4096
+    backend : str, default="numpy"
+    random_state : int, Generator or None
+    verbose : int
+
+    Attributes
+    ----------
+    conv_ : ConvStage
+        ``conv_.net`` is the conv MPS (an :class:`~tnlearn.stages.mps.MPSHead`).
+    head_ : MPSHead
+    mps_ : quimb.tensor.MatrixProductState
+        The head, label index ``"label"`` (as :class:`MPSClassifier`).
+    conv_mps_ : quimb.tensor.MatrixProductState
+        The conv MPS, output index ``"channel"``, site indices ``k0 .. k{p*p-1}``
+        (the pixels of a patch in raster order).
+    history_ : History
+        ``bond_dims`` / truncation errors of the head; ``stages["conv"]`` of the conv stage.
+    """
+
+    def __init__(
+        self,
+        patch=2,
+        stride=None,
+        n_channels=2,
+        conv_bond=None,
+        max_bond=16,
+        cutoff=1e-10,
+        n_sweeps=4,
+        conv_start=1,
+        n_iter=1,
+        damping=0.3,
+        image_shape=None,
+        feature_map="trig",
+        dtype="float32",
+        chunk_size=4096,
+        backend="numpy",
+        random_state=None,
+        verbose=0,
+    ):
+        self.patch = patch
+        self.stride = stride
+        self.n_channels = n_channels
+        self.conv_bond = conv_bond
+        self.max_bond = max_bond
+        self.cutoff = cutoff
+        self.n_sweeps = n_sweeps
+        self.conv_start = conv_start
+        self.n_iter = n_iter
+        self.damping = damping
+        self.image_shape = image_shape
+        self.feature_map = feature_map
+        self.dtype = dtype
+        self.chunk_size = chunk_size
+        self.backend = backend
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def _check_params(self, n_features):
+        check_truncation_args(self.max_bond, self.cutoff, "rsum2")
+        for name in ("patch", "n_channels", "n_sweeps", "conv_start", "n_iter", "chunk_size"):
+            check_positive_int(name, getattr(self, name))
+        if self.conv_bond is not None:
+            check_positive_int("conv_bond", self.conv_bond)
+        if str(np.dtype(self.dtype)) not in ("float32", "float64"):
+            raise ValueError(f"dtype={self.dtype!r} is not supported; choose float32 or float64")
+        if self.patch < 2:
+            raise ValueError("patch=1 makes the conv stage a per-pixel map; use patch >= 2 (or MPSClassifier)")
+        shape = _image_shape(n_features, self.image_shape)
+        stride = self.patch if self.stride is None else self.stride
+        grid = patch_grid(shape, self.patch, stride)
+        if grid[0] * grid[1] < 2:
+            raise ValueError(f"patch={self.patch}, stride={stride} leave {grid[0] * grid[1]} patch of {shape} images; the head needs >= 2")
+        return shape, stride
+
+    def _patches(self, X, backend, out_of_domain):
+        images = np.asarray(X).reshape((len(X),) + self.conv_.image_shape)
+        return patch_sites(images, self.patch, self.conv_.stride, self.feature_map, np.dtype(self.dtype), backend, out_of_domain)
+
+    # -- fitting ---------------------------------------------------------------------
+    def fit(self, X, y, eval_set=None):
+        """Train head and conv stage by sweeps.
+
+        Parameters
+        ----------
+        X : array-like, shape (n_samples, H * W)
+            Flattened images in the feature map's domain (``[0, 1]`` for ``"trig"``).
+        y : array-like, shape (n_samples,)
+        eval_set : tuple (X_test, y_test), optional
+
+        Returns
+        -------
+        self
+        """
+        X = check_features(X, min_features=4)
+        image_shape, stride = self._check_params(X.shape[1])
+        classes, y_idx = check_targets(X, y)
+        eval_set = check_eval_set(eval_set, X.shape[1])
+        rng = np.random.default_rng(self.random_state)
+        backend = get_backend(self.backend)
+        dtype = np.dtype(self.dtype)
+        d = get_feature_map(self.feature_map).dim
+        conv_bond = self.conv_bond or d ** (self.patch * self.patch // 2)
+        order = rng.permutation(len(X))
+        X, y_idx = X[order], y_idx[order]
+        n = len(X)
+        self.classes_ = classes
+        self.n_features_in_ = X.shape[1]
+        images = X.reshape((n,) + image_shape)
+        phi_patch = patch_sites(images, self.patch, stride, self.feature_map, dtype, backend, "raise")
+        net = pca_conv_cores(phi_patch, self.n_channels, conv_bond, rng, backend)
+        self.conv_ = conv = ConvStage(net, self.patch, stride, image_shape)
+        v_sites = conv.features(phi_patch, n)
+        cores, log_norm = pca_init_cores(v_sites, len(classes), self.max_bond, rng, backend, self.chunk_size)
+        self.head_ = head = MPSHead(cores, 0, log_norm, backend)
+        onehot = np.zeros((n, len(classes)), dtype=dtype)
+        onehot[np.arange(n), y_idx] = 1
+        Y = backend.asarray(onehot)
+        head_opts = SweepOptions(
+            max_bond=self.max_bond, cutoff=self.cutoff,
+            solver=SolverOptions("gd", "mse", self.n_iter, "auto", 8192, True, float(self.damping)),
+            chunk_size=self.chunk_size, truncation="data", normalize_samples=True,
+        )
+        conv_opts = ConvSweepOptions(max_bond=conv_bond, cutoff=self.cutoff)
+        conv_width = max(conv_bond, max(net.bond_dims))
+        eval_patches = None
+        if eval_set is not None:
+            eval_patches = (self._patches(eval_set[0], backend, "clip"), eval_set[1])
+        self.history_ = History(meta={"model": "conv-mps", "patch": self.patch, "stride": stride,
+                                      "n_channels": self.n_channels, "grid": list(conv.grid)})
+        steps = {}
+        for sweep in range(1, self.n_sweeps + 1):
+            t0 = time.perf_counter()
+            envs = build_environments(head, v_sites, head_opts)
+            infos = full_sweep(head, envs, v_sites, Y, head_opts)
+            del envs
+            conv_record = {}
+            if sweep >= self.conv_start:
+                t1 = time.perf_counter()
+                cenvs = build_environments(net, phi_patch, SweepOptions(max_bond=conv_width, chunk_size=conv_opts.chunk_size))
+                cinfos, losses = conv_half_sweep(conv, cenvs, phi_patch, head, Y, head_opts, conv_opts, "right", steps)
+                more, more_losses = conv_half_sweep(conv, cenvs, phi_patch, head, Y, head_opts, conv_opts, "left", steps)
+                del cenvs
+                cinfos, losses = cinfos + more, losses + more_losses
+                v_sites = conv.features(phi_patch, n)
+                errors = [i.discarded_weight for i in cinfos]
+                conv_record = {
+                    "bond_dims": net.bond_dims,
+                    "max_truncation_error": float(max(errors)),
+                    "loss_before": float(losses[0][0]),
+                    "loss_after": float(losses[-1][1]),
+                    "seconds": time.perf_counter() - t1,
+                }
+            self._record(sweep, head, v_sites, Y, y_idx, infos, conv_record, head_opts, eval_patches, time.perf_counter() - t0)
+        return self
+
+    def _record(self, sweep, head, v_sites, Y, y_idx, infos, conv_record, head_opts, eval_patches, seconds):
+        xp = head.backend.xp
+        envs = build_environments(head, v_sites, head_opts)
+        f = center_outputs(head, envs, v_sites, head_opts.chunk_size, normalized=True)
+        del envs
+        loss = training_loss(f, Y, "mse", xp)
+        if not np.isfinite(loss):
+            raise FloatingPointError(f"the training loss became {loss} in sweep {sweep}; use dtype='float64'")
+        train_acc = float(np.mean(head.backend.asnumpy(xp.argmax(f, axis=1)) == y_idx))
+        test_acc = None
+        if eval_patches is not None:
+            scores = self._scores(eval_patches[0], len(eval_patches[1]))
+            test_acc = float(np.mean(self.classes_[np.argmax(scores, axis=1)] == eval_patches[1]))
+        errors = [i.discarded_weight for i in infos]
+        record = SweepRecord(
+            sweep=sweep, loss=loss, train_accuracy=train_acc, test_accuracy=test_acc,
+            max_truncation_error=float(max(errors)), mean_truncation_error=float(np.mean(errors)),
+            bond_dims=head.bond_dims, seconds=seconds, truncation_errors=errors,
+            stages={"conv": conv_record} if conv_record else {},
+        )
+        self.history_.append(record)
+        if self.verbose:
+            test = "" if test_acc is None else f"  test acc {test_acc:.4f}"
+            conv = ""
+            if conv_record:
+                conv = f"  conv loss {conv_record['loss_before']:.5f} -> {conv_record['loss_after']:.5f}"
+            print(f"sweep {sweep:3d}  loss {loss:.5f}  train acc {train_acc:.4f}{test}{conv}  "
+                  f"max bond {max(record.bond_dims)}  {seconds:.2f} s", flush=True)
+
+    # -- prediction -------------------------------------------------------------------
+    def _check_fitted(self):
+        if not hasattr(self, "head_"):
+            from sklearn.exceptions import NotFittedError
+
+            raise NotFittedError("this ConvMPSClassifier is not fitted yet; call fit(X, y) first")
+
+    def _scores(self, phi_patch, n):
+        v_sites = self.conv_.features(phi_patch, n)
+        return self.head_.decision_function(v_sites, self.chunk_size)
+
+    def decision_function(self, X):
+        """Class scores, shape (n_samples, n_classes), float64 (host)."""
+        self._check_fitted()
+        X = check_features(X, self.n_features_in_)
+        return self._scores(self._patches(X, self.head_.backend, "clip"), len(X))
+
+    def predict(self, X):
+        """Predicted class labels, shape (n_samples,)."""
+        return self.classes_[np.argmax(self.decision_function(X), axis=1)]
+
+    @property
+    def mps_(self):
+        self._check_fitted()
+        return head_to_quimb(self.head_)
+
+    @property
+    def conv_mps_(self):
+        self._check_fitted()
+        return head_to_quimb(self.conv_.net).reindex({LABEL_IND: CHANNEL_IND})
+
+    @property
+    def n_params_(self):
+        """Parameters of the head plus the (shared) conv MPS."""
+        self._check_fitted()
+        return int(self.head_.n_params + self.conv_.net.n_params)

@@ -1,0 +1,183 @@
+"""A convolutional stage: one small MPS shared over all image patches.
+
+Every ``p x p`` patch (stride ``s``, non-overlapping by default) is embedded as
+a product state of its ``p^2`` pixels (``phi(x)`` per pixel, raster order) and
+contracted with one MPS over ``p^2`` sites whose site 0 carries an output
+index of ``c`` channels.  The patch's ``c``-vector ``u``, normalised to
+``v = u / |u|``, is the local vector of one site of the next stage, so an
+``H x W`` image becomes an ``H' x W'`` grid (``H' = (H - p) // s + 1``) of
+``c``-dimensional local vectors — weight sharing over patches is a
+convolution written as a tensor network (Stoudenmire 2018; Selvan & Dam 2020).
+
+The patches of all samples form one long sample axis of length
+``n_patches * n_samples`` (patch-major: pseudo-sample ``k * n + i`` is patch
+``k`` of sample ``i``), so the stage reuses the MPS machinery of
+:mod:`tnlearn.stages.mps` and the cached environments of
+:mod:`tnlearn.environments` unchanged.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tnlearn.embeddings import embed
+from tnlearn.environments import _normalise_rows, right_step
+from tnlearn.stages.mps import MPSHead, pca_init_cores
+
+_TINY = 1e-30
+
+
+def patch_grid(image_shape, patch, stride):
+    """Output grid ``(H', W')`` of a ``patch x patch`` window moved by ``stride``.
+
+    Raises
+    ------
+    ValueError
+        When the window does not fit or the sizes are not positive integers.
+    """
+    H, W = image_shape
+    for name, value in (("patch", patch), ("stride", stride)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name}={value!r} must be an integer >= 1")
+    if patch > min(H, W):
+        raise ValueError(f"patch={patch} does not fit in {H}x{W} images; use patch <= {min(H, W)}")
+    return (H - patch) // stride + 1, (W - patch) // stride + 1
+
+
+def extract_patches(images, patch, stride=None):
+    """Pixels of every patch, raster order inside and across patches.
+
+    Parameters
+    ----------
+    images : array, shape (n, H, W)
+    patch : int
+    stride : int, optional
+        Default ``patch`` (non-overlapping).
+
+    Returns
+    -------
+    ndarray, shape (n, H' * W', patch * patch)
+    """
+    stride = patch if stride is None else stride
+    n, H, W = images.shape
+    Ho, Wo = patch_grid((H, W), patch, stride)
+    view = np.lib.stride_tricks.sliding_window_view(images, (patch, patch), axis=(1, 2))
+    view = view[:, : (Ho - 1) * stride + 1 : stride, : (Wo - 1) * stride + 1 : stride]
+    return np.ascontiguousarray(view).reshape(n, Ho * Wo, patch * patch)
+
+
+def patch_sites(images, patch, stride, feature_map, dtype, backend, out_of_domain="raise"):
+    """Embedded patches as site-major pseudo-samples for the conv MPS.
+
+    Returns
+    -------
+    array, shape (patch * patch, n_patches * n, d), on ``backend``
+        Pseudo-sample ``k * n + i`` is patch ``k`` of image ``i``.
+    """
+    pix = extract_patches(images, patch, stride)  # (n, K, q)
+    n, K, q = pix.shape
+    flat = pix.transpose(1, 0, 2).reshape(K * n, q)
+    phi = embed(flat, feature_map, dtype=dtype, out_of_domain=out_of_domain)  # (K n, q, d)
+    return backend.asarray(np.ascontiguousarray(phi.transpose(1, 0, 2)))
+
+
+def normalise_channels(u, xp):
+    """``v = u / |u|`` row by row, and the norms ``|u|`` (rows of zeros stay zero)."""
+    norms = xp.sqrt(xp.sum(u * u, axis=1))
+    return u / xp.maximum(norms, _TINY)[:, None], norms
+
+
+def pca_conv_cores(phi_patch, n_channels, bond_dim, rng, backend, chunk_size=65536):
+    """Conv MPS whose channels are the principal components of the patch states.
+
+    The right sites keep the principal subspace of the patch data (as
+    :func:`tnlearn.stages.mps.pca_init_cores`), and site 0 maps onto the
+    ``n_channels`` leading eigenvectors of the data density matrix of
+    ``phi_0 (x) R_1`` — close to the top principal components of the patches'
+    product states (the environments are normalised per patch, which weights
+    patches equally; ``tests/test_conv.py`` checks the captured weight against
+    the optimum).  A data-driven generalisation of average pooling, as in
+    Stoudenmire 2018's tree layers.
+
+    Parameters
+    ----------
+    phi_patch : array, shape (q, n_pseudo, d)
+    n_channels, bond_dim : int
+    rng : numpy.random.Generator
+    backend : Backend
+
+    Returns
+    -------
+    MPSHead
+        Channel index on site 0.
+    """
+    xp = backend.xp
+    q, n, d = phi_patch.shape
+    cores, _ = pca_init_cores(phi_patch, n_channels, bond_dim, rng, backend, chunk_size)
+    right = xp.ones((n, 1), dtype=phi_patch.dtype)
+    for j in range(q - 1, 0, -1):
+        right = right_step(right, phi_patch[j], cores[j], backend)
+        _normalise_rows(right, xp)
+    width = d * right.shape[1]
+    rho = xp.zeros((width, width), dtype=np.float64)
+    for start in range(0, n, chunk_size):
+        M = backend.row_outer(phi_patch[0, start : start + chunk_size], right[start : start + chunk_size])
+        rho += (M.T @ M).astype(np.float64)
+    evals, evecs = np.linalg.eigh(backend.asnumpy(rho))
+    c = min(n_channels, width)
+    V = evecs[:, ::-1][:, :c]
+    if c < n_channels:  # more channels than the patch space holds: pad with small noise
+        V = np.concatenate([V, 1e-3 * rng.standard_normal((width, n_channels - c))], axis=1)
+    D1 = right.shape[1]
+    core0 = V.reshape(d, D1, n_channels).transpose(0, 2, 1)[None]
+    core0 = core0 / np.linalg.norm(core0)
+    cores[0] = backend.asarray(core0.astype(phi_patch.dtype))
+    return MPSHead(cores, 0, 0.0, backend)
+
+
+class ConvStage:
+    """A conv MPS shared over patches, with its geometry.
+
+    Parameters
+    ----------
+    net : MPSHead
+        ``patch * patch`` sites, channel index on its centre site.
+    patch, stride : int
+    image_shape : tuple of int
+        ``(H, W)`` of the input images.
+    """
+
+    def __init__(self, net, patch, stride, image_shape):
+        self.net = net
+        self.patch = int(patch)
+        self.stride = int(stride)
+        self.image_shape = tuple(int(s) for s in image_shape)
+        self.grid = patch_grid(self.image_shape, self.patch, self.stride)
+        if net.n_sites != self.patch**2:
+            raise ValueError(f"a {patch}x{patch} patch needs a {patch**2}-site conv MPS, got {net.n_sites} sites")
+
+    @property
+    def n_patches(self):
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def n_channels(self):
+        return self.net.n_labels
+
+    def features(self, phi_patch, n_samples, chunk_size=65536):
+        """Normalised channel vectors of every patch: the next stage's local vectors.
+
+        Parameters
+        ----------
+        phi_patch : array, shape (patch**2, n_patches * n_samples, d)
+            From :func:`patch_sites`.
+        n_samples : int
+
+        Returns
+        -------
+        array, shape (n_patches, n_samples, n_channels), on the backend
+        """
+        be = self.net.backend
+        u = be.asarray(self.net.decision_function(phi_patch, chunk_size).astype(phi_patch.dtype))
+        v, _ = normalise_channels(u, be.xp)
+        return v.reshape(self.n_patches, n_samples, self.n_channels)
