@@ -13,6 +13,11 @@ File layout (``numpy.savez`` archive, read back with ``allow_pickle=False``):
     Site tensors in the engine's layout (``(Dl, d, Dr)``; ``(Dl, d, L, Dr)`` on
     the centre).
 
+Multi-stage models add their own entries: ``TTNetClassifier`` stores
+``tt_core_0`` ... (``(r, n, m, r')``), ``b1``, ``V``, ``b2`` and ``input_mean``;
+``ConvMPSClassifier`` stores the head as above plus ``conv_core_0`` ... (the
+conv MPS, channel index on site ``conv_center``).
+
 Writes are atomic: the archive goes to a temporary file in the target
 directory and is renamed over the destination, so a crash never leaves a
 half-written model.
@@ -58,23 +63,47 @@ def atomic_savez(path, arrays):
         raise
 
 
+def _json_params(model):
+    params = model.get_params()
+    params["dtype"] = np.dtype(params["dtype"]).name  # np.float32 -> "float32": JSON, not code
+    for key, value in params.items():
+        if isinstance(value, tuple):
+            params[key] = list(value)
+    return params
+
+
+def _common_header(model, params):
+    from tnlearn import __version__
+
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "tnlearn_version": __version__,
+        "model_class": type(model).__name__,
+        "params": params,
+        "n_features_in": int(model.n_features_in_),
+        "history": model.history_.to_json(),
+    }
+
+
 def save_model(model, path):
-    """Save a fitted :class:`~tnlearn.models.MPSClassifier`.
+    """Save a fitted tnlearn estimator.
 
     Parameters
     ----------
-    model : MPSClassifier
+    model : MPSClassifier, ConvMPSClassifier or TTNetClassifier
         Fitted, with a named (not callable) feature map.
     path : str or path-like
         Destination, conventionally ending in ``.npz``.
     """
-    from tnlearn import __version__
     from tnlearn.networks import BOND_IND_ID, LABEL_IND, SITE_IND_ID, SITE_TAG_ID
 
     model._check_fitted()
-    params = model.get_params()
-    params["dtype"] = np.dtype(params["dtype"]).name  # np.float32 -> "float32": JSON, not code
-    if not isinstance(params["feature_map"], str):
+    name = type(model).__name__
+    if name == "TTNetClassifier":
+        return _save_tt_net(model, path)
+    params = _json_params(model)
+    if not isinstance(params.get("feature_map"), str):
         raise ValueError(
             "only models with a named feature map (e.g. 'trig') can be saved: a callable cannot be "
             "stored without pickling code; save the cores yourself via model.mps_"
@@ -83,13 +112,8 @@ def save_model(model, path):
     if classes.dtype == object:
         raise ValueError("class labels must be numbers or strings to be saved (got objects)")
     head = model.head_
-    header = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "tnlearn_version": __version__,
-        "model_class": type(model).__name__,
-        "params": params,
-        "n_features_in": int(model.n_features_in_),
+    header = _common_header(model, params)
+    header.update({
         "n_sites": head.n_sites,
         "center": head.center,
         "log_norm": head.log_norm,
@@ -99,11 +123,35 @@ def save_model(model, path):
             "bond_ind_id": BOND_IND_ID,
             "label": LABEL_IND,
         },
-        "history": model.history_.to_json(),
-    }
-    arrays = {"header": _header_bytes(header), "classes": classes}
+    })
+    arrays = {"classes": classes}
     for i, core in enumerate(head.cores):
         arrays[f"core_{i}"] = head.backend.asnumpy(core)
+    if name == "ConvMPSClassifier":
+        conv = model.conv_
+        header.update({
+            "conv_n_sites": conv.net.n_sites, "conv_center": conv.net.center, "conv_log_norm": conv.net.log_norm,
+            "conv_stride": conv.stride, "image_shape": list(conv.image_shape),
+        })
+        for i, core in enumerate(conv.net.cores):
+            arrays[f"conv_core_{i}"] = conv.net.backend.asnumpy(core)
+    arrays["header"] = _header_bytes(header)
+    atomic_savez(path, arrays)
+
+
+def _save_tt_net(model, path):
+    be = model._backend
+    classes = np.asarray(model.classes_)
+    if classes.dtype == object:
+        raise ValueError("class labels must be numbers or strings to be saved (got objects)")
+    header = _common_header(model, _json_params(model))
+    header.update({"n_tt_cores": model.tt_.n_cores, "input_scale": float(model.input_scale_)})
+    arrays = {
+        "header": _header_bytes(header), "classes": classes, "input_mean": np.asarray(model.input_mean_),
+        "b1": be.asnumpy(model.b1_), "V": be.asnumpy(model.V_), "b2": be.asnumpy(model.b2_),
+    }
+    for i, core in enumerate(model.tt_.cores):
+        arrays[f"tt_core_{i}"] = be.asnumpy(core)
     atomic_savez(path, arrays)
 
 
@@ -177,8 +225,27 @@ def _header_int(header, key):
     return value
 
 
-def _check_arrays(cores, classes, center, log_norm, n_features, model):
-    """Structural checks of a loaded model (ValueError on the first inconsistency)."""
+def _check_classes(classes):
+    if classes.ndim != 1 or len(classes) < 2 or classes.dtype.kind not in "biufUS":
+        raise ValueError(f"classes must be a 1-D array of >= 2 numbers or strings, got {classes.dtype} {classes.shape}")
+    if np.any(classes[1:] <= classes[:-1]):
+        raise ValueError(f"classes must be sorted and unique (as np.unique gives), got {classes.tolist()}")
+
+
+def _check_finite_floats(name, array, ndim):
+    if array.dtype.kind != "f" or array.ndim != ndim:
+        raise ValueError(f"{name} is {array.dtype} with {array.ndim} axes; expected real floats with {ndim}")
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{name} has NaN or infinite values")
+
+
+def _check_arrays(cores, classes, center, log_norm, n_features, model, d=None, n_labels=None, prefix="core"):
+    """Structural checks of a loaded MPS (ValueError on the first inconsistency).
+
+    ``n_features`` is the expected number of sites; ``d`` the physical
+    dimension (default: the model's feature map); ``n_labels`` the size of the
+    centre's extra index (default: the number of classes).
+    """
     from tnlearn.embeddings import get_feature_map
 
     n_sites = len(cores)
@@ -188,25 +255,23 @@ def _check_arrays(cores, classes, center, log_norm, n_features, model):
         raise ValueError(f"centre site {center} is outside the chain of {n_sites} sites")
     if not np.isfinite(log_norm):
         raise ValueError(f"log_norm={log_norm} is not finite")
-    if classes.ndim != 1 or len(classes) < 2 or classes.dtype.kind not in "biufUS":
-        raise ValueError(f"classes must be a 1-D array of >= 2 numbers or strings, got {classes.dtype} {classes.shape}")
-    if np.any(classes[1:] <= classes[:-1]):
-        raise ValueError(f"classes must be sorted and unique (as np.unique gives), got {classes.tolist()}")
-    d = get_feature_map(model.feature_map).dim
+    _check_classes(classes)
+    d = get_feature_map(model.feature_map).dim if d is None else d
+    n_labels = len(classes) if n_labels is None else n_labels
     left = 1
     for i, core in enumerate(cores):
         want = 4 if i == center else 3
         if core.dtype.kind != "f" or core.ndim != want:
-            raise ValueError(f"core_{i} is {core.dtype} with {core.ndim} axes; expected real floats with {want}")
+            raise ValueError(f"{prefix}_{i} is {core.dtype} with {core.ndim} axes; expected real floats with {want}")
         if core.shape[0] != left or core.shape[1] != d:
             raise ValueError(
-                f"core_{i} has shape {core.shape}: its left bond must be {left} (the previous core's "
-                f"right bond) and its physical dimension {d} (feature map {model.feature_map!r})"
+                f"{prefix}_{i} has shape {core.shape}: its left bond must be {left} (the previous core's "
+                f"right bond) and its physical dimension {d}"
             )
-        if i == center and core.shape[2] != len(classes):
-            raise ValueError(f"the centre core has {core.shape[2]} labels but there are {len(classes)} classes")
+        if i == center and core.shape[2] != n_labels:
+            raise ValueError(f"the centre core has an index of {core.shape[2]} but {n_labels} are needed")
         if not np.all(np.isfinite(core)):
-            raise ValueError(f"core_{i} has NaN or infinite values")
+            raise ValueError(f"{prefix}_{i} has NaN or infinite values")
         left = core.shape[-1]
     if left != 1:
         raise ValueError(f"the last core's right bond is {left}, expected 1")
@@ -223,7 +288,7 @@ def load_model(path, backend=None):
 
     Returns
     -------
-    MPSClassifier
+    MPSClassifier, ConvMPSClassifier or TTNetClassifier
         Fitted, giving bit-identical predictions to the saved one.
 
     Raises
@@ -242,8 +307,16 @@ def load_model(path, backend=None):
     override = get_backend(backend) if backend is not None else None  # a bad override is the caller's error
     header, archive = _open(path)
     try:
-        if header.get("model_class") != "MPSClassifier":
-            raise ModelFormatError(f"{path}: unknown model class {header.get('model_class')!r}")
+        model_class = header.get("model_class")
+        if model_class == "TTNetClassifier":
+            return _load_tt_net(header, archive, backend)
+        if model_class == "ConvMPSClassifier":
+            return _load_conv_mps(header, archive, backend)
+        if model_class != "MPSClassifier":
+            raise ModelFormatError(
+                f"{path}: unknown model class {model_class!r}; this tnlearn reads MPSClassifier, "
+                "ConvMPSClassifier and TTNetClassifier"
+            )
         params = dict(header["params"])
         if backend is not None:
             params["backend"] = backend
@@ -273,4 +346,88 @@ def load_model(path, backend=None):
     model.classes_ = classes
     model.n_features_in_ = n_features
     model.history_ = history
+    return model
+
+
+def _load_tt_net(header, archive, backend):
+    from tnlearn.backend import get_backend
+    from tnlearn.history import History
+    from tnlearn.models.tt_net import TTNetClassifier
+    from tnlearn.stages.tt import TTMatrix
+
+    params = dict(header["params"])
+    if backend is not None:
+        params["backend"] = backend
+    for key in ("in_shape", "hidden_shape"):
+        if params.get(key) is not None:
+            params[key] = tuple(params[key])
+    model = TTNetClassifier(**params)
+    model._check_params()
+    n_features = _header_int(header, "n_features_in")
+    n_cores = _header_int(header, "n_tt_cores")
+    scale = float(header["input_scale"])
+    if not (np.isfinite(scale) and scale > 0):
+        raise ValueError(f"input_scale={scale} must be a positive finite number")
+    classes = archive["classes"]
+    _check_classes(classes)
+    cores = [archive[f"tt_core_{i}"] for i in range(n_cores)]
+    for i, core in enumerate(cores):
+        _check_finite_floats(f"tt_core_{i}", core, 4)
+    be = get_backend(params["backend"])
+    tt = TTMatrix(cores, be)  # checks that the cores connect
+    b1, V, b2, mean = archive["b1"], archive["V"], archive["b2"], archive["input_mean"]
+    for name, array, ndim in (("b1", b1, 1), ("V", V, 2), ("b2", b2, 1), ("input_mean", mean, 1)):
+        _check_finite_floats(name, array, ndim)
+    H, L = tt.out_features, len(classes)
+    if b1.shape != (H,) or V.shape != (H, L) or b2.shape != (L,) or mean.shape != (n_features,):
+        raise ValueError(
+            f"dense parameters of shapes b1 {b1.shape}, V {V.shape}, b2 {b2.shape}, input_mean {mean.shape} "
+            f"do not fit a TT layer of {H} outputs, {L} classes and {n_features} features"
+        )
+    if tt.in_features < n_features:
+        raise ValueError(f"the TT layer takes {tt.in_features} inputs, fewer than n_features_in={n_features}")
+    model._backend = be
+    model.tt_, model.classes_, model.n_features_in_ = tt, classes, n_features
+    model.b1_, model.V_, model.b2_ = be.asarray(b1), be.asarray(V), be.asarray(b2)
+    model.input_mean_, model.input_scale_ = mean, scale
+    model.history_ = History.from_json(header["history"])
+    return model
+
+
+def _load_conv_mps(header, archive, backend):
+    from tnlearn.backend import get_backend
+    from tnlearn.embeddings import get_feature_map
+    from tnlearn.history import History
+    from tnlearn.models.conv_mps import ConvMPSClassifier
+    from tnlearn.stages.conv import ConvStage
+    from tnlearn.stages.mps import MPSHead
+
+    params = dict(header["params"])
+    if backend is not None:
+        params["backend"] = backend
+    if params.get("image_shape") is not None:
+        params["image_shape"] = tuple(params["image_shape"])
+    model = ConvMPSClassifier(**params)
+    n_features = _header_int(header, "n_features_in")
+    model._check_params(n_features)
+    image_shape = tuple(int(s) for s in header["image_shape"])
+    stride = _header_int(header, "conv_stride")
+    be = get_backend(params["backend"])
+    classes = archive["classes"]
+    d = get_feature_map(model.feature_map).dim
+    conv_sites = _header_int(header, "conv_n_sites")
+    conv_center = _header_int(header, "conv_center")
+    conv_log = float(header["conv_log_norm"])
+    conv_cores = [archive[f"conv_core_{i}"] for i in range(conv_sites)]
+    _check_arrays(conv_cores, classes, conv_center, conv_log, model.patch**2, model, d=d,
+                  n_labels=model.n_channels, prefix="conv_core")
+    conv = ConvStage(MPSHead(conv_cores, conv_center, conv_log, be), model.patch, stride, image_shape)
+    n_sites = _header_int(header, "n_sites")
+    center = _header_int(header, "center")
+    log_norm = float(header["log_norm"])
+    cores = [archive[f"core_{i}"] for i in range(n_sites)]
+    _check_arrays(cores, classes, center, log_norm, conv.n_patches, model, d=model.n_channels)
+    model.conv_, model.head_ = conv, MPSHead(cores, center, log_norm, be)
+    model.classes_, model.n_features_in_ = classes, n_features
+    model.history_ = History.from_json(header["history"])
     return model

@@ -1,0 +1,105 @@
+"""TT-net (Novikov et al. 2015): accuracy and compression against the maximum TT-rank.
+
+The flattened image, zero-padded to a power of two (784 -> 1024 = 4^5 for 28x28,
+64 = 4^3 for digits), goes through a TT dense layer to a hidden layer of the same
+size, a ReLU, and a dense output layer; the TT cores are trained by two-site
+sweeps (merge, minibatch Adam on the merged block, truncated-SVD split).  For each
+maximum TT-rank the script reports test accuracy, the TT layer's parameters and its
+compression against the dense matrix it stands for, writes
+``FIGURES_DIR/tt_rank.png`` and prints a Markdown table in the shape of the paper's
+MNIST table (rank 1..4: 97.1%..98.2% at compression 6.6e-5..6.7e-4 there).
+
+Examples
+--------
+::
+
+    python examples/tt_layer_mnist.py --dataset digits
+    python examples/tt_layer_mnist.py --dataset fashion-mnist --ranks 1 2 4 --sweeps 2
+    python examples/tt_layer_mnist.py --dataset mnist --data-dir ~/data/mnist
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import numpy as np
+
+from tnlearn.datasets import load_dataset
+from tnlearn.models.tt_net import TTNetClassifier
+
+
+def plot_rank_table(rows, path, title):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ranks = [r["rank"] for r in rows]
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    ax.plot(ranks, [100 * r["accuracy"] for r in rows], "o-")
+    for r in rows:
+        ax.annotate(f"{r['compression']:.0f}x", (r["rank"], 100 * r["accuracy"]), textcoords="offset points",
+                    xytext=(0, 7), ha="center", fontsize=8)
+    ax.set_xlabel("maximum TT-rank")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_xticks(ranks)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", choices=["digits", "mnist", "fashion-mnist"], default="digits")
+    p.add_argument("--data-dir", default=None, help="directory with the four IDX files")
+    p.add_argument("--n-train", type=int, default=None, help="training subset (default: all)")
+    p.add_argument("--ranks", type=int, nargs="+", default=[1, 2, 3, 4])
+    p.add_argument("--sweeps", type=int, default=None, help="default: 4 for digits, 2 otherwise")
+    p.add_argument("--epochs-per-bond", type=float, default=None, help="default: 2 for digits, 0.5 otherwise")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--figures-dir", default=os.path.join("figures", "tt_net"))
+    args = p.parse_args(argv)
+
+    small = args.dataset == "digits"
+    sweeps = args.sweeps or (4 if small else 2)
+    epochs = args.epochs_per_bond or (2.0 if small else 0.5)
+    data = load_dataset(args.dataset, data_dir=args.data_dir, pool=1, n_train=args.n_train, random_state=args.seed)
+    X_tr = data.X_train.reshape(len(data.X_train), -1)
+    X_te = data.X_test.reshape(len(data.X_test), -1)
+    n_cores = 3 if small else 5
+    print(f"{data.name}: {len(X_tr)} train / {len(X_te)} test, {X_tr.shape[1]} features, {n_cores} TT cores")
+
+    rows = []
+    for rank in args.ranks:
+        print(f"\n== max TT-rank {rank}")
+        clf = TTNetClassifier(n_cores=n_cores, max_rank=rank, n_sweeps=sweeps, epochs_per_bond=epochs,
+                              random_state=args.seed, verbose=1)
+        start = time.perf_counter()
+        clf.fit(X_tr, data.y_train, eval_set=(X_te, data.y_test))
+        seconds = time.perf_counter() - start
+        tt = clf.tt_
+        rows.append({"rank": rank, "accuracy": clf.history_[-1].test_accuracy, "tt_params": tt.n_params,
+                     "dense_params": tt.in_features * tt.out_features, "compression": tt.compression,
+                     "ranks": tt.ranks, "all_params": clf.n_params_, "seconds": seconds,
+                     "shape": f"{'x'.join(map(str, tt.in_shape))} -> {'x'.join(map(str, tt.out_shape))}"})
+
+    os.makedirs(args.figures_dir, exist_ok=True)
+    path = os.path.join(args.figures_dir, f"{data.name}_tt_rank.png")
+    plot_rank_table(rows, path, f"TT-net on {data.name} ({len(X_tr)} train), TT layer {rows[0]['shape']}")
+    print("\nfigure:", path)
+    print(f"\n{data.name}, {len(X_tr)} training images, {sweeps} sweeps, {epochs} epochs of Adam per bond\n")
+    print("| max TT-rank | TT ranks | TT-layer params | dense params | compression | rate (TT / dense) "
+          "| all params | test accuracy | seconds |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['rank']} | {r['ranks']} | {r['tt_params']} | {r['dense_params']} | {r['compression']:.0f}x | "
+              f"{1 / r['compression']:.1e} | {r['all_params']} | **{100 * r['accuracy']:.2f}%** | {r['seconds']:.0f} |")
+    return np.array([r["accuracy"] for r in rows])
+
+
+if __name__ == "__main__":
+    main()
