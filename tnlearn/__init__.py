@@ -5,19 +5,23 @@ __version__ = "0.1.0"
 from tnlearn.backend import Backend, get_backend
 from tnlearn.embeddings import FEATURE_MAPS, FeatureMap, embed, get_feature_map, poly_map, trig_map
 from tnlearn.history import History, SweepRecord
-from tnlearn.models import MPSClassifier
+from tnlearn.models import ConvMPSClassifier, MPSClassifier, TTNetClassifier
 from tnlearn.networks import head_to_quimb, product_state, quimb_to_cores
-from tnlearn.stages import MPSHead
+from tnlearn.stages import ConvStage, MPSHead, TTMatrix, tt_from_dense
 from tnlearn.truncation import TruncationInfo, truncated_svd
 
 __all__ = [
     "Backend",
+    "ConvMPSClassifier",
+    "ConvStage",
     "FEATURE_MAPS",
     "FeatureMap",
     "History",
     "MPSClassifier",
     "MPSHead",
     "SweepRecord",
+    "TTMatrix",
+    "TTNetClassifier",
     "TruncationInfo",
     "__version__",
     "embed",
@@ -29,4 +33,5 @@ __all__ = [
     "quimb_to_cores",
     "trig_map",
     "truncated_svd",
+    "tt_from_dense",
 ]

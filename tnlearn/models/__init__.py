@@ -1,5 +1,7 @@
 """scikit-learn estimators built on the sweep engine."""
 
+from tnlearn.models.conv_mps import ConvMPSClassifier
 from tnlearn.models.mps_classifier import MPSClassifier
+from tnlearn.models.tt_net import TTNetClassifier
 
-__all__ = ["MPSClassifier"]
+__all__ = ["ConvMPSClassifier", "MPSClassifier", "TTNetClassifier"]

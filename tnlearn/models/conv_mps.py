@@ -155,7 +155,7 @@ class ConvMPSClassifier(ClassifierMixin, BaseEstimator):
         return patch_sites(images, self.patch, self.conv_.stride, self.feature_map, np.dtype(self.dtype), backend, out_of_domain)
 
     # -- fitting ---------------------------------------------------------------------
-    def fit(self, X, y, eval_set=None):
+    def fit(self, X, y, eval_set=None, on_sweep=None):
         """Train head and conv stage by sweeps.
 
         Parameters
@@ -164,6 +164,8 @@ class ConvMPSClassifier(ClassifierMixin, BaseEstimator):
             Flattened images in the feature map's domain (``[0, 1]`` for ``"trig"``).
         y : array-like, shape (n_samples,)
         eval_set : tuple (X_test, y_test), optional
+        on_sweep : callable, optional
+            Called as ``on_sweep(self)`` after every sweep (e.g. to save a checkpoint).
 
         Returns
         -------
@@ -229,6 +231,8 @@ class ConvMPSClassifier(ClassifierMixin, BaseEstimator):
                     "seconds": time.perf_counter() - t1,
                 }
             self._record(sweep, head, v_sites, Y, y_idx, infos, conv_record, head_opts, eval_patches, time.perf_counter() - t0)
+            if on_sweep is not None:
+                on_sweep(self)
         return self
 
     def _record(self, sweep, head, v_sites, Y, y_idx, infos, conv_record, head_opts, eval_patches, seconds):

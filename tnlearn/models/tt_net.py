@@ -202,7 +202,7 @@ class TTNetClassifier(ClassifierMixin, BaseEstimator):
         return block
 
     # -- fitting ------------------------------------------------------------------------------
-    def fit(self, X, y, eval_set=None):
+    def fit(self, X, y, eval_set=None, on_sweep=None):
         """Train by sweeps over the TT cores.
 
         Parameters
@@ -212,6 +212,8 @@ class TTNetClassifier(ClassifierMixin, BaseEstimator):
         y : array-like, shape (n_samples,)
         eval_set : tuple (X_test, y_test), optional
             Scored after every sweep (``history_[k].test_accuracy``).
+        on_sweep : callable, optional
+            Called as ``on_sweep(self)`` after every sweep (e.g. to save a checkpoint).
 
         Returns
         -------
@@ -258,6 +260,8 @@ class TTNetClassifier(ClassifierMixin, BaseEstimator):
                 bar.close()
             seconds = time.perf_counter() - t0
             self._record(Xp, y_idx, eval_set, errors, seconds)
+            if on_sweep is not None:
+                on_sweep(self)
         return self
 
     def _record(self, Xp, y_idx, eval_set, errors, seconds):

@@ -1,5 +1,7 @@
 """Trainable stages: each knows how to merge, split and contract its own cores."""
 
+from tnlearn.stages.conv import ConvStage
 from tnlearn.stages.mps import MPSHead
+from tnlearn.stages.tt import TTMatrix, tt_from_dense
 
-__all__ = ["MPSHead"]
+__all__ = ["ConvStage", "MPSHead", "TTMatrix", "tt_from_dense"]
