@@ -153,9 +153,9 @@ def test_tt_net_works_with_sklearn_tools(digits_split):
     from sklearn.preprocessing import FunctionTransformer
 
     X_tr, _, y_tr, _ = digits_split
-    clf = TTNetClassifier(n_cores=3, max_rank=2, n_sweeps=1, random_state=0)
+    clf = TTNetClassifier(n_cores=3, max_rank=2, n_sweeps=2, epochs_per_bond=4.0, random_state=0)
     assert clone(clf).get_params() == clf.get_params()
     assert clf.set_params(max_rank=3).max_rank == 3
     pipe = make_pipeline(FunctionTransformer(lambda X: X * 2.0), clf)
     scores = cross_val_score(pipe, X_tr[:600], y_tr[:600], cv=3)
-    assert scores.shape == (3,) and scores.min() > 0.5
+    assert scores.shape == (3,) and scores.min() > 0.75
