@@ -10,14 +10,15 @@ and the same bond dimension:
   dimension C), the conv MPS trained by sweeps together with the head.
 
 With C = 2 the two heads have exactly the same size, so the comparison is
-learned pooling against fixed average pooling.  Writes one run directory per model
+learned pooling against fixed average pooling.  ``--full-mps`` adds a plain MPS on
+the full-resolution image (4x the sites; the default for digits, where it is cheap).  Writes one run directory per model
 (``history.json``), ``FIGURES_DIR/accuracy.png`` and prints a Markdown table.
 
 Examples
 --------
 ::
 
-    python examples/conv_stage.py --dataset digits --bond-dim 8 --sweeps 4
+    python examples/conv_stage.py --dataset digits --bond-dim 16 --sweeps 4
     python examples/conv_stage.py --dataset fashion-mnist --n-train 20000 --bond-dim 10 --channels 2 4
 """
 
@@ -39,12 +40,14 @@ def main(argv=None):
     p.add_argument("--dataset", choices=["digits", "mnist", "fashion-mnist"], default="digits")
     p.add_argument("--data-dir", default=None, help="directory with the four IDX files")
     p.add_argument("--n-train", type=int, default=None, help="training subset (default: all)")
-    p.add_argument("--bond-dim", type=int, default=8, help="head bond dimension of both models")
+    p.add_argument("--bond-dim", type=int, default=16, help="head bond dimension of every model")
     p.add_argument("--channels", type=int, nargs="+", default=[2, 4], help="conv channels to try")
     p.add_argument("--sweeps", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--runs-dir", default="runs")
-    p.add_argument("--figures-dir", default=os.path.join("figures", "conv_stage"))
+    p.add_argument("--full-mps", action=argparse.BooleanOptionalAction, default=None,
+                   help="also train a plain MPS on the unpooled image (default: on for digits only)")
+    p.add_argument("--figures-dir", default=None, help="default: figures/conv_stage/DATASET")
     args = p.parse_args(argv)
 
     data = load_dataset(args.dataset, data_dir=args.data_dir, pool=1, n_train=args.n_train, random_state=args.seed)
@@ -55,8 +58,12 @@ def main(argv=None):
     print(f"{data.name}: {n_tr} train / {n_te} test, images {data.image_shape}, head grid "
           f"{data.image_shape[0] // 2}x{data.image_shape[1] // 2}")
 
-    models = [("mps", MPSClassifier(max_bond=args.bond_dim, n_sweeps=args.sweeps, random_state=args.seed, verbose=1),
-               pooled_tr, pooled_te)]
+    models = [("mps (pooled)", MPSClassifier(max_bond=args.bond_dim, n_sweeps=args.sweeps, random_state=args.seed,
+                                             verbose=1), pooled_tr, pooled_te)]
+    full_mps = args.full_mps if args.full_mps is not None else data.name == "digits"
+    if full_mps:
+        models.append(("mps (full resolution)", MPSClassifier(max_bond=args.bond_dim, n_sweeps=args.sweeps,
+                                                              random_state=args.seed, verbose=1), full_tr, full_te))
     for c in args.channels:
         clf = ConvMPSClassifier(n_channels=c, max_bond=args.bond_dim, n_sweeps=args.sweeps,
                                 random_state=args.seed, verbose=1)
@@ -74,21 +81,23 @@ def main(argv=None):
         rows.append((name, head, conv, accs, seconds / len(accs)))
         histories.append(clf.history_)
         labels.append(name)
-        run_dir = os.path.join(args.runs_dir, f"{data.name}-{name.replace(' ', '').replace('=', '')}-m{args.bond_dim}")
+        slug = "".join(ch for ch in name if ch.isalnum() or ch == "-")
+        run_dir = os.path.join(args.runs_dir, f"{data.name}-{slug}-m{args.bond_dim}")
         os.makedirs(run_dir, exist_ok=True)
         clf.history_.save(os.path.join(run_dir, "history.json"))
         with open(os.path.join(run_dir, "run.json"), "w") as fh:
             json.dump({"dataset": data.name, "model": name, "bond_dim": args.bond_dim, "n_train": n_tr,
                        "sweeps": args.sweeps, "seed": args.seed, "seconds": seconds}, fh, indent=1)
 
-    paths = write_run_plots(histories, labels, args.figures_dir)
+    figures_dir = args.figures_dir or os.path.join("figures", "conv_stage", data.name)
+    paths = write_run_plots(histories, labels, figures_dir)
     print("\nfigures:", *paths, sep="\n  ")
     print(f"\n{data.name}, {n_tr} training images, head bond dimension {args.bond_dim}, {args.sweeps} sweeps\n")
-    print("| model | head params | conv params | test accuracy per sweep | final | s / sweep |")
-    print("|---|---|---|---|---|---|")
-    for name, head, conv, accs, per in rows:
+    print("| model | head sites | head params | conv params | test accuracy per sweep | final | s / sweep |")
+    print("|---|---|---|---|---|---|---|")
+    for (name, head, conv, accs, per), clf in zip(rows, [m[1] for m in models]):
         per_sweep = " / ".join(f"{100 * a:.1f}" for a in accs)
-        print(f"| {name} | {head} | {conv} | {per_sweep} | **{100 * accs[-1]:.2f}%** | {per:.1f} |")
+        print(f"| {name} | {clf.head_.n_sites} | {head} | {conv} | {per_sweep} | **{100 * accs[-1]:.2f}%** | {per:.1f} |")
 
 
 if __name__ == "__main__":

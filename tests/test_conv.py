@@ -106,3 +106,33 @@ def test_conv_mps_is_reproducible_and_checks_input(fitted, digits_split):
     from sklearn.base import clone
 
     assert clone(fitted).get_params() == fitted.get_params()
+
+
+def test_dense_to_conv_cores_is_exact(rng):
+    from tnlearn.networks import head_to_quimb
+    from tnlearn.stages.conv import dense_to_conv_cores
+    from tnlearn.stages.mps import MPSHead
+
+    W = rng.standard_normal((2**4, 3))
+    cores, log_norm = dense_to_conv_cores(W, 4, 2, np.float64)
+    net = MPSHead(cores, 0, log_norm, get_backend("numpy"))
+    dense = head_to_quimb(net).contract(all).transpose("k0", "k1", "k2", "k3", "label").data.reshape(16, 3)
+    np.testing.assert_allclose(dense, W, atol=1e-12)
+
+
+def test_pooled_start_reproduces_average_pooling(rng, digits_split):
+    from tnlearn.embeddings import trig_map
+    from tnlearn.stages.conv import pooled_conv_cores
+
+    be = get_backend("numpy")
+    images = digits_split[0][:400].reshape(-1, 8, 8)
+    phi = patch_sites(images, 2, 2, "trig", np.float64, be)
+    pixels = extract_patches(images, 2, 2).transpose(1, 0, 2).reshape(-1, 4)
+    net = pooled_conv_cores(phi, pixels, 3, "trig", be)
+    u = net.decision_function(phi)
+    target = trig_map(pixels.mean(axis=1)[:, None])[:, 0, :]
+    # channels 0, 1: the least-squares multilinear fit of phi(mean pixel); a shuffled fit is far worse
+    err = np.linalg.norm(u[:, :2] - target) / np.linalg.norm(target)
+    assert err < 0.2
+    assert np.linalg.norm(u[:, :2] - target[rng.permutation(len(target))]) / np.linalg.norm(target) > 2 * err
+    assert u.shape[1] == 3 and np.linalg.norm(u[:, 2]) > 0

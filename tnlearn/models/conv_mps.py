@@ -10,8 +10,9 @@ Every sweep first sweeps the head (the Stoudenmire–Schwab engine of
 ``conv_start`` on — sweeps the conv MPS's bonds with the head fixed
 (:func:`tnlearn.stage_sweeps.conv_half_sweep`: gradient back-propagated from
 the head through the normalisation, summed over all samples and patches, a
-backtracking step, truncated-SVD split).  The conv MPS starts as the
-principal components of the patch states (:func:`tnlearn.stages.conv.pca_conv_cores`).
+backtracking step, truncated-SVD split).  The conv MPS starts as
+average pooling followed by the feature map, plus principal-component detail
+channels (:func:`tnlearn.stages.conv.pooled_conv_cores`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from tnlearn.models._validation import check_eval_set, check_features, check_pos
 from tnlearn.networks import LABEL_IND, head_to_quimb
 from tnlearn.solvers import SolverOptions
 from tnlearn.stage_sweeps import ConvSweepOptions, conv_half_sweep
-from tnlearn.stages.conv import ConvStage, patch_grid, patch_sites, pca_conv_cores
+from tnlearn.stages.conv import ConvStage, extract_patches, patch_grid, patch_sites, pca_conv_cores, pooled_conv_cores
 from tnlearn.stages.mps import MPSHead, pca_init_cores
 from tnlearn.sweeps import SweepOptions, build_environments, center_outputs, full_sweep, training_loss
 from tnlearn.truncation import check_truncation_args
@@ -72,6 +73,13 @@ class ConvMPSClassifier(ClassifierMixin, BaseEstimator):
     n_iter : int, default=1
         Head: preconditioned gradient steps per bond.
     damping : float, default=0.3
+    init : {"pooled", "pca"}, default="pooled"
+        Start of the conv MPS: ``"pooled"`` fits average pooling followed by the
+        feature map (so the model starts where a plain MPS on pooled images
+        starts) and adds principal-component detail channels
+        (:func:`~tnlearn.stages.conv.pooled_conv_cores`); ``"pca"``: the
+        leading principal components of the patch states
+        (:func:`~tnlearn.stages.conv.pca_conv_cores`).
     image_shape : tuple (H, W), optional
         Default: square images.
     feature_map : str, default="trig"
@@ -107,6 +115,7 @@ class ConvMPSClassifier(ClassifierMixin, BaseEstimator):
         conv_start=1,
         n_iter=1,
         damping=0.3,
+        init="pooled",
         image_shape=None,
         feature_map="trig",
         dtype="float32",
@@ -125,6 +134,7 @@ class ConvMPSClassifier(ClassifierMixin, BaseEstimator):
         self.conv_start = conv_start
         self.n_iter = n_iter
         self.damping = damping
+        self.init = init
         self.image_shape = image_shape
         self.feature_map = feature_map
         self.dtype = dtype
@@ -141,6 +151,8 @@ class ConvMPSClassifier(ClassifierMixin, BaseEstimator):
             check_positive_int("conv_bond", self.conv_bond)
         if str(np.dtype(self.dtype)) not in ("float32", "float64"):
             raise ValueError(f"dtype={self.dtype!r} is not supported; choose float32 or float64")
+        if self.init not in ("pooled", "pca"):
+            raise ValueError(f"init={self.init!r} is not known; choose 'pooled' or 'pca'")
         if self.patch < 2:
             raise ValueError("patch=1 makes the conv stage a per-pixel map; use patch >= 2 (or MPSClassifier)")
         shape = _image_shape(n_features, self.image_shape)
@@ -187,7 +199,11 @@ class ConvMPSClassifier(ClassifierMixin, BaseEstimator):
         self.n_features_in_ = X.shape[1]
         images = X.reshape((n,) + image_shape)
         phi_patch = patch_sites(images, self.patch, stride, self.feature_map, dtype, backend, "raise")
-        net = pca_conv_cores(phi_patch, self.n_channels, conv_bond, rng, backend)
+        if self.init == "pooled":
+            pixels = extract_patches(images, self.patch, stride).transpose(1, 0, 2).reshape(-1, self.patch**2)
+            net = pooled_conv_cores(phi_patch, pixels, self.n_channels, self.feature_map, backend)
+        else:
+            net = pca_conv_cores(phi_patch, self.n_channels, conv_bond, rng, backend)
         self.conv_ = conv = ConvStage(net, self.patch, stride, image_shape)
         v_sites = conv.features(phi_patch, n)
         cores, log_norm = pca_init_cores(v_sites, len(classes), self.max_bond, rng, backend, self.chunk_size)

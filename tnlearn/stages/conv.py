@@ -135,6 +135,98 @@ def pca_conv_cores(phi_patch, n_channels, bond_dim, rng, backend, chunk_size=655
     return MPSHead(cores, 0, 0.0, backend)
 
 
+def _full_patch_vectors(phi_patch, start, stop):
+    """Full product vectors ``phi_0 (x) ... (x) phi_{q-1}`` of pseudo-samples ``start:stop``."""
+    out = phi_patch[0, start:stop]
+    for k in range(1, phi_patch.shape[0]):
+        n = out.shape[0]
+        out = (out[:, :, None] * phi_patch[k, start:stop, None, :]).reshape(n, -1)
+    return out
+
+
+def dense_to_conv_cores(W, q, d, dtype):
+    """Exact MPS form of a dense patch map: ``W`` (d**q, c) -> cores, channel index on site 0.
+
+    Returns
+    -------
+    cores : list of ndarray
+        ``(1, d, c, D_1)``, then right-orthonormal ``(D, d, D')``.
+    log_norm : float
+    """
+    c = W.shape[1]
+    T = W.reshape((d,) * q + (c,))
+    T = np.moveaxis(T, q, 1)  # (d, c, d, ..., d)
+    cores = [None] * q
+    rest = T.reshape(d * c * d ** (q - 1), 1)
+    right_dim = 1
+    for j in range(q - 1, 0, -1):
+        mat = rest.reshape(-1, d * right_dim)  # (left part, d * D_right)
+        U, S, Vh = np.linalg.svd(mat, full_matrices=False)
+        keep = max(1, int(np.count_nonzero(S > S[0] * 1e-12))) if S.size and S[0] > 0 else 1
+        cores[j] = Vh[:keep].reshape(keep, d, right_dim)
+        rest = U[:, :keep] * S[:keep]
+        right_dim = keep
+    core0 = rest.reshape(1, d, c, right_dim)
+    nrm = np.linalg.norm(core0)
+    cores[0] = core0 / nrm
+    return [x.astype(dtype) for x in cores], float(np.log(nrm))
+
+
+def pooled_conv_cores(phi_patch, pixels, n_channels, feature_map, backend, chunk_size=65536, ridge=1e-6):
+    """Conv MPS that starts as average pooling followed by the feature map, plus detail channels.
+
+    Channels ``0 .. d-1`` are the least-squares fit, over all training patches,
+    of ``phi(mean of the patch's pixels)`` by a linear map of the patch's
+    product state (what a plain MPS on average-pooled images sees); the
+    remaining channels are the leading principal components of the patch
+    states orthogonal to those.  A conv-mps model therefore starts where the
+    plain MPS on pooled images starts, and its sweeps can only improve on
+    that start.  Needs ``d ** (patch * patch) <= 4096`` (dense fit).
+
+    Parameters
+    ----------
+    phi_patch : array, shape (q, n_pseudo, d)
+    pixels : ndarray, shape (n_pseudo, q)
+        Raw pixel values of the same patches.
+    n_channels : int
+    feature_map : str or FeatureMap
+    backend : Backend
+
+    Returns
+    -------
+    MPSHead
+    """
+    from tnlearn.embeddings import get_feature_map
+
+    q, n, d = phi_patch.shape
+    width = d**q
+    if width > 4096:
+        raise ValueError(f"init='pooled' fits a dense {width}-dimensional patch map; use init='pca' for patches this large")
+    fmap = get_feature_map(feature_map)
+    A = np.zeros((width, width))
+    B = np.zeros((width, fmap.dim))
+    for start in range(0, n, chunk_size):
+        stop = min(start + chunk_size, n)
+        F = backend.asnumpy(_full_patch_vectors(phi_patch, start, stop)).astype(np.float64)
+        target = np.asarray(fmap(pixels[start:stop].mean(axis=1)[:, None]), dtype=np.float64)[:, 0, :]
+        A += F.T @ F
+        B += F.T @ target
+    shift = ridge * np.trace(A) / width
+    M = np.linalg.solve(A + shift * np.eye(width), B)  # (width, dim)
+    channels = [M[:, : min(n_channels, fmap.dim)]]
+    extra = n_channels - channels[0].shape[1]
+    if extra > 0:
+        Q, _ = np.linalg.qr(M)
+        proj = np.eye(width) - Q @ Q.T
+        evals, evecs = np.linalg.eigh(proj @ A @ proj)
+        V = evecs[:, ::-1][:, :extra]
+        scale = np.linalg.norm(M, axis=0).mean()
+        channels.append(V * scale)
+    W = np.concatenate(channels, axis=1)
+    cores, log_norm = dense_to_conv_cores(W, q, d, phi_patch.dtype)
+    return MPSHead([backend.asarray(c) for c in cores], 0, log_norm, backend)
+
+
 class ConvStage:
     """A conv MPS shared over patches, with its geometry.
 
