@@ -72,7 +72,7 @@ def test_conv_sweeps_lower_the_loss_and_learn(fitted, digits_split):
     for record in fitted.history_:
         conv = record.stages["conv"]
         assert conv["loss_after"] < conv["loss_before"]
-        assert max(conv["bond_dims"]) <= 4 and conv["max_truncation_error"] >= 0
+        assert max(conv["bond_dims"]) <= 6 and conv["max_truncation_error"] >= 0  # exact bond for c=3: 6
     assert fitted.history_[-1].test_accuracy == pytest.approx(fitted.score(X_te, y_te))
     assert fitted.score(X_te, y_te) >= 0.85
 
@@ -136,3 +136,13 @@ def test_pooled_start_reproduces_average_pooling(rng, digits_split):
     assert err < 0.2
     assert np.linalg.norm(u[:, :2] - target[rng.permutation(len(target))]) / np.linalg.norm(target) > 2 * err
     assert u.shape[1] == 3 and np.linalg.norm(u[:, 2]) > 0
+
+
+@pytest.mark.parametrize("n_channels", [2, 4])
+def test_default_conv_bond_never_truncates(n_channels, digits_split):
+    from tnlearn.models.conv_mps import exact_conv_bond
+
+    assert exact_conv_bond(4, 2, 2) == 4 and exact_conv_bond(4, 2, 4) == 8
+    X_tr, _, y_tr, _ = digits_split
+    clf = ConvMPSClassifier(n_channels=n_channels, max_bond=8, n_sweeps=1, random_state=0).fit(X_tr[:300], y_tr[:300])
+    assert clf.history_[0].stages["conv"]["max_truncation_error"] < 1e-10

@@ -38,6 +38,19 @@ from tnlearn.truncation import check_truncation_args
 CHANNEL_IND = "channel"
 
 
+def exact_conv_bond(n_sites, d, n_channels):
+    """Largest bond an exact conv MPS needs anywhere, wherever its channel index sits.
+
+    Bond ``i`` (sites ``< i`` on its left) has dimension at most
+    ``min(c d^i, d^(q-i))`` with the channel index on its left and
+    ``min(d^i, c d^(q-i))`` with it on its right.
+    """
+    return max(
+        max(min(n_channels * d**i, d ** (n_sites - i)), min(d**i, n_channels * d ** (n_sites - i)))
+        for i in range(1, n_sites)
+    )
+
+
 def _image_shape(n_features, image_shape):
     if image_shape is not None:
         shape = tuple(int(s) for s in image_shape)
@@ -62,7 +75,8 @@ class ConvMPSClassifier(ClassifierMixin, BaseEstimator):
     n_channels : int, default=2
         Output channels ``c`` of the conv stage = physical dimension of the head.
     conv_bond : int, optional
-        Maximum conv bond dimension (default: exact, ``d ** (p*p // 2)``).
+        Maximum conv bond dimension (default: exact, :func:`exact_conv_bond`:
+        no truncation, 8 for 2x2 patches with ``d = 2`` and 4 channels).
     max_bond : int, default=16
         Maximum bond dimension of the head.
     cutoff : float, default=1e-10
@@ -191,7 +205,7 @@ class ConvMPSClassifier(ClassifierMixin, BaseEstimator):
         backend = get_backend(self.backend)
         dtype = np.dtype(self.dtype)
         d = get_feature_map(self.feature_map).dim
-        conv_bond = self.conv_bond or d ** (self.patch * self.patch // 2)
+        conv_bond = self.conv_bond or exact_conv_bond(self.patch**2, d, self.n_channels)
         order = rng.permutation(len(X))
         X, y_idx = X[order], y_idx[order]
         n = len(X)
