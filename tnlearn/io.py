@@ -257,7 +257,10 @@ def _check_arrays(cores, classes, center, log_norm, n_features, model, d=None, n
         raise ValueError(f"log_norm={log_norm} is not finite")
     _check_classes(classes)
     d = get_feature_map(model.feature_map).dim if d is None else d
-    n_labels = len(classes) if n_labels is None else n_labels
+    if n_labels is None:
+        n_labels, what = len(classes), f"labels but there are {len(classes)} classes"
+    else:
+        what = f"channels but the model has {n_labels}"
     left = 1
     for i, core in enumerate(cores):
         want = 4 if i == center else 3
@@ -269,7 +272,7 @@ def _check_arrays(cores, classes, center, log_norm, n_features, model, d=None, n
                 f"right bond) and its physical dimension {d}"
             )
         if i == center and core.shape[2] != n_labels:
-            raise ValueError(f"the centre core has an index of {core.shape[2]} but {n_labels} are needed")
+            raise ValueError(f"the centre core has {core.shape[2]} {what}")
         if not np.all(np.isfinite(core)):
             raise ValueError(f"{prefix}_{i} has NaN or infinite values")
         left = core.shape[-1]
