@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 DATASETS = ("digits", "mnist", "fashion-mnist")
+MODELS = ("mps", "conv-mps", "tt-net")
 ORDERS = ("row", "column", "zigzag")
 
 
@@ -156,6 +157,41 @@ def _train_comm(choice):
     return get_comm("mpi" if choice == "mpi" else None)
 
 
+def _staged_model_checks(args):
+    """What the conv-mps and tt-net models do not support (yet), as errors that name the way out."""
+    model = getattr(args, "model", "mps")
+    if model == "mps":
+        return
+    if args.resume:
+        raise ValueError(f"--resume continues --model mps runs only; start the {model} run again "
+                         "(its checkpoints are complete models: tnlearn evaluate works on them)")
+    if args.distributed == "mpi":
+        raise ValueError(f"--distributed mpi trains --model mps only; run {model} in one process")
+    if args.backend != "numpy":
+        raise ValueError(f"--backend {args.backend} is supported for --model mps only")
+
+
+def _new_model(args, ds, verbose):
+    from tnlearn.models import ConvMPSClassifier, MPSClassifier, TTNetClassifier
+
+    model = getattr(args, "model", "mps")
+    if model == "conv-mps":
+        extra = {"damping": args.damping} if args.damping is not None else {}
+        return ConvMPSClassifier(patch=args.patch, n_channels=args.channels, conv_bond=args.conv_bond,
+                                 max_bond=args.bond_dim, cutoff=args.cutoff, n_sweeps=args.sweeps,
+                                 n_iter=args.n_iter, image_shape=tuple(ds.image_shape), dtype=args.dtype,
+                                 random_state=args.seed, verbose=min(verbose, 1), **extra)
+    if model == "tt-net":
+        return TTNetClassifier(n_cores=args.tt_cores, max_rank=args.tt_rank, cutoff=args.cutoff,
+                               n_sweeps=args.sweeps, epochs_per_bond=args.epochs_per_bond,
+                               learning_rate=args.learning_rate, dtype=args.dtype, random_state=args.seed,
+                               verbose=verbose)
+    extra = {k: getattr(args, k) for k in ("precondition", "damping") if getattr(args, k) is not None}
+    return MPSClassifier(max_bond=args.bond_dim, cutoff=args.cutoff, n_sweeps=args.sweeps, solver=args.solver,
+                         n_iter=args.n_iter, loss=args.loss, truncation=args.truncation, dtype=args.dtype,
+                         backend=args.backend, random_state=args.seed, verbose=verbose, **extra)
+
+
 def cmd_train(args):
     from tnlearn import __version__
     from tnlearn.io import load_model, save_model
@@ -173,6 +209,9 @@ def cmd_train(args):
         raise ValueError("say where the run goes: --out RUNDIR (new run) or --resume RUNDIR (continue one)")
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a directory")
+    _staged_model_checks(args)
+    if getattr(args, "model", "mps") != "mps" and args.pool is None:
+        args.pool = 1  # the conv stage / TT layer see the full-resolution image
     if not root:
         comm.barrier()  # rank 0 loads (and downloads) first
     ds, X_train, X_test = _load_data(args.dataset, args.data_dir, args.pool, args.n_train, args.seed,
@@ -195,10 +234,7 @@ def cmd_train(args):
         if not args.quiet and root:
             print(f"resuming {out} after sweep {done}, up to {args.sweeps} sweeps", flush=True)
     else:
-        extra = {k: getattr(args, k) for k in ("precondition", "damping") if getattr(args, k) is not None}
-        clf = MPSClassifier(max_bond=args.bond_dim, cutoff=args.cutoff, n_sweeps=args.sweeps, solver=args.solver,
-                            n_iter=args.n_iter, loss=args.loss, truncation=args.truncation, dtype=args.dtype,
-                            backend=args.backend, random_state=args.seed, verbose=verbose, **extra)
+        clf = _new_model(args, ds, verbose)
 
     options = {k: v for k, v in vars(args).items() if k not in ("func", "resume")}
     options["data_dir"] = args.data_dir and os.path.abspath(args.data_dir)  # evaluate from any cwd
@@ -220,16 +256,20 @@ def cmd_train(args):
 
     t_fit = time.perf_counter()
     try:
-        clf.fit(X_train, ds.y_train, eval_set=(X_test, ds.y_test), on_sweep=checkpoint, comm=comm)
+        fit_extra = {"comm": comm} if getattr(args, "model", "mps") == "mps" else {}
+        clf.fit(X_train, ds.y_train, eval_set=(X_test, ds.y_test), on_sweep=checkpoint, **fit_extra)
     except KeyboardInterrupt:
         if not root:  # every rank stops after the same bond; rank 0 reports
             return 130
         saved = ""
-        if hasattr(clf, "head_"):  # the bond in progress was finished: the network is consistent
+        if hasattr(clf, "head_") and type(clf).__name__ == "MPSClassifier":  # the bond in progress was finished
             save_model(clf, out / "interrupted.npz")
             saved = f"; the network as it was mid-sweep (label on site {clf.head_.center}) is in {out}/interrupted.npz"
-        print(f"\ninterrupted: {_last_checkpoint(clf, out, args)}{saved}; continue with "
-              f"`tnlearn train --resume {out} --sweeps {args.sweeps}`", file=sys.stderr)
+        if getattr(args, "model", "mps") == "mps":
+            how = f"continue with `tnlearn train --resume {out} --sweeps {args.sweeps}`"
+        else:
+            how = f"--resume continues --model mps runs only; run the {args.model} training again"
+        print(f"\ninterrupted: {_last_checkpoint(clf, out, args)}{saved}; {how}", file=sys.stderr)
         return 130
     except FloatingPointError as exc:
         raise FloatingPointError(f"{exc}; {_last_checkpoint(clf, out, args)} (the last good state)") from exc
@@ -239,11 +279,12 @@ def cmd_train(args):
     last = clf.history_[-1]
     run.update({"status": "finished", "final_train_accuracy": last.train_accuracy,
                 "final_test_accuracy": last.test_accuracy, "fit_seconds": fit_seconds})
-    m = clf.max_bond
-    plots = write_run_plots([clf.history_], [f"m={m}"], out)
+    m = clf.max_rank if hasattr(clf, "max_rank") else clf.max_bond
+    size = f"TT-rank {m}" if hasattr(clf, "max_rank") else f"m={m}"
+    plots = write_run_plots([clf.history_], [size], out)
     run["total_seconds"] = time.perf_counter() - t0
     _write_json(out / "run.json", run)
-    print(f"test accuracy {last.test_accuracy:.4f} after {len(clf.history_)} sweeps (m={m}) "
+    print(f"test accuracy {last.test_accuracy:.4f} after {len(clf.history_)} sweeps ({getattr(args, 'model', 'mps')}, {size}) "
           f"in {run['total_seconds']:.1f} s; wrote history.json, run.json, model.npz and "
           f"{len(plots)} plots to {out}")
     return 0
@@ -303,8 +344,14 @@ def cmd_plot(args):
         labels = []
         for d in args.run_dirs:
             run_path = Path(d) / "run.json"
-            m = _read_json(run_path, "run").get("options", {}).get("bond_dim") if run_path.is_file() else None
-            labels.append(f"m={m}" if m is not None else Path(d).resolve().name)
+            opts = _read_json(run_path, "run").get("options", {}) if run_path.is_file() else {}
+            model, m = opts.get("model", "mps"), opts.get("bond_dim")
+            if model == "tt-net":
+                labels.append(f"tt-net rank {opts.get('tt_rank')}")
+            elif m is not None:
+                labels.append(f"m={m}" if model == "mps" else f"{model} m={m}")
+            else:
+                labels.append(Path(d).resolve().name)
         if len(set(labels)) < len(labels):  # e.g. two runs with the same m: use the directory names
             labels = [Path(d).resolve().name for d in args.run_dirs]
     out = args.out or (args.run_dirs[0] if len(args.run_dirs) == 1 else "plots")
@@ -314,7 +361,9 @@ def cmd_plot(args):
         from tnlearn.io import load_model
         from tnlearn.physics import entanglement_entropies
 
-        entropies = [entanglement_entropies(load_model(m)) for m in models]
+        loaded = [load_model(m) for m in models]
+        if all(hasattr(model, "head_") for model in loaded):  # MPS heads (a TT-net has none)
+            entropies = [entanglement_entropies(model) for model in loaded]
     for path in write_run_plots(histories, labels, out, entropies):
         print(path)
     return 0
@@ -330,11 +379,16 @@ def build_parser():
     parser.add_argument("--version", action="version", version=f"tnlearn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("train", help="train an MPS classifier and write a run directory",
-                       description="Train an MPSClassifier; write history.json, run.json, model.npz "
-                                   "and plots into --out.")
+    p = sub.add_parser("train", help="train a tensor-network classifier and write a run directory",
+                       description="Train an MPS, conv-mps or TT-net classifier by sweeps; write "
+                                   "history.json, run.json, model.npz and plots into --out.")
     _data_options(p, "digits")
-    p.add_argument("--bond-dim", type=_positive_int, default=16, metavar="M", help="max bond dimension (default: 16)")
+    p.add_argument("--model", choices=MODELS, default="mps",
+                   help="mps: MPS classifier on the (pooled) pixels; conv-mps: a tensor-network conv stage "
+                        "over patches of the full-resolution image under an MPS head; tt-net: TT dense "
+                        "layer + ReLU + dense output (default: mps)")
+    p.add_argument("--bond-dim", type=_positive_int, default=16, metavar="M",
+                   help="max bond dimension of the MPS (head) (default: 16)")
     p.add_argument("--sweeps", type=_positive_int, default=4, metavar="S", help="full sweeps (default: 4)")
     p.add_argument("--cutoff", type=float, default=1e-10, metavar="C", help="SVD cutoff (default: 1e-10)")
     p.add_argument("--loss", choices=("mse", "cross_entropy"), default="mse", help="loss (default: mse)")
@@ -357,6 +411,19 @@ def build_parser():
                    "(its data and model options come from RUNDIR/run.json)")
     p.add_argument("--checkpoint-every", type=_positive_int, default=1, metavar="K",
                    help="save model.npz and history.json every K sweeps (default: 1)")
+    g = p.add_argument_group("conv-mps options")
+    g.add_argument("--patch", type=_positive_int, default=2, metavar="P", help="patch side (default: 2)")
+    g.add_argument("--channels", type=_positive_int, default=4, metavar="C",
+                   help="conv output channels = head local dimension (default: 4)")
+    g.add_argument("--conv-bond", type=_positive_int, default=None, metavar="D",
+                   help="max conv bond dimension (default: exact)")
+    g = p.add_argument_group("tt-net options")
+    g.add_argument("--tt-rank", type=_positive_int, default=4, metavar="R", help="max TT-rank (default: 4)")
+    g.add_argument("--tt-cores", type=_positive_int, default=5, metavar="K",
+                   help="TT cores; the input is zero-padded to a power of two (default: 5: 784 -> 4^5)")
+    g.add_argument("--epochs-per-bond", type=float, default=0.5, metavar="E",
+                   help="passes of minibatch Adam per bond (default: 0.5)")
+    g.add_argument("--learning-rate", type=float, default=2e-3, metavar="LR", help="Adam step (default: 2e-3)")
     p.add_argument("--distributed", choices=("auto", "mpi", "none"), default="auto",
                    help="data-parallel training over MPI ranks: auto (default) uses MPI when started by "
                         "mpiexec/srun with several ranks; needs pip install 'tnlearn[mpi]'")
@@ -403,6 +470,9 @@ def main(argv=None):
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     try:
         return args.func(args)
+    except BrokenPipeError:  # e.g. `tnlearn evaluate RUNDIR | head`: the reader left, nothing is wrong
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (keep the interpreter from reporting the pipe at exit)
+        return 0
     except (ValueError, OSError, DatasetUnavailableError, IDXFormatError, ModelFormatError,
             NotFittedError, FloatingPointError, MPIUnavailableError) as exc:
         rank = launched_rank()

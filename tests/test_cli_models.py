@@ -1,0 +1,60 @@
+"""`tnlearn train --model conv-mps | tt-net`: the same run directory as the MPS, end to end on digits."""
+
+import json
+
+import pytest
+
+from tnlearn.cli import main
+from tnlearn.io import load_model
+
+MODELS = {
+    "conv-mps": ["--model", "conv-mps", "--bond-dim", "8", "--channels", "3"],
+    "tt-net": ["--model", "tt-net", "--tt-cores", "3", "--tt-rank", "2", "--epochs-per-bond", "2"],
+}
+
+
+@pytest.fixture(scope="module", params=sorted(MODELS))
+def run(request, tmp_path_factory):
+    out = tmp_path_factory.mktemp(request.param) / "run"
+    argv = ["train", "--dataset", "digits", "--sweeps", "2", "--quiet", "--out", str(out)] + MODELS[request.param]
+    assert main(argv) == 0
+    return request.param, out
+
+
+def test_run_directory_and_model(run, capsys):
+    name, out = run
+    for f in ("history.json", "run.json", "model.npz", "accuracy.png", "truncation.png", "bond_dims.png"):
+        assert (out / f).is_file(), f
+    history = json.loads((out / "history.json").read_text())
+    assert [r["sweep"] for r in history] == [1, 2]
+    assert history[-1]["test_accuracy"] > 0.8
+    run_info = json.loads((out / "run.json").read_text())
+    assert run_info["options"]["model"] == name and run_info["pool"] == 1 and run_info["status"] == "finished"
+    model = load_model(out / "model.npz")
+    assert type(model).__name__ == {"conv-mps": "ConvMPSClassifier", "tt-net": "TTNetClassifier"}[name]
+    if name == "conv-mps":
+        assert "conv" in history[-1]["stages"] and model.n_channels == 3
+    # evaluate reproduces the recorded test accuracy
+    capsys.readouterr()
+    assert main(["evaluate", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert f"accuracy {history[-1]['test_accuracy']:.6f}" in text
+
+
+def test_resume_is_refused_with_the_way_out(run, capsys):
+    name, out = run
+    assert main(["train", "--resume", str(out), "--sweeps", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "--resume continues --model mps runs only" in err and name in err
+
+
+def test_staged_models_refuse_mpi(tmp_path, capsys):
+    argv = ["train", "--model", "tt-net", "--distributed", "mpi", "--out", str(tmp_path / "r")]
+    assert main(argv) == 2
+    assert "--distributed mpi trains --model mps only" in capsys.readouterr().err
+
+
+def test_plot_compares_model_kinds(run, tmp_path, capsys):
+    _, out = run
+    assert main(["plot", str(out), "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "accuracy.png").is_file()
