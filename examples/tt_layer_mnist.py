@@ -21,6 +21,7 @@ Examples
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 
@@ -42,10 +43,13 @@ def plot_rank_table(rows, path, title):
     for r in rows:
         ax.annotate(f"{r['compression']:.0f}x", (r["rank"], 100 * r["accuracy"]), textcoords="offset points",
                     xytext=(0, 7), ha="center", fontsize=8)
+    accs = [100 * r["accuracy"] for r in rows]
+    span = max(accs) - min(accs) or 1.0
+    ax.set_ylim(min(accs) - 0.15 * span, max(accs) + 0.25 * span)  # room for the labels
     ax.set_xlabel("maximum TT-rank")
     ax.set_ylabel("test accuracy (%)")
     ax.set_xticks(ranks)
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -89,7 +93,9 @@ def main(argv=None):
 
     os.makedirs(args.figures_dir, exist_ok=True)
     path = os.path.join(args.figures_dir, f"{data.name}_tt_rank.png")
-    plot_rank_table(rows, path, f"TT-net on {data.name} ({len(X_tr)} train), TT layer {rows[0]['shape']}")
+    plot_rank_table(rows, path, f"TT-net, {data.name} ({len(X_tr)} train)\nTT layer {rows[0]['shape']}; labels: compression")
+    with open(os.path.join(args.figures_dir, f"{data.name}_tt_rank.json"), "w") as fh:
+        json.dump(rows, fh, indent=1)
     print("\nfigure:", path)
     print(f"\n{data.name}, {len(X_tr)} training images, {sweeps} sweeps, {epochs} epochs of Adam per bond\n")
     print("| max TT-rank | TT ranks | TT-layer params | dense params | compression | rate (TT / dense) "
