@@ -20,7 +20,7 @@ import numpy as np
 from tnlearn.backprop import head_input_gradient, output_loss
 from tnlearn.local_problem import LocalProblem
 from tnlearn.stages.conv import normalise_channels
-from tnlearn.sweeps import BondInfo, build_environments
+from tnlearn.sweeps import BondInfo, advance_past_bond, build_environments
 
 
 @dataclass(frozen=True)
@@ -131,10 +131,7 @@ def conv_half_sweep(conv, conv_envs, phi_patch, head, y, head_opts, opts, direct
             steps[j] = step
         block, log_norm = problem.from_scaled(Bs)
         tinfo = net.split(j, block, log_norm, direction, opts.max_bond, opts.cutoff, "rsum2")
-        if direction == "right":
-            conv_envs.advance_left(j, phi_patch[j], net.cores[j])
-        else:
-            conv_envs.advance_right(j + 1, phi_patch[j + 1], net.cores[j + 1])
+        advance_past_bond(conv_envs, phi_patch, net.cores, j, direction)
         info = BondInfo(j, direction, tinfo.kept, tinfo.discarded_weight)
         infos.append(info)
         losses.append((before, after))

@@ -87,6 +87,18 @@ def build_environments(head, phi_sites, opts):
     return envs
 
 
+def advance_past_bond(envs, phi_sites, cores, j, direction):
+    """After the split of bond ``(j, j+1)``: the environment the next bond of the sweep needs.
+
+    ``"right"``: the left environment through the new left-canonical site ``j``;
+    ``"left"``: the right environment through the new right-canonical site ``j + 1``.
+    """
+    if direction == "right":
+        envs.advance_left(j, phi_sites[j], cores[j])
+    else:
+        envs.advance_right(j + 1, phi_sites[j + 1], cores[j + 1])
+
+
 def half_sweep(head, envs, phi_sites, y, direction, opts, on_bond=None, shard=None):
     """Update every bond once, moving the label across the whole chain.
 
@@ -129,10 +141,7 @@ def half_sweep(head, envs, phi_sites, y, direction, opts, on_bond=None, shard=No
             tinfo = head.split(j, block, log_norm, direction, opts.max_bond, opts.cutoff, opts.cutoff_mode, grams)
         if shard is not None:
             tinfo = broadcast_cores(shard, head, (j, j + 1), tinfo)
-        if direction == "right":
-            envs.advance_left(j, phi_sites[j], head.cores[j])
-        else:
-            envs.advance_right(j + 1, phi_sites[j + 1], head.cores[j + 1])
+        advance_past_bond(envs, phi_sites, head.cores, j, direction)
         info = BondInfo(j, direction, tinfo.kept, tinfo.discarded_weight)
         infos.append(info)
         if on_bond is not None:

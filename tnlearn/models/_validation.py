@@ -45,6 +45,18 @@ def check_features(X, n_features_in=None, min_features=1, what="X"):
     return X
 
 
+def check_label_vector(X, y):
+    """A 1-D vector of class labels as long as ``X`` (ndarray)."""
+    y = np.asarray(y)
+    if y.ndim != 1:
+        hint = " (a column vector: pass y.ravel())" if y.ndim == 2 and y.shape[1] == 1 else ""
+        raise ValueError(f"y must be 1-D with shape (n_samples,), got shape {y.shape}{hint}")
+    if len(y) != len(X):
+        raise ValueError(f"X has {len(X)} samples but y has {len(y)}; they must match")
+    check_classification_targets(y)
+    return y
+
+
 def check_targets(X, y):
     """A 1-D label vector as long as ``X``, with at least two classes.
 
@@ -53,13 +65,7 @@ def check_targets(X, y):
     classes : ndarray
     y_idx : ndarray of int, shape (n_samples,)
     """
-    y = np.asarray(y)
-    if y.ndim != 1:
-        hint = " (a column vector: pass y.ravel())" if y.ndim == 2 and y.shape[1] == 1 else ""
-        raise ValueError(f"y must be 1-D with shape (n_samples,), got shape {y.shape}{hint}")
-    if len(y) != len(X):
-        raise ValueError(f"X has {len(X)} samples but y has {len(y)}; they must match")
-    check_classification_targets(y)
+    y = check_label_vector(X, y)
     classes = np.unique(y)
     if len(classes) < 2:
         raise ValueError(f"y has a single class ({classes[0]!r}); a classifier needs at least 2")

@@ -7,12 +7,12 @@ import time
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.metaestimators import available_if
-from sklearn.utils.multiclass import check_classification_targets
 
 from tnlearn.backend import get_backend
 from tnlearn.distributed import broadcast_cores, check_same_data, get_comm, make_shard, shard_bounds
 from tnlearn.embeddings import embed, get_feature_map
 from tnlearn.history import History, SweepRecord
+from tnlearn.models._validation import check_label_vector
 from tnlearn.solvers import LOSSES, SOLVERS, SolverOptions, softmax
 from tnlearn.stages.mps import MPSHead, init_cores, pca_init_cores
 from tnlearn.sweeps import SweepOptions, build_environments, center_outputs, full_sweep, training_loss
@@ -314,13 +314,7 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
         """
         self._check_params()
         X = self._check_X(X, fitting=True)
-        y = np.asarray(y)
-        if y.ndim != 1:
-            hint = " (a column vector: pass y.ravel())" if y.ndim == 2 and y.shape[1] == 1 else ""
-            raise ValueError(f"y must be 1-D with shape (n_samples,), got shape {y.shape}{hint}")
-        if len(y) != len(X):
-            raise ValueError(f"X has {len(X)} samples but y has {len(y)}; they must match")
-        check_classification_targets(y)
+        y = check_label_vector(X, y)
         if eval_set is not None:
             if not (isinstance(eval_set, (tuple, list)) and len(eval_set) == 2):
                 raise ValueError(f"eval_set must be a pair (X_test, y_test) of the same length, got {type(eval_set).__name__}")
