@@ -181,7 +181,6 @@ class TTNetClassifier(ClassifierMixin, BaseEstimator):
 
     def _optimise_bond(self, bond, Xp, y_idx, rng, adam):
         """Minibatch Adam on the merged block of ``bond`` and the dense parameters."""
-        xp = self._backend.xp
         block = self.tt_.merge(bond)
         params = [self.b1_, self.V_, self.b2_]
         n = Xp.shape[0]
@@ -198,7 +197,6 @@ class TTNetClassifier(ClassifierMixin, BaseEstimator):
             block = adam.step("block", block, dblock)
             params = [adam.step(name, p, g) for name, p, g in zip(("b1", "V", "b2"), params, (db1, dV, db2))]
         self.b1_, self.V_, self.b2_ = params
-        del xp
         return block
 
     # -- fitting ------------------------------------------------------------------------------
