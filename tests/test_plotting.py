@@ -105,3 +105,25 @@ def test_write_run_plots(tmp_path):
     for p in paths:
         data = open(p, "rb").read()
         assert data[:8] == PNG_MAGIC and len(data) > 5000
+
+
+def test_stage_plot_for_multi_stage_runs(tmp_path):
+    from tnlearn.history import History, SweepRecord
+    from tnlearn.plotting import plot_stages, write_run_plots
+
+    def record(k, stages):
+        return SweepRecord(sweep=k, loss=0.1, train_accuracy=0.9, test_accuracy=0.8, max_truncation_error=1e-3,
+                           mean_truncation_error=1e-4, bond_dims=[2, 4, 2], seconds=1.0, stages=stages)
+
+    staged = History([record(k, {"conv": {"loss_before": 0.3 / k, "loss_after": 0.2 / k,
+                                          "max_truncation_error": 1e-4 * k, "bond_dims": [2, 4, 2]}})
+                      for k in (1, 2)])
+    plain = History([record(1, {}), record(2, {})])
+    paths = write_run_plots([staged, plain], ["conv", "mps"], tmp_path)
+    assert paths[-1].endswith("stages.png") and (tmp_path / "stages.png").stat().st_size > 0
+    ax = plot_stages(staged)
+    after = ax.get_lines()[0]
+    assert list(after.get_ydata()) == [0.2, 0.1]
+    assert write_run_plots(plain, None, tmp_path / "plain")[-1].endswith("bond_dims.png")  # no stage plot
+    with pytest.raises(ValueError, match="only multi-stage models"):
+        plot_stages(plain)

@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-__all__ = ["plot_accuracy", "plot_truncation", "plot_bond_dims", "plot_entanglement", "write_run_plots"]
+__all__ = ["plot_accuracy", "plot_truncation", "plot_bond_dims", "plot_entanglement", "plot_stages", "write_run_plots"]
 
 _FIGSIZE = (6.0, 4.0)
 
@@ -170,6 +170,56 @@ def plot_entanglement(entropies, labels=None, ax=None):
     return _finish(ax, "Bond", "Entanglement entropy (bits)", "Entanglement entropy along the chain")
 
 
+def plot_stages(histories, labels=None, ax=None):
+    """Loss of every lower stage's sweep (before -> after) and its largest truncation error.
+
+    Multi-stage models record, per sweep, ``stages[name]`` with ``loss_before``,
+    ``loss_after`` and ``max_truncation_error`` (e.g. the conv stage of
+    :class:`~tnlearn.models.ConvMPSClassifier`).  Drawn: the stage's loss after its
+    sweep (solid, circles) and before it (dotted, crosses), so each sweep's gain
+    is the vertical gap; a second axis (right, log) carries the truncation error.
+
+    Parameters
+    ----------
+    histories : History or list of History
+    labels : str or list of str, optional
+    ax : matplotlib.axes.Axes, optional
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+    """
+    histories, labels = _runs(histories, labels, "histories")
+    ax = _axes(ax)
+    twin = ax.twinx()
+    drawn = truncated = False
+    for i, (h, label) in enumerate(zip(histories, labels)):
+        names = sorted({name for r in h.records for name in r.stages})
+        for name in names:
+            rows = [(r.sweep, r.stages[name]) for r in h.records if name in r.stages]
+            sweeps = [sw for sw, _ in rows]
+            tag = f"{label}: {name}" if label else name
+            color = f"C{i % 10}"
+            ax.plot(sweeps, [st["loss_after"] for _, st in rows], "-o", color=color, ms=4, label=f"{tag} loss after")
+            ax.plot(sweeps, [st["loss_before"] for _, st in rows], ":x", color=color, ms=4, label=f"{tag} loss before")
+            err = np.asarray([st["max_truncation_error"] for _, st in rows], dtype=float)
+            err[err <= 0] = np.nan
+            if np.isfinite(err).any():
+                twin.plot(sweeps, err, "--s", color=color, ms=3, alpha=0.6)
+                truncated = True
+            drawn = True
+    if not drawn:
+        raise ValueError("no run has per-stage records (history_[k].stages): only multi-stage models have them")
+    if truncated:
+        twin.set_yscale("log")
+        twin.set_ylabel("Max. truncation error (dashed)")
+        title = "Lower stages: loss before / after each sweep"
+    else:
+        twin.set_axis_off()
+        title = "Lower stages: loss before / after each sweep (no truncation)"
+    return _finish(ax, "Sweep", "Stage loss", title)
+
+
 def _save(plot, items, labels, out_dir, name):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -184,6 +234,9 @@ def _save(plot, items, labels, out_dir, name):
 
 def write_run_plots(histories, labels=None, out_dir=".", entropies=None):
     """Write ``accuracy.png``, ``truncation.png`` and ``bond_dims.png`` into ``out_dir``.
+
+    Also ``entanglement.png`` when ``entropies`` are given, and ``stages.png``
+    (:func:`plot_stages`) when any run has per-stage records.
 
     Parameters
     ----------
@@ -207,4 +260,6 @@ def write_run_plots(histories, labels=None, out_dir=".", entropies=None):
                                 ("bond_dims", plot_bond_dims))]
     if entropies is not None:
         paths.append(_save(plot_entanglement, list(entropies), labels, out_dir, "entanglement"))
+    if any(r.stages for h in histories for r in h.records):
+        paths.append(_save(plot_stages, histories, labels, out_dir, "stages"))
     return paths
