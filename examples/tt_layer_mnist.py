@@ -62,15 +62,18 @@ def main(argv=None):
     p.add_argument("--data-dir", default=None, help="directory with the four IDX files")
     p.add_argument("--n-train", type=int, default=None, help="training subset (default: all)")
     p.add_argument("--ranks", type=int, nargs="+", default=[1, 2, 3, 4])
-    p.add_argument("--sweeps", type=int, default=None, help="default: 4 for digits, 2 otherwise")
+    p.add_argument("--sweeps", type=int, default=None, help="default: 4 for digits, 3 otherwise")
     p.add_argument("--epochs-per-bond", type=float, default=None, help="default: 2 for digits, 0.5 otherwise")
+    p.add_argument("--lr-decay", type=float, default=None,
+                   help="Adam step factor per sweep (default: 1 for digits, 0.5 otherwise)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--figures-dir", default=os.path.join("figures", "tt_net"))
     args = p.parse_args(argv)
 
     small = args.dataset == "digits"
-    sweeps = args.sweeps or (4 if small else 2)
+    sweeps = args.sweeps or (4 if small else 3)
     epochs = args.epochs_per_bond or (2.0 if small else 0.5)
+    lr_decay = args.lr_decay or (1.0 if small else 0.5)
     data = load_dataset(args.dataset, data_dir=args.data_dir, pool=1, n_train=args.n_train, random_state=args.seed)
     X_tr = data.X_train.reshape(len(data.X_train), -1)
     X_te = data.X_test.reshape(len(data.X_test), -1)
@@ -81,7 +84,7 @@ def main(argv=None):
     for rank in args.ranks:
         print(f"\n== max TT-rank {rank}")
         clf = TTNetClassifier(n_cores=n_cores, max_rank=rank, n_sweeps=sweeps, epochs_per_bond=epochs,
-                              random_state=args.seed, verbose=1)
+                              lr_decay=lr_decay, random_state=args.seed, verbose=1)
         start = time.perf_counter()
         clf.fit(X_tr, data.y_train, eval_set=(X_te, data.y_test))
         seconds = time.perf_counter() - start
@@ -97,7 +100,8 @@ def main(argv=None):
     with open(os.path.join(args.figures_dir, f"{data.name}_tt_rank.json"), "w") as fh:
         json.dump(rows, fh, indent=1)
     print("\nfigure:", path)
-    print(f"\n{data.name}, {len(X_tr)} training images, {sweeps} sweeps, {epochs} epochs of Adam per bond\n")
+    print(f"\n{data.name}, {len(X_tr)} training images, {sweeps} sweeps, {epochs} epochs of Adam per bond, "
+          f"step x {lr_decay} per sweep\n")
     print("| max TT-rank | TT ranks | TT-layer params | dense params | compression | rate (TT / dense) "
           "| all params | test accuracy | seconds |")
     print("|---|---|---|---|---|---|---|---|---|")

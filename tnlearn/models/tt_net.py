@@ -77,6 +77,8 @@ class TTNetClassifier(ClassifierMixin, BaseEstimator):
         Passes of minibatch Adam over the training set at every bond.
     batch_size : int, default=128
     learning_rate : float, default=2e-3
+    lr_decay : float, default=1.0
+        The Adam step of sweep ``k`` (1-based) is ``learning_rate * lr_decay**(k - 1)``.
     dtype : {"float32", "float64"}
     backend : str, default="numpy"
     random_state : int, Generator or None
@@ -105,6 +107,7 @@ class TTNetClassifier(ClassifierMixin, BaseEstimator):
         epochs_per_bond=1.0,
         batch_size=128,
         learning_rate=2e-3,
+        lr_decay=1.0,
         dtype="float32",
         backend="numpy",
         random_state=None,
@@ -119,6 +122,7 @@ class TTNetClassifier(ClassifierMixin, BaseEstimator):
         self.epochs_per_bond = epochs_per_bond
         self.batch_size = batch_size
         self.learning_rate = learning_rate
+        self.lr_decay = lr_decay
         self.dtype = dtype
         self.backend = backend
         self.random_state = random_state
@@ -133,6 +137,7 @@ class TTNetClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(f"n_cores={self.n_cores}: a sweep needs at least 2 TT cores")
         check_positive_float("epochs_per_bond", self.epochs_per_bond, "1.0")
         check_positive_float("learning_rate", self.learning_rate, "2e-3")
+        check_positive_float("lr_decay", self.lr_decay, "0.5")
         if str(np.dtype(self.dtype)) not in _DTYPES:
             raise ValueError(f"dtype={self.dtype!r} is not supported; choose one of {_DTYPES}")
 
@@ -240,7 +245,8 @@ class TTNetClassifier(ClassifierMixin, BaseEstimator):
         adam = Adam(self.learning_rate, xp=xp)
         n_bonds = self.tt_.n_cores - 1
         schedule = [(j, "right") for j in range(n_bonds)] + [(j, "left") for j in range(n_bonds - 1, -1, -1)]
-        for _ in range(self.n_sweeps):
+        for sweep in range(self.n_sweeps):
+            adam.learning_rate = self.learning_rate * self.lr_decay**sweep
             t0 = time.perf_counter()
             bar = None
             if self.verbose >= 2:
