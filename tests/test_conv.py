@@ -146,3 +146,26 @@ def test_default_conv_bond_never_truncates(n_channels, digits_split):
     X_tr, _, y_tr, _ = digits_split
     clf = ConvMPSClassifier(n_channels=n_channels, max_bond=8, n_sweeps=1, random_state=0).fit(X_tr[:300], y_tr[:300])
     assert clf.history_[0].stages["conv"]["max_truncation_error"] < 1e-10
+
+
+@pytest.mark.parametrize("conv_bond", [1, 2])
+def test_capped_conv_bond_is_honoured_and_the_recorded_loss_is_the_true_one(conv_bond, digits_split):
+    """A capped conv bond: each conv step is judged after the split's truncation."""
+    from tnlearn.stage_sweeps import head_loss
+
+    X_tr, _, y_tr, _ = digits_split
+    X, y = X_tr[:300], y_tr[:300]
+    clf = ConvMPSClassifier(n_channels=3, conv_bond=conv_bond, max_bond=4, n_sweeps=2, random_state=0).fit(X, y)
+    for record in clf.history_:
+        assert max(record.stages["conv"]["bond_dims"]) <= conv_bond
+    be = clf.head_.backend
+    onehot = np.eye(len(clf.classes_), dtype=np.float32)[np.searchsorted(clf.classes_, y)]
+    features = clf.conv_.features(clf._patches(X, be, "raise"), len(X))
+    true_loss = head_loss(clf.head_, features, onehot, "cosine")
+    assert clf.history_[-1].stages["conv"]["loss_after"] == pytest.approx(true_loss, rel=1e-4)
+
+
+def test_too_many_channels_is_an_error(digits_split):
+    X_tr, _, y_tr, _ = digits_split
+    with pytest.raises(ValueError, match="n_channels=20 exceeds the 16 dimensions"):
+        ConvMPSClassifier(n_channels=20).fit(X_tr[:50], y_tr[:50])

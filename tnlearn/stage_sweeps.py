@@ -7,8 +7,13 @@ fixed, a merged conv block's gradient is the head's input gradient
 normalisation and summed over all samples *and* all patch positions — one
 :meth:`LocalProblem.gradient` over the patch-major pseudo-sample axis.  The
 loss is not quadratic in the block (every patch uses it), so the step is found
-by backtracking on the true loss; the block is then split by truncated SVD and
-the conv environments advanced, exactly as in :func:`tnlearn.sweeps.half_sweep`.
+by backtracking on the true loss; each trial is judged after the truncation
+the split will apply (:func:`truncate_block`), so with the default, exact conv bond
+every bond update lowers the loss or leaves the network as it was.  (With a capped
+``max_bond``, moving the channel index across a bond can force a cut that raises the
+loss; the sweep then keeps the least harmful candidate.)  The block is then split by
+truncated SVD and the conv environments advanced, exactly as in
+:func:`tnlearn.sweeps.half_sweep`.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from tnlearn.backprop import head_input_gradient, output_loss
 from tnlearn.local_problem import LocalProblem
 from tnlearn.stages.conv import normalise_channels
 from tnlearn.sweeps import BondInfo, advance_past_bond, build_environments
+from tnlearn.truncation import truncated_svd
 
 
 @dataclass(frozen=True)
@@ -35,7 +41,7 @@ class ConvSweepOptions:
     initial_step : float
         First trial step as a fraction of ``|block| / |gradient|``.
     max_backtracks : int
-        Step halvings (by 4) tried before the bond is left unchanged.
+        Step reductions (each by a factor of 4) tried before the bond is left unchanged.
     chunk_size : int
         Pseudo-samples (patches) per chunk.
     loss : {"cosine", "mse"}
@@ -57,6 +63,40 @@ def head_loss(head, v_sites, y, loss="cosine", chunk_size=4096):
     f = head.decision_function(v_sites, chunk_size, normalized=True)
     value, _ = output_loss(f, head.backend.asnumpy(y).astype(np.float64), loss, np)
     return value / v_sites.shape[1]
+
+
+def truncate_block(Bs, problem, direction, opts):
+    """The working block as the split will leave it: truncated SVD in the split's orientation.
+
+    Parameters
+    ----------
+    Bs : array, shape (Dl * d * d, L * Dr)
+    problem : LocalProblem
+        Gives the block's shape.
+    direction : {"right", "left"}
+    opts : ConvSweepOptions
+
+    Returns
+    -------
+    array, shape (Dl * d * d, L * Dr)
+        ``Bs`` itself (the same object) when the split keeps every singular value.
+    """
+    be = problem.backend
+    Dl, d, L, Dr = problem.Dl, problem.d, problem.n_labels, problem.Dr
+    host = be.asnumpy(Bs).reshape(Dl, d, d, L, Dr)
+    if direction == "right":
+        mat = host.reshape(Dl * d, d * L * Dr)
+    else:
+        mat = host.transpose(0, 1, 3, 2, 4).reshape(Dl * d * L, d * Dr)
+    if not np.all(np.isfinite(mat)):
+        return Bs  # let the loss (inf / nan) reject it
+    U, s, Vh, info = truncated_svd(mat, opts.max_bond, opts.cutoff, "rsum2")
+    if info.kept == len(info.singular_values):
+        return Bs
+    approx = (U * s) @ Vh
+    if direction == "left":
+        approx = approx.reshape(Dl, d, L, d, Dr).transpose(0, 1, 3, 2, 4)
+    return be.asarray(np.ascontiguousarray(approx).reshape(Bs.shape).astype(Bs.dtype))
 
 
 def conv_half_sweep(conv, conv_envs, phi_patch, head, y, head_opts, opts, direction, steps, on_bond=None):
@@ -83,7 +123,8 @@ def conv_half_sweep(conv, conv_envs, phi_patch, head, y, head_opts, opts, direct
     -------
     infos : list of BondInfo
     losses : list of tuple
-        ``(loss before, loss after)`` of every bond update.
+        ``(loss before, loss after)`` of every bond update; "after" is the loss
+        of the network as the split leaves it (truncation included).
     """
     net = conv.net
     be = net.backend
@@ -116,19 +157,31 @@ def conv_half_sweep(conv, conv_envs, phi_patch, head, y, head_opts, opts, direct
         G = problem.gradient(grad_u.astype(Bs.dtype))
         g_norm = float(xp.linalg.norm(G))
         step = steps.get(j)
-        if step is None:
+        if step is None or not np.isfinite(step):
             step = opts.initial_step * float(xp.linalg.norm(Bs)) / max(g_norm, 1e-300)
-        after = before
-        for _ in range(opts.max_backtracks + 1):
-            trial = Bs - step * G
-            value = loss_of(trial)
-            if value < before:
-                Bs, after = trial, value
-                steps[j] = 2 * step
-                break
-            step /= 4
-        else:
-            steps[j] = step
+        # every trial is judged as it will be after the split's truncation; a step is taken
+        # when it lowers the loss of the network the sweep leaves behind
+        after, accepted, best = before, False, None
+        if np.isfinite(g_norm) and g_norm > 0 and np.isfinite(step):
+            for _ in range(opts.max_backtracks + 1):
+                trial = truncate_block(Bs - step * G, problem, direction, opts)
+                value = loss_of(trial)
+                if value < before:
+                    Bs, after, accepted = trial, value, True
+                    steps[j] = 2 * step
+                    break
+                if best is None or value < best[0]:
+                    best = (value, trial)
+                step /= 4
+            else:
+                steps[j] = step
+        if not accepted:
+            truncated = truncate_block(Bs, problem, direction, opts)
+            if truncated is not Bs:
+                # moving the channel index across a capped bond forces a cut (with the
+                # default, exact conv bond it never does): keep the least harmful candidate
+                value = loss_of(truncated)
+                Bs, after = (truncated, value) if best is None or value <= best[0] else (best[1], best[0])
         block, log_norm = problem.from_scaled(Bs)
         tinfo = net.split(j, block, log_norm, direction, opts.max_bond, opts.cutoff, "rsum2")
         advance_past_bond(conv_envs, phi_patch, net.cores, j, direction)

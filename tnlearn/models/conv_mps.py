@@ -38,6 +38,13 @@ from tnlearn.truncation import check_truncation_args
 CHANNEL_IND = "channel"
 
 
+def _dtype_name(dtype):
+    try:
+        return np.dtype(dtype).name
+    except TypeError:
+        return repr(dtype)
+
+
 def exact_conv_bond(n_sites, d, n_channels):
     """Largest bond an exact conv MPS needs anywhere, wherever its channel index sits.
 
@@ -83,7 +90,7 @@ class ConvMPSClassifier(ClassifierMixin, BaseEstimator):
     n_sweeps : int, default=4
     conv_start : int, default=1
         First sweep (1-based) that also sweeps the conv stage; ``n_sweeps + 1``
-        keeps it at its PCA initialisation.
+        keeps it at its initialisation.
     n_iter : int, default=1
         Head: preconditioned gradient steps per bond.
     damping : float, default=0.3
@@ -163,12 +170,18 @@ class ConvMPSClassifier(ClassifierMixin, BaseEstimator):
             check_positive_int(name, getattr(self, name))
         if self.conv_bond is not None:
             check_positive_int("conv_bond", self.conv_bond)
-        if str(np.dtype(self.dtype)) not in ("float32", "float64"):
+        if _dtype_name(self.dtype) not in ("float32", "float64"):
             raise ValueError(f"dtype={self.dtype!r} is not supported; choose float32 or float64")
         if self.init not in ("pooled", "pca"):
             raise ValueError(f"init={self.init!r} is not known; choose 'pooled' or 'pca'")
         if self.patch < 2:
             raise ValueError("patch=1 makes the conv stage a per-pixel map; use patch >= 2 (or MPSClassifier)")
+        width = get_feature_map(self.feature_map).dim ** (self.patch * self.patch)
+        if self.n_channels > width:
+            raise ValueError(
+                f"n_channels={self.n_channels} exceeds the {width} dimensions of a {self.patch}x{self.patch} "
+                f"patch's product state; use n_channels <= {width}"
+            )
         shape = _image_shape(n_features, self.image_shape)
         stride = self.patch if self.stride is None else self.stride
         grid = patch_grid(shape, self.patch, stride)
@@ -177,8 +190,9 @@ class ConvMPSClassifier(ClassifierMixin, BaseEstimator):
         return shape, stride
 
     def _patches(self, X, backend, out_of_domain):
-        images = np.asarray(X).reshape((len(X),) + self.conv_.image_shape)
-        return patch_sites(images, self.patch, self.conv_.stride, self.feature_map, np.dtype(self.dtype), backend, out_of_domain)
+        conv = self.conv_  # the fitted geometry, whatever set_params did since
+        images = np.asarray(X).reshape((len(X),) + conv.image_shape)
+        return patch_sites(images, conv.patch, conv.stride, conv.feature_map, conv.dtype, backend, out_of_domain)
 
     # -- fitting ---------------------------------------------------------------------
     def fit(self, X, y, eval_set=None, on_sweep=None):
@@ -215,10 +229,10 @@ class ConvMPSClassifier(ClassifierMixin, BaseEstimator):
         phi_patch = patch_sites(images, self.patch, stride, self.feature_map, dtype, backend, "raise")
         if self.init == "pooled":
             pixels = extract_patches(images, self.patch, stride).transpose(1, 0, 2).reshape(-1, self.patch**2)
-            net = pooled_conv_cores(phi_patch, pixels, self.n_channels, self.feature_map, backend)
+            net = pooled_conv_cores(phi_patch, pixels, self.n_channels, self.feature_map, backend, max_bond=conv_bond)
         else:
             net = pca_conv_cores(phi_patch, self.n_channels, conv_bond, rng, backend)
-        self.conv_ = conv = ConvStage(net, self.patch, stride, image_shape)
+        self.conv_ = conv = ConvStage(net, self.patch, stride, image_shape, self.feature_map)
         v_sites = conv.features(phi_patch, n)
         cores, log_norm = pca_init_cores(v_sites, len(classes), self.max_bond, rng, backend, self.chunk_size)
         self.head_ = head = MPSHead(cores, 0, log_norm, backend)

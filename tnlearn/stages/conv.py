@@ -144,8 +144,11 @@ def _full_patch_vectors(phi_patch, start, stop):
     return out
 
 
-def dense_to_conv_cores(W, q, d, dtype):
-    """Exact MPS form of a dense patch map: ``W`` (d**q, c) -> cores, channel index on site 0.
+def dense_to_conv_cores(W, q, d, dtype, max_bond=None):
+    """MPS form of a dense patch map: ``W`` (d**q, c) -> cores, channel index on site 0.
+
+    Exact unless ``max_bond`` caps a bond (then each split keeps the largest
+    singular values, right to left).
 
     Returns
     -------
@@ -163,6 +166,8 @@ def dense_to_conv_cores(W, q, d, dtype):
         mat = rest.reshape(-1, d * right_dim)  # (left part, d * D_right)
         U, S, Vh = np.linalg.svd(mat, full_matrices=False)
         keep = max(1, int(np.count_nonzero(S > S[0] * 1e-12))) if S.size and S[0] > 0 else 1
+        if max_bond is not None:
+            keep = min(keep, int(max_bond))
         cores[j] = Vh[:keep].reshape(keep, d, right_dim)
         rest = U[:, :keep] * S[:keep]
         right_dim = keep
@@ -172,16 +177,19 @@ def dense_to_conv_cores(W, q, d, dtype):
     return [x.astype(dtype) for x in cores], float(np.log(nrm))
 
 
-def pooled_conv_cores(phi_patch, pixels, n_channels, feature_map, backend, chunk_size=65536, ridge=1e-6):
+def pooled_conv_cores(phi_patch, pixels, n_channels, feature_map, backend, chunk_size=65536, ridge=1e-6,
+                      max_bond=None):
     """Conv MPS that starts as average pooling followed by the feature map, plus detail channels.
 
     Channels ``0 .. d-1`` are the least-squares fit, over all training patches,
     of ``phi(mean of the patch's pixels)`` by a linear map of the patch's
     product state (what a plain MPS on average-pooled images sees); the
     remaining channels are the leading principal components of the patch
-    states orthogonal to those.  A conv-mps model therefore starts where the
-    plain MPS on pooled images starts, and its sweeps can only improve on
-    that start.  Needs ``d ** (patch * patch) <= 4096`` (dense fit).
+    states orthogonal to those.  A conv-mps model therefore starts close to
+    where the plain MPS on pooled images starts (the fit is not exact: the
+    feature map of a mean is not multilinear in the pixels' feature vectors),
+    and its conv sweeps only accept steps that lower the loss.  Needs
+    ``d ** (patch * patch) <= 4096`` (dense fit).
 
     Parameters
     ----------
@@ -189,8 +197,11 @@ def pooled_conv_cores(phi_patch, pixels, n_channels, feature_map, backend, chunk
     pixels : ndarray, shape (n_pseudo, q)
         Raw pixel values of the same patches.
     n_channels : int
+        At most ``d ** (patch * patch)``.
     feature_map : str or FeatureMap
     backend : Backend
+    max_bond : int, optional
+        Cap of the conv bonds (truncated SVD of the exact MPS form).
 
     Returns
     -------
@@ -223,7 +234,7 @@ def pooled_conv_cores(phi_patch, pixels, n_channels, feature_map, backend, chunk
         scale = np.linalg.norm(M, axis=0).mean()
         channels.append(V * scale)
     W = np.concatenate(channels, axis=1)
-    cores, log_norm = dense_to_conv_cores(W, q, d, phi_patch.dtype)
+    cores, log_norm = dense_to_conv_cores(W, q, d, phi_patch.dtype, max_bond)
     return MPSHead([backend.asarray(c) for c in cores], 0, log_norm, backend)
 
 
@@ -237,16 +248,24 @@ class ConvStage:
     patch, stride : int
     image_shape : tuple of int
         ``(H, W)`` of the input images.
+    feature_map : str or FeatureMap, default="trig"
+        The pixel map the conv MPS was trained with.
     """
 
-    def __init__(self, net, patch, stride, image_shape):
+    def __init__(self, net, patch, stride, image_shape, feature_map="trig"):
         self.net = net
+        self.feature_map = feature_map
         self.patch = int(patch)
         self.stride = int(stride)
         self.image_shape = tuple(int(s) for s in image_shape)
         self.grid = patch_grid(self.image_shape, self.patch, self.stride)
         if net.n_sites != self.patch**2:
             raise ValueError(f"a {patch}x{patch} patch needs a {patch**2}-site conv MPS, got {net.n_sites} sites")
+
+    @property
+    def dtype(self):
+        """Floating dtype of the conv MPS (and of the embedded patches it takes)."""
+        return self.net.cores[0].dtype
 
     @property
     def n_patches(self):
@@ -270,6 +289,7 @@ class ConvStage:
         array, shape (n_patches, n_samples, n_channels), on the backend
         """
         be = self.net.backend
-        u = be.asarray(self.net.decision_function(phi_patch, chunk_size).astype(phi_patch.dtype))
+        # per-patch normalised outputs (same direction as the raw ones): no under/overflow in float32
+        u = be.asarray(self.net.decision_function(phi_patch, chunk_size, normalized=True).astype(phi_patch.dtype))
         v, _ = normalise_channels(u, be.xp)
         return v.reshape(self.n_patches, n_samples, self.n_channels)
