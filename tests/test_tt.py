@@ -159,3 +159,37 @@ def test_tt_net_works_with_sklearn_tools(digits_split):
     pipe = make_pipeline(FunctionTransformer(lambda X: X * 2.0), clf)
     scores = cross_val_score(pipe, X_tr[:600], y_tr[:600], cv=3)
     assert scores.shape == (3,) and scores.min() > 0.6  # chance: 0.1
+
+
+def test_review_fixes_tt(rng, digits_split):
+    # integer matrices are compressed in floating point, not truncated to integers
+    tt, info = tt_from_dense(np.arange(16).reshape(4, 4), (2, 2), (2, 2))
+    assert tt.dtype == np.float64 and info["relative_error"] < 1e-12
+    # every bond index is checked
+    with pytest.raises(ValueError, match="bond 5 does not exist"):
+        tt.block_forward(5, np.zeros((1, 2, 2, 2, 2, 1)), np.zeros((1, 4)))
+    X_tr, _, y_tr, _ = digits_split
+    with pytest.raises(ValueError, match="hidden_shape=\\(4, 4\\) has 2 factors but the input is factorised into 3"):
+        TTNetClassifier(n_cores=3, hidden_shape=(4, 4)).fit(X_tr, y_tr)
+    with pytest.raises(ValueError, match="dtype='foo' is not supported"):
+        TTNetClassifier(dtype="foo").fit(X_tr, y_tr)
+
+
+def test_minibatches_cover_every_sample_once_per_epoch(digits_split, monkeypatch):
+    X_tr, _, y_tr, _ = digits_split
+    X, y = X_tr[:300], y_tr[:300]
+    seen = []
+    clf = TTNetClassifier(n_cores=3, max_rank=2, n_sweeps=1, batch_size=128, epochs_per_bond=2.0, random_state=0)
+    original = TTNetClassifier._batch_gradients
+
+    def spy(self, Xb, yb, block, bond, params):
+        if bond == 0 and len(seen) < 2 * 300 and sum(len(b) for b in seen) < 600:
+            seen.append(np.asarray(Xb))
+        return original(self, Xb, yb, block, bond, params)
+
+    monkeypatch.setattr(TTNetClassifier, "_batch_gradients", spy)
+    clf.fit(X, y)
+    sizes = [len(b) for b in seen]
+    assert sizes[:3] == [128, 128, 44]  # one epoch of 300 samples, the last batch short
+    first_epoch = np.concatenate(seen[:3])
+    assert len(np.unique(first_epoch.round(6), axis=0)) == len(np.unique(X.round(6), axis=0))

@@ -138,12 +138,21 @@ class TTNetClassifier(ClassifierMixin, BaseEstimator):
         check_positive_float("epochs_per_bond", self.epochs_per_bond, "1.0")
         check_positive_float("learning_rate", self.learning_rate, "2e-3")
         check_positive_float("lr_decay", self.lr_decay, "0.5")
-        if str(np.dtype(self.dtype)) not in _DTYPES:
+        try:
+            name = np.dtype(self.dtype).name
+        except TypeError:
+            name = None
+        if name not in _DTYPES:
             raise ValueError(f"dtype={self.dtype!r} is not supported; choose one of {_DTYPES}")
 
     def _shapes(self, n_features):
         in_shape = self.in_shape if self.in_shape is not None else factorize(n_features, self.n_cores)
         hidden = self.hidden_shape if self.hidden_shape is not None else in_shape
+        if self.hidden_shape is not None and len(tuple(hidden)) != len(tuple(in_shape)):
+            raise ValueError(
+                f"hidden_shape={tuple(hidden)} has {len(tuple(hidden))} factors but the input is factorised "
+                f"into {len(tuple(in_shape))} ({tuple(in_shape)}): one factor per TT core on both sides"
+            )
         in_shape, hidden = check_tt_shapes(in_shape, hidden)
         if len(in_shape) < 2:
             raise ValueError(f"in_shape={in_shape}: a sweep needs at least 2 TT cores")
@@ -156,7 +165,7 @@ class TTNetClassifier(ClassifierMixin, BaseEstimator):
 
     def _prepare(self, X, xp):
         """Centre, scale and zero-pad a batch of raw features to ``(n, prod(in_shape))``."""
-        dtype = np.dtype(self.dtype)
+        dtype = self.tt_.dtype  # the fitted dtype, whatever set_params did since
         Xc = (np.asarray(X, dtype=np.float64) - self.input_mean_) / self.input_scale_
         out = np.zeros((len(X), self.tt_.in_features), dtype=dtype)
         out[:, : Xc.shape[1]] = Xc
@@ -192,12 +201,12 @@ class TTNetClassifier(ClassifierMixin, BaseEstimator):
         n_steps = max(1, int(round(self.epochs_per_bond * n / self.batch_size)))
         adam.reset("block")
         y_dev = self._backend.asarray(y_idx)
-        order = None
-        for step in range(n_steps):
-            start = (step * self.batch_size) % n
-            if start == 0 or order is None:
-                order = self._backend.asarray(rng.permutation(n))
-            idx = order[start : start + self.batch_size]
+        order, pos = self._backend.asarray(rng.permutation(n)), 0
+        for _ in range(n_steps):
+            if pos >= n:  # an epoch is complete: a fresh order (the last batch of one may be short)
+                order, pos = self._backend.asarray(rng.permutation(n)), 0
+            idx = order[pos : pos + self.batch_size]
+            pos += len(idx)
             dblock, db1, dV, db2 = self._batch_gradients(Xp[idx], y_dev[idx], block, bond, params)
             block = adam.step("block", block, dblock)
             params = [adam.step(name, p, g) for name, p, g in zip(("b1", "V", "b2"), params, (db1, dV, db2))]

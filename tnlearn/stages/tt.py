@@ -49,11 +49,12 @@ def check_tt_shapes(in_shape, out_shape):
 
 
 def factorize(n, n_factors):
-    """Split ``n`` into ``n_factors`` near-equal integer factors (padding ``n`` up if needed).
+    """Power-of-two factors of the smallest ``2**k >= n``, split near-evenly into ``n_factors``.
 
-    Returns the factors of the smallest ``N >= n`` whose factors are powers of
-    two when ``n`` is not otherwise divisible: e.g. ``factorize(784, 5)`` gives
-    ``(4, 4, 4, 4, 4)`` (1024, the 28x28 image padded as in Novikov et al.).
+    The input is zero-padded to ``2**k`` (at least ``2**n_factors``), so every
+    factor is a power of two: e.g. ``factorize(784, 5)`` gives ``(4, 4, 4, 4, 4)``
+    (1024, the 28x28 image padded as in Novikov et al.), ``factorize(784, 2)``
+    gives ``(32, 32)``.  Pass ``in_shape`` yourself for other factorisations.
 
     Parameters
     ----------
@@ -260,6 +261,7 @@ class TTMatrix:
         -------
         array, shape (b, prod(out_shape))
         """
+        self._check_bond(j)
         batch, ins, outs, bterm, oterms, others = self._block_terms(j)
         eq = ",".join([batch + "".join(ins), bterm] + oterms) + "->" + batch + "".join(outs)
         xin = X.reshape((X.shape[0],) + self.in_shape)
@@ -370,6 +372,7 @@ def tt_from_dense(W, in_shape, out_shape, max_bond=None, cutoff=0.0, cutoff_mode
     Parameters
     ----------
     W : array_like, shape (prod(in_shape), prod(out_shape))
+        Integers are converted to floating point.
     in_shape, out_shape : tuple of int
     max_bond : int or None
         Maximum TT-rank.
@@ -377,16 +380,17 @@ def tt_from_dense(W, in_shape, out_shape, max_bond=None, cutoff=0.0, cutoff_mode
         Per-split truncation threshold (``cutoff_mode`` as
         :func:`tnlearn.truncation.truncated_svd`).
     dtype : numpy dtype, optional
-        Of the cores (default: ``W``'s).
+        Of the cores (default: ``W``'s floating type; float64 for integer ``W``).
     backend : str or Backend
 
     Returns
     -------
     tt : TTMatrix
     info : dict
-        ``relative_error`` (``||W - W_tt||_F / ||W||_F``, computed exactly),
-        ``error_bound`` (``sqrt(sum of the discarded relative weights)``, the
-        TT-SVD guarantee), ``ranks``, ``n_params``, ``compression`` and the
+        ``relative_error`` (``||W - W_tt||_F / ||W||_F``, computed exactly,
+        after the cast of the cores to ``dtype``), ``error_bound``
+        (``sqrt(sum of the discarded relative weights)``, the TT-SVD guarantee
+        in exact arithmetic: a float32 cast adds ~1e-7 on top of it), ``ranks``, ``n_params``, ``compression`` and the
         per-split ``discarded_weights``.
     """
     in_shape, out_shape = check_tt_shapes(in_shape, out_shape)
@@ -397,7 +401,9 @@ def tt_from_dense(W, in_shape, out_shape, max_bond=None, cutoff=0.0, cutoff_mode
         raise ValueError(f"W has shape {W.shape}; in_shape {in_shape} x out_shape {out_shape} needs ({N}, {M})")
     if not np.all(np.isfinite(W)):
         raise ValueError("W contains NaN or inf; a TT-SVD needs finite values")
-    dtype = W.dtype if dtype is None else np.dtype(dtype)
+    dtype = np.result_type(W.dtype, np.float32) if dtype is None else np.dtype(dtype)
+    if dtype.kind != "f":
+        raise ValueError(f"dtype={dtype} is not a floating type; TT cores need float32 or float64")
     d = len(in_shape)
     work = W.astype(np.float64).reshape(in_shape + out_shape)
     # interleave to (n_1, m_1, n_2, m_2, ...)
