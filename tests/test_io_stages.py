@@ -53,3 +53,33 @@ def test_tampered_stage_arrays_are_rejected(fitted, tmp_path):
     np.savez(bad, **arrays)
     with pytest.raises(ModelFormatError):
         load_model(bad)
+
+
+def test_conv_header_geometry_and_dtypes_are_cross_checked(digits_split, tmp_path):
+    import json
+
+    X_tr, _, y_tr, _ = digits_split
+    clf = ConvMPSClassifier(n_channels=3, max_bond=6, n_sweeps=1, random_state=0).fit(X_tr[:200], y_tr[:200])
+    path = tmp_path / "model.npz"
+    save_model(clf, path)
+    with np.load(path, allow_pickle=False) as archive:
+        arrays = {name: archive[name] for name in archive.files}
+    header = json.loads(bytes(arrays["header"]).decode())
+    bad = tmp_path / "bad.npz"
+    header["image_shape"] = [2, 32]  # the 1x16 grid would still fit the 16-site head
+    np.savez(bad, **{**arrays, "header": np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)})
+    with pytest.raises(ModelFormatError, match="image_shape \\(2, 32\\) disagrees"):
+        load_model(bad)
+    np.savez(bad, **{**arrays, "conv_core_0": arrays["conv_core_0"].astype(np.float64)})
+    with pytest.raises(ModelFormatError, match="conv_core_0 is float64 but the model's dtype is float32"):
+        load_model(bad)
+
+
+def test_numpy_hyperparameters_and_generators_save(digits_split, tmp_path):
+    X_tr, X_te, y_tr, _ = digits_split
+    clf = TTNetClassifier(in_shape=(np.int64(8), np.int64(8)), hidden_shape=(8, 8), max_rank=np.int64(2),
+                          n_sweeps=1, random_state=np.random.default_rng(0)).fit(X_tr[:200], y_tr[:200])
+    save_model(clf, tmp_path / "m.npz")
+    loaded = load_model(tmp_path / "m.npz")
+    assert loaded.random_state is None and loaded.in_shape == (8, 8) and loaded.max_rank == 2
+    np.testing.assert_array_equal(loaded.decision_function(X_te), clf.decision_function(X_te))

@@ -63,13 +63,27 @@ def atomic_savez(path, arrays):
         raise
 
 
+def _json_value(value):
+    """A hyperparameter as plain JSON data (numpy scalars and tuples included)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (tuple, list)):
+        return [_json_value(v) for v in value]
+    return value
+
+
 def _json_params(model):
+    """The estimator's hyperparameters as JSON data.
+
+    ``random_state`` given as a ``numpy.random.Generator`` (or ``RandomState``)
+    cannot be stored as data: it is saved as ``None`` (the fitted weights do not
+    depend on it; only a later ``warm_start`` continuation would).
+    """
     params = model.get_params()
     params["dtype"] = np.dtype(params["dtype"]).name  # np.float32 -> "float32": JSON, not code
-    for key, value in params.items():
-        if isinstance(value, tuple):
-            params[key] = list(value)
-    return params
+    if isinstance(params.get("random_state"), (np.random.Generator, np.random.RandomState)):
+        params["random_state"] = None
+    return {key: _json_value(value) for key, value in params.items()}
 
 
 def _common_header(model, params):
@@ -239,6 +253,11 @@ def _check_finite_floats(name, array, ndim):
         raise ValueError(f"{name} has NaN or infinite values")
 
 
+def _check_dtype(name, array, dtype):
+    if array.dtype != dtype:
+        raise ValueError(f"{name} is {array.dtype} but the model's dtype is {dtype}")
+
+
 def _check_arrays(cores, classes, center, log_norm, n_features, model, d=None, n_labels=None, prefix="core"):
     """Structural checks of a loaded MPS (ValueError on the first inconsistency).
 
@@ -373,14 +392,18 @@ def _load_tt_net(header, archive, backend):
         raise ValueError(f"input_scale={scale} must be a positive finite number")
     classes = archive["classes"]
     _check_classes(classes)
+    dtype = np.dtype(model.dtype)
     cores = [archive[f"tt_core_{i}"] for i in range(n_cores)]
     for i, core in enumerate(cores):
         _check_finite_floats(f"tt_core_{i}", core, 4)
+        _check_dtype(f"tt_core_{i}", core, dtype)
     be = get_backend(params["backend"])
     tt = TTMatrix(cores, be)  # checks that the cores connect
     b1, V, b2, mean = archive["b1"], archive["V"], archive["b2"], archive["input_mean"]
     for name, array, ndim in (("b1", b1, 1), ("V", V, 2), ("b2", b2, 1), ("input_mean", mean, 1)):
         _check_finite_floats(name, array, ndim)
+        if name != "input_mean":
+            _check_dtype(name, array, dtype)
     H, L = tt.out_features, len(classes)
     if b1.shape != (H,) or V.shape != (H, L) or b2.shape != (L,) or mean.shape != (n_features,):
         raise ValueError(
@@ -389,6 +412,9 @@ def _load_tt_net(header, archive, backend):
         )
     if tt.in_features < n_features:
         raise ValueError(f"the TT layer takes {tt.in_features} inputs, fewer than n_features_in={n_features}")
+    for key, got in (("in_shape", tt.in_shape), ("hidden_shape", tt.out_shape)):
+        if params.get(key) is not None and tuple(params[key]) != got:
+            raise ValueError(f"the TT cores have {key} {got} but the saved parameters say {tuple(params[key])}")
     model._backend = be
     model.tt_, model.classes_, model.n_features_in_ = tt, classes, n_features
     model.b1_, model.V_, model.b2_ = be.asarray(b1), be.asarray(V), be.asarray(b2)
@@ -413,8 +439,18 @@ def _load_conv_mps(header, archive, backend):
     model = ConvMPSClassifier(**params)
     n_features = _header_int(header, "n_features_in")
     model._check_params(n_features)
+    from tnlearn.models.conv_mps import _image_shape
+
     image_shape = tuple(int(s) for s in header["image_shape"])
     stride = _header_int(header, "conv_stride")
+    want_shape = _image_shape(n_features, params.get("image_shape"))
+    if image_shape != want_shape:
+        raise ValueError(f"image_shape {image_shape} disagrees with n_features_in={n_features} and the "
+                         f"parameters ({want_shape})")
+    if stride != (model.stride or model.patch):
+        raise ValueError(f"conv_stride {stride} disagrees with the parameters (stride={model.stride}, "
+                         f"patch={model.patch})")
+    dtype = np.dtype(model.dtype)
     be = get_backend(params["backend"])
     classes = archive["classes"]
     d = get_feature_map(model.feature_map).dim
@@ -424,12 +460,17 @@ def _load_conv_mps(header, archive, backend):
     conv_cores = [archive[f"conv_core_{i}"] for i in range(conv_sites)]
     _check_arrays(conv_cores, classes, conv_center, conv_log, model.patch**2, model, d=d,
                   n_labels=model.n_channels, prefix="conv_core")
-    conv = ConvStage(MPSHead(conv_cores, conv_center, conv_log, be), model.patch, stride, image_shape)
+    for i, core in enumerate(conv_cores):
+        _check_dtype(f"conv_core_{i}", core, dtype)
+    conv = ConvStage(MPSHead(conv_cores, conv_center, conv_log, be), model.patch, stride, image_shape,
+                     model.feature_map)
     n_sites = _header_int(header, "n_sites")
     center = _header_int(header, "center")
     log_norm = float(header["log_norm"])
     cores = [archive[f"core_{i}"] for i in range(n_sites)]
     _check_arrays(cores, classes, center, log_norm, conv.n_patches, model, d=model.n_channels)
+    for i, core in enumerate(cores):
+        _check_dtype(f"core_{i}", core, dtype)
     model.conv_, model.head_ = conv, MPSHead(cores, center, log_norm, be)
     model.classes_, model.n_features_in_ = classes, n_features
     model.history_ = History.from_json(header["history"])
