@@ -58,3 +58,16 @@ def test_plot_compares_model_kinds(run, tmp_path, capsys):
     _, out = run
     assert main(["plot", str(out), "--out", str(tmp_path)]) == 0
     assert (tmp_path / "accuracy.png").is_file()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--model", "conv-mps", "--order", "zigzag"], "--order zigzag would scramble the image patches"),
+        (["--model", "tt-net", "--loss", "cross_entropy"], "--loss only applies to --model mps; tt-net trains with cross-entropy"),
+        (["--model", "conv-mps", "--solver", "cg", "--truncation", "svd"], "--solver, --truncation only apply to --model mps; conv-mps's head uses gd"),
+    ],
+)
+def test_options_that_do_not_apply_are_refused(extra, message, tmp_path, capsys):
+    assert main(["train", "--out", str(tmp_path / "r")] + extra) == 2
+    assert message in capsys.readouterr().err

@@ -165,10 +165,27 @@ def _staged_model_checks(args):
     if args.resume:
         raise ValueError(f"--resume continues --model mps runs only; start the {model} run again "
                          "(its checkpoints are complete models: tnlearn evaluate works on them)")
-    if args.distributed == "mpi":
-        raise ValueError(f"--distributed mpi trains --model mps only; run {model} in one process")
+    from tnlearn.distributed import launched_size
+
+    if args.distributed == "mpi" or (args.distributed == "auto" and launched_size() > 1):
+        raise ValueError(f"--distributed mpi trains --model mps only; run {model} in one process "
+                         "(not under mpiexec / srun)")
     if args.backend != "numpy":
         raise ValueError(f"--backend {args.backend} is supported for --model mps only")
+    if model == "conv-mps" and args.order != "row":
+        raise ValueError(f"--order {args.order} would scramble the image patches: --model conv-mps reads the "
+                         "image in row order (drop --order)")
+    head_only = {"loss": "mse", "solver": "gd", "truncation": "data", "precondition": None}
+    if model == "tt-net":
+        head_only.update({"n_iter": 1, "damping": None})
+    changed = [f"--{k.replace('_', '-')}" for k, default in head_only.items() if getattr(args, k) != default]
+    if changed:
+        one = len(changed) == 1
+        how = ("conv-mps's head uses gd / mse / data truncation with preconditioning" if model == "conv-mps"
+               else "tt-net trains with cross-entropy by minibatch Adam (--learning-rate, --lr-decay, "
+                    "--epochs-per-bond)")
+        raise ValueError(f"{', '.join(changed)} only appl{'ies' if one else 'y'} to --model mps; {how}: "
+                         f"drop {'it' if one else 'them'}")
 
 
 def _new_model(args, ds, verbose):
