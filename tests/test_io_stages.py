@@ -83,3 +83,19 @@ def test_numpy_hyperparameters_and_generators_save(digits_split, tmp_path):
     loaded = load_model(tmp_path / "m.npz")
     assert loaded.random_state is None and loaded.in_shape == (8, 8) and loaded.max_rank == 2
     np.testing.assert_array_equal(loaded.decision_function(X_te), clf.decision_function(X_te))
+
+
+def test_fitted_models_pickle_for_joblib_and_multiprocessing(fitted, digits_split):
+    """Your own objects in your own process (joblib, loky, deepcopy); files from others: load_model."""
+    import copy
+    import pickle
+
+    from tnlearn import MPSClassifier
+
+    _, X_te, _, _ = digits_split
+    X_tr, _, y_tr, _ = digits_split
+    mps = MPSClassifier(max_bond=4, n_sweeps=1, random_state=0).fit(X_tr[:200], y_tr[:200])
+    for model in (fitted, mps):
+        again = pickle.loads(pickle.dumps(model))
+        np.testing.assert_array_equal(again.decision_function(X_te), model.decision_function(X_te))
+        np.testing.assert_array_equal(copy.deepcopy(model).predict(X_te), model.predict(X_te))

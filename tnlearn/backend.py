@@ -40,6 +40,11 @@ class Backend:
     row_contract: Callable = field(repr=False)
     row_normalise: Callable = field(repr=False)
 
+    def __reduce__(self):
+        # pickled (joblib, multiprocessing, copy.deepcopy) by name: modules and compiled
+        # kernels are not picklable, and the receiving process builds its own backend
+        return (get_backend, (self.name,))
+
     def asarray(self, x, dtype=None):
         """Move ``x`` onto this backend (no copy when it is already there)."""
         return self.xp.asarray(x, dtype=dtype)
