@@ -427,7 +427,7 @@ def _load_conv_mps(header, archive, backend):
     from tnlearn.backend import get_backend
     from tnlearn.embeddings import get_feature_map
     from tnlearn.history import History
-    from tnlearn.models.conv_mps import ConvMPSClassifier
+    from tnlearn.models.conv_mps import ConvMPSClassifier, _image_shape
     from tnlearn.stages.conv import ConvStage
     from tnlearn.stages.mps import MPSHead
 
@@ -439,8 +439,6 @@ def _load_conv_mps(header, archive, backend):
     model = ConvMPSClassifier(**params)
     n_features = _header_int(header, "n_features_in")
     model._check_params(n_features)
-    from tnlearn.models.conv_mps import _image_shape
-
     image_shape = tuple(int(s) for s in header["image_shape"])
     stride = _header_int(header, "conv_stride")
     want_shape = _image_shape(n_features, params.get("image_shape"))
