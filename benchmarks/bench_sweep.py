@@ -85,12 +85,15 @@ def run(args):
     setup = time.perf_counter() - t0
     env_gib = envs.nbytes / 2**30
 
-    times = []
+    times, peaks = [], []
     for _ in range(args.sweeps):
+        # this machine's speed drifts (up to 2x within minutes): measure the peak next to
+        # every sweep, so that each sweep's fraction of peak compares like with like
+        peaks.append(matmul_peak(dtype, repeats=3))
         t = time.perf_counter()
         full_sweep(head, envs, phi, Y, opts)
         times.append(time.perf_counter() - t)
-    return times, setup, env_gib, head
+    return times, peaks, setup, env_gib, head
 
 
 def main(argv=None):
@@ -116,11 +119,12 @@ def main(argv=None):
 
     peak32 = matmul_peak(np.float32)
     peak64 = matmul_peak(np.float64)
-    times, setup, env_gib, head = run(args)
+    times, peaks, setup, env_gib, head = run(args)
     best = min(times)
     flops = sweep_flops(args.n_samples, args.n_sites, args.bond, args.d, args.labels)
     achieved = flops / best / 1e9
     peak = peak32 if args.dtype == "float32" else peak64
+    fractions = [flops / t / 1e9 / p for t, p in zip(times, peaks)]
     print(f"config       : n={args.n_samples} N={args.n_sites} m={args.bond} d={args.d} L={args.labels} "
           f"{args.dtype} solver={args.solver} n_iter={args.n_iter} precondition={args.precondition} "
           f"damping={args.damping} gram_samples={args.gram_samples} "
@@ -130,6 +134,9 @@ def main(argv=None):
     print(f"sweep        : {', '.join(f'{t:.2f}' for t in times)} s per full sweep (best {best:.2f} s)")
     print(f"cost model   : {flops / 1e12:.3f} TFLOP per sweep -> {achieved:.1f} GFLOP/s = "
           f"{100 * achieved / peak:.0f}% of the {args.dtype} peak")
+    print("each sweep   : " + ", ".join(f"{t:.2f} s at {100 * f:.0f}% of {p:.0f}" for t, f, p in
+                                          zip(times, fractions, peaks))
+          + f" GFLOP/s measured just before it (best {100 * max(fractions):.0f}%)")
     print(f"environments : {env_gib:.2f} GiB; peak RSS {peak_rss_gib():.2f} GiB; bond dims max {max(head.bond_dims)}")
     return 0
 
