@@ -252,13 +252,13 @@ class ConvMPSClassifier(ClassifierMixin, BaseEstimator):
         self.history_ = History(meta={"model": "conv-mps", "patch": self.patch, "stride": stride,
                                       "n_channels": self.n_channels, "grid": list(conv.grid)})
         steps = {}
+        envs = build_environments(head, v_sites, head_opts)
         for sweep in range(1, self.n_sweeps + 1):
             t0 = time.perf_counter()
-            envs = build_environments(head, v_sites, head_opts)
-            infos = full_sweep(head, envs, v_sites, Y, head_opts)
-            del envs
+            infos = full_sweep(head, envs, v_sites, Y, head_opts)  # leaves the right environments valid
             conv_record = {}
             if sweep >= self.conv_start:
+                envs = None  # stale once the conv stage moves; free them while it sweeps
                 t1 = time.perf_counter()
                 cenvs = build_environments(net, phi_patch, SweepOptions(max_bond=conv_width, chunk_size=conv_opts.chunk_size))
                 cinfos, losses = conv_half_sweep(conv, cenvs, phi_patch, head, Y, head_opts, conv_opts, "right", steps)
@@ -266,6 +266,7 @@ class ConvMPSClassifier(ClassifierMixin, BaseEstimator):
                 del cenvs
                 cinfos, losses = cinfos + more, losses + more_losses
                 v_sites = conv.features(phi_patch, n)
+                envs = build_environments(head, v_sites, head_opts)
                 errors = [i.discarded_weight for i in cinfos]
                 conv_record = {
                     "bond_dims": net.bond_dims,
@@ -274,16 +275,15 @@ class ConvMPSClassifier(ClassifierMixin, BaseEstimator):
                     "loss_after": float(losses[-1][1]),
                     "seconds": time.perf_counter() - t1,
                 }
-            self._record(sweep, head, v_sites, Y, y_idx, infos, conv_record, head_opts, eval_patches, time.perf_counter() - t0)
+            self._record(sweep, head, envs, v_sites, Y, y_idx, infos, conv_record, head_opts, eval_patches,
+                         time.perf_counter() - t0)
             if on_sweep is not None:
                 on_sweep(self)
         return self
 
-    def _record(self, sweep, head, v_sites, Y, y_idx, infos, conv_record, head_opts, eval_patches, seconds):
+    def _record(self, sweep, head, envs, v_sites, Y, y_idx, infos, conv_record, head_opts, eval_patches, seconds):
         xp = head.backend.xp
-        envs = build_environments(head, v_sites, head_opts)
         f = center_outputs(head, envs, v_sites, head_opts.chunk_size, normalized=True)
-        del envs
         loss = training_loss(f, Y, "mse", xp)
         if not np.isfinite(loss):
             raise FloatingPointError(f"the training loss became {loss} in sweep {sweep}; use dtype='float64'")
