@@ -37,21 +37,10 @@ from tnlearn.models._validation import (
 from tnlearn.optim import Adam
 from tnlearn.solvers import softmax
 from tnlearn.stages.tt import TTMatrix, check_tt_shapes, factorize
+from tnlearn.sweeps import training_loss
 from tnlearn.truncation import check_truncation_args
 
 _DTYPES = ("float32", "float64")
-
-
-def relu_forward(pre, xp):
-    return xp.maximum(pre, 0)
-
-
-def cross_entropy(f, y_idx, xp):
-    """Mean cross-entropy of logits ``f`` (n, L) against class indices ``y_idx`` (n,)."""
-    z = f.astype(np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    logp = z - xp.log(xp.exp(z).sum(axis=1, keepdims=True))
-    return float(-xp.mean(logp[xp.arange(len(y_idx)), y_idx]))
 
 
 class TTNetClassifier(ClassifierMixin, BaseEstimator):
@@ -175,7 +164,7 @@ class TTNetClassifier(ClassifierMixin, BaseEstimator):
     def _logits(self, Xp, block=None, bond=None, params=None):
         b1, V, b2 = params if params is not None else (self.b1_, self.V_, self.b2_)
         pre = (self.tt_.forward(Xp) if block is None else self.tt_.block_forward(bond, block, Xp)) + b1
-        h = relu_forward(pre, self._backend.xp)
+        h = self._backend.xp.maximum(pre, 0)  # ReLU
         return pre, h, h @ V + b2
 
     def _batch_gradients(self, Xb, yb, block, bond, params):
@@ -251,6 +240,8 @@ class TTNetClassifier(ClassifierMixin, BaseEstimator):
         self.b2_ = xp.zeros(L, dtype=dtype)
         self.history_ = History(meta={"model": "tt-net", "in_shape": list(in_shape), "hidden_shape": list(hidden)})
         Xp = self._prepare(X, xp)
+        Y = backend.asarray(np.eye(L, dtype=dtype)[y_idx])  # one-hot, for the recorded loss
+        eval_data = None if eval_set is None else (self._prepare(eval_set[0], xp), eval_set[1])
         adam = Adam(self.learning_rate, xp=xp)
         n_bonds = self.tt_.n_cores - 1
         schedule = [(j, "right") for j in range(n_bonds)] + [(j, "left") for j in range(n_bonds - 1, -1, -1)]
@@ -272,21 +263,24 @@ class TTNetClassifier(ClassifierMixin, BaseEstimator):
             if bar is not None:
                 bar.close()
             seconds = time.perf_counter() - t0
-            self._record(Xp, y_idx, eval_set, errors, seconds)
+            self._record(Xp, Y, y_idx, eval_data, errors, seconds)
             if on_sweep is not None:
                 on_sweep(self)
         return self
 
-    def _record(self, Xp, y_idx, eval_set, errors, seconds):
+    def _record(self, Xp, Y, y_idx, eval_data, errors, seconds):
         xp = self._backend.xp
         f = self._decision(Xp)
-        loss = cross_entropy(f, self._backend.asarray(y_idx), xp)
+        loss = training_loss(f, Y, "cross_entropy", xp)
         if not np.isfinite(loss):
             raise FloatingPointError(
                 f"the training loss became {loss} in sweep {len(self.history_) + 1}; lower learning_rate"
             )
         train_acc = float(np.mean(self._backend.asnumpy(xp.argmax(f, axis=1)) == y_idx))
-        test_acc = None if eval_set is None else float(self.score(*eval_set))
+        test_acc = None
+        if eval_data is not None:
+            scores = self._backend.asnumpy(self._decision(eval_data[0]))
+            test_acc = float(np.mean(self.classes_[np.argmax(scores, axis=1)] == eval_data[1]))
         record = SweepRecord(
             sweep=len(self.history_) + 1,
             loss=loss,

@@ -135,12 +135,11 @@ def pca_conv_cores(phi_patch, n_channels, bond_dim, rng, backend, chunk_size=655
     return MPSHead(cores, 0, 0.0, backend)
 
 
-def _full_patch_vectors(phi_patch, start, stop):
+def _full_patch_vectors(phi_patch, start, stop, backend):
     """Full product vectors ``phi_0 (x) ... (x) phi_{q-1}`` of pseudo-samples ``start:stop``."""
     out = phi_patch[0, start:stop]
     for k in range(1, phi_patch.shape[0]):
-        n = out.shape[0]
-        out = (out[:, :, None] * phi_patch[k, start:stop, None, :]).reshape(n, -1)
+        out = backend.row_outer(out, phi_patch[k, start:stop])
     return out
 
 
@@ -218,7 +217,7 @@ def pooled_conv_cores(phi_patch, pixels, n_channels, feature_map, backend, chunk
     B = np.zeros((width, fmap.dim))
     for start in range(0, n, chunk_size):
         stop = min(start + chunk_size, n)
-        F = backend.asnumpy(_full_patch_vectors(phi_patch, start, stop)).astype(np.float64)
+        F = backend.asnumpy(_full_patch_vectors(phi_patch, start, stop, backend)).astype(np.float64)
         target = np.asarray(fmap(pixels[start:stop].mean(axis=1)[:, None]), dtype=np.float64)[:, 0, :]
         A += F.T @ F
         B += F.T @ target
