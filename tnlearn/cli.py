@@ -213,7 +213,6 @@ def _new_model(args, ds, verbose):
 def cmd_train(args):
     from tnlearn import __version__
     from tnlearn.io import load_model, save_model
-    from tnlearn.models import MPSClassifier
     from tnlearn.plotting import write_run_plots
 
     t0 = time.perf_counter()

@@ -25,6 +25,7 @@ import numpy as np
 from tnlearn.backprop import head_input_gradient, output_loss
 from tnlearn.local_problem import LocalProblem
 from tnlearn.stages.conv import normalise_channels
+from tnlearn.stages.mps import block_matrix, matrix_to_block
 from tnlearn.sweeps import BondInfo, advance_past_bond, build_environments
 from tnlearn.truncation import truncated_svd
 
@@ -82,20 +83,14 @@ def truncate_block(Bs, problem, direction, opts):
         ``Bs`` itself (the same object) when the split keeps every singular value.
     """
     be = problem.backend
-    Dl, d, L, Dr = problem.Dl, problem.d, problem.n_labels, problem.Dr
-    host = be.asnumpy(Bs).reshape(Dl, d, d, L, Dr)
-    if direction == "right":
-        mat = host.reshape(Dl * d, d * L * Dr)
-    else:
-        mat = host.transpose(0, 1, 3, 2, 4).reshape(Dl * d * L, d * Dr)
+    shape = (problem.Dl, problem.d, problem.d, problem.n_labels, problem.Dr)
+    mat = block_matrix(be.asnumpy(Bs).reshape(shape), direction)
     if not np.all(np.isfinite(mat)):
         return Bs  # let the loss (inf / nan) reject it
     U, s, Vh, info = truncated_svd(mat, opts.max_bond, opts.cutoff, "rsum2")
     if info.kept == len(info.singular_values):
         return Bs
-    approx = (U * s) @ Vh
-    if direction == "left":
-        approx = approx.reshape(Dl, d, L, d, Dr).transpose(0, 1, 3, 2, 4)
+    approx = matrix_to_block((U * s) @ Vh, shape, direction)
     return be.asarray(np.ascontiguousarray(approx).reshape(Bs.shape).astype(Bs.dtype))
 
 

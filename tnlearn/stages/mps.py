@@ -154,6 +154,35 @@ def right_canonicalize(cores):
     return cores, float(np.log(nrm))
 
 
+def block_matrix(block, direction):
+    """The matrix a split of a merged block factorises.
+
+    Parameters
+    ----------
+    block : ndarray, shape (Dl, d, d2, L, Dr)
+    direction : {"right", "left"}
+        ``"right"``: the label goes to the right factor, rows ``(a, s)`` and
+        columns ``(t, l, b)``; ``"left"``: it stays left, rows ``(a, s, l)`` and
+        columns ``(t, b)``.
+
+    Returns
+    -------
+    ndarray, shape (Dl * d, d2 * L * Dr) or (Dl * d * L, d2 * Dr)
+    """
+    Dl, d, d2, L, Dr = block.shape
+    if direction == "right":
+        return block.reshape(Dl * d, d2 * L * Dr)
+    return block.transpose(0, 1, 3, 2, 4).reshape(Dl * d * L, d2 * Dr)
+
+
+def matrix_to_block(mat, shape, direction):
+    """Inverse of :func:`block_matrix`: back to a block of ``shape`` ``(Dl, d, d2, L, Dr)``."""
+    Dl, d, d2, L, Dr = shape
+    if direction == "right":
+        return mat.reshape(shape)
+    return mat.reshape(Dl, d, L, d2, Dr).transpose(0, 1, 3, 2, 4)
+
+
 class MPSHead:
     """An MPS with a label index, in mixed canonical form, on a backend.
 
@@ -250,7 +279,7 @@ class MPSHead:
             nrm = np.linalg.norm(be.asnumpy(self.cores[self.center]))
             self.cores[self.center] = self.cores[self.center] / be.asarray(nrm).astype(host.dtype)
         elif direction == "right":
-            U, s, Vh, info = truncated_svd(host.reshape(Dl * d, d2 * L * Dr), max_bond, cutoff, cutoff_mode)
+            U, s, Vh, info = truncated_svd(block_matrix(host, direction), max_bond, cutoff, cutoff_mode)
             k = len(s)
             right = s[:, None] * Vh
             nrm = np.linalg.norm(right)
@@ -258,8 +287,7 @@ class MPSHead:
             self.cores[j + 1] = be.asarray((right / nrm).reshape(k, d2, L, Dr))
             self.center = j + 1
         else:
-            mat = host.transpose(0, 1, 3, 2, 4).reshape(Dl * d * L, d2 * Dr)
-            U, s, Vh, info = truncated_svd(mat, max_bond, cutoff, cutoff_mode)
+            U, s, Vh, info = truncated_svd(block_matrix(host, direction), max_bond, cutoff, cutoff_mode)
             k = len(s)
             left = U * s[None, :]
             nrm = np.linalg.norm(left)
@@ -282,16 +310,15 @@ class MPSHead:
             g4 = gr_sqrt.reshape(d2, Dr, d2, Dr)
             right_sqrt = np.einsum("tbuc,lm->tlbumc", g4, eye).reshape(d2 * L * Dr, d2 * L * Dr)
             Q, C, info = metric_truncated_split(
-                host.reshape(Dl * d, d2 * L * Dr), gl_sqrt, gl_inv, right_sqrt, max_bond, cutoff, cutoff_mode
+                block_matrix(host, direction), gl_sqrt, gl_inv, right_sqrt, max_bond, cutoff, cutoff_mode
             )
             k = Q.shape[1]
             self.cores[j] = be.asarray(Q.reshape(Dl, d, k).astype(host.dtype))
             self.cores[j + 1] = be.asarray(C.reshape(k, d2, L, Dr).astype(host.dtype))
             self.center = j + 1
         else:
-            mat = host.transpose(0, 1, 3, 2, 4).reshape(Dl * d * L, d2 * Dr)
             Q, C, info = metric_truncated_split(
-                mat.T, gr_sqrt, gr_inv, np.kron(gl_sqrt, eye), max_bond, cutoff, cutoff_mode
+                block_matrix(host, direction).T, gr_sqrt, gr_inv, np.kron(gl_sqrt, eye), max_bond, cutoff, cutoff_mode
             )
             k = Q.shape[1]
             self.cores[j] = be.asarray(C.T.reshape(Dl, d, L, k).astype(host.dtype))
