@@ -96,3 +96,16 @@ def check_positive_int(name, value):
 def check_positive_float(name, value, example):
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not value > 0:
         raise ValueError(f"{name}={value!r} must be a positive number, e.g. {example}")
+
+
+DTYPES = ("float32", "float64")
+
+
+def check_dtype(dtype):
+    """``dtype`` names float32 or float64 (``"float32"``, ``np.float32`` or a ``np.dtype``)."""
+    try:
+        name = np.dtype(dtype).name
+    except TypeError:
+        name = None
+    if name not in DTYPES:
+        raise ValueError(f"dtype={dtype!r} is not supported; choose one of {DTYPES}")

@@ -26,7 +26,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from tnlearn.backend import get_backend
 from tnlearn.embeddings import get_feature_map
 from tnlearn.history import History, SweepRecord
-from tnlearn.models._validation import check_eval_set, check_features, check_positive_int, check_targets
+from tnlearn.models._validation import check_dtype, check_eval_set, check_features, check_positive_int, check_targets
 from tnlearn.networks import LABEL_IND, head_to_quimb
 from tnlearn.solvers import SolverOptions
 from tnlearn.stage_sweeps import ConvSweepOptions, conv_half_sweep
@@ -36,13 +36,6 @@ from tnlearn.sweeps import SweepOptions, build_environments, center_outputs, ful
 from tnlearn.truncation import check_truncation_args
 
 CHANNEL_IND = "channel"
-
-
-def _dtype_name(dtype):
-    try:
-        return np.dtype(dtype).name
-    except TypeError:
-        return repr(dtype)
 
 
 def exact_conv_bond(n_sites, d, n_channels):
@@ -170,8 +163,7 @@ class ConvMPSClassifier(ClassifierMixin, BaseEstimator):
             check_positive_int(name, getattr(self, name))
         if self.conv_bond is not None:
             check_positive_int("conv_bond", self.conv_bond)
-        if _dtype_name(self.dtype) not in ("float32", "float64"):
-            raise ValueError(f"dtype={self.dtype!r} is not supported; choose float32 or float64")
+        check_dtype(self.dtype)
         if self.init not in ("pooled", "pca"):
             raise ValueError(f"init={self.init!r} is not known; choose 'pooled' or 'pca'")
         if self.patch < 2:

@@ -12,13 +12,12 @@ from tnlearn.backend import get_backend
 from tnlearn.distributed import broadcast_cores, check_same_data, get_comm, make_shard, shard_bounds
 from tnlearn.embeddings import embed, get_feature_map
 from tnlearn.history import History, SweepRecord
-from tnlearn.models._validation import check_label_vector
+from tnlearn.models._validation import check_dtype, check_label_vector
 from tnlearn.solvers import LOSSES, SOLVERS, SolverOptions, softmax
 from tnlearn.stages.mps import MPSHead, init_cores, pca_init_cores
 from tnlearn.sweeps import SweepOptions, build_environments, center_outputs, full_sweep, training_loss
 from tnlearn.truncation import check_truncation_args
 
-_DTYPES = ("float32", "float64")
 _INITS = ("pca", "identity")
 _TRUNCATIONS = ("data", "svd")
 
@@ -58,14 +57,6 @@ class _BondBoundaryInterrupt:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
         return False
-
-
-def _dtype_name(dtype):
-    """``"float32"`` for ``"float32"``, ``np.float32`` or ``np.dtype("float32")``; None if not a dtype."""
-    try:
-        return np.dtype(dtype).name
-    except TypeError:
-        return None
 
 
 class MPSClassifier(ClassifierMixin, BaseEstimator):
@@ -235,8 +226,7 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(f"loss={self.loss!r} is not known; choose one of {LOSSES}")
         if self.solver == "cg" and self.loss != "mse":
             raise ValueError("solver='cg' minimises the squared loss: use loss='mse', or solver='gd'")
-        if _dtype_name(self.dtype) not in _DTYPES:
-            raise ValueError(f"dtype={self.dtype!r} is not supported; choose one of {_DTYPES}")
+        check_dtype(self.dtype)
         if self.gram_samples is not None and (
             not isinstance(self.gram_samples, (int, np.integer)) or isinstance(self.gram_samples, bool)
             or self.gram_samples < 1

@@ -28,6 +28,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from tnlearn.backend import get_backend
 from tnlearn.history import History, SweepRecord
 from tnlearn.models._validation import (
+    check_dtype,
     check_eval_set,
     check_features,
     check_positive_float,
@@ -39,8 +40,6 @@ from tnlearn.solvers import softmax
 from tnlearn.stages.tt import TTMatrix, check_tt_shapes, factorize
 from tnlearn.sweeps import training_loss
 from tnlearn.truncation import check_truncation_args
-
-_DTYPES = ("float32", "float64")
 
 
 class TTNetClassifier(ClassifierMixin, BaseEstimator):
@@ -127,12 +126,7 @@ class TTNetClassifier(ClassifierMixin, BaseEstimator):
         check_positive_float("epochs_per_bond", self.epochs_per_bond, "1.0")
         check_positive_float("learning_rate", self.learning_rate, "2e-3")
         check_positive_float("lr_decay", self.lr_decay, "0.5")
-        try:
-            name = np.dtype(self.dtype).name
-        except TypeError:
-            name = None
-        if name not in _DTYPES:
-            raise ValueError(f"dtype={self.dtype!r} is not supported; choose one of {_DTYPES}")
+        check_dtype(self.dtype)
 
     def _shapes(self, n_features):
         in_shape = self.in_shape if self.in_shape is not None else factorize(n_features, self.n_cores)
