@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
+
 
 @dataclass
 class SweepRecord:
@@ -43,6 +45,20 @@ class SweepRecord:
     seconds: float
     truncation_errors: list = field(default_factory=list)
     stages: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_splits(cls, sweep, loss, train_accuracy, test_accuracy, errors, bond_dims, seconds, stages=None):
+        """A record whose truncation summary comes from every split's discarded weight ``errors``."""
+        return cls(
+            sweep=sweep, loss=loss, train_accuracy=train_accuracy, test_accuracy=test_accuracy,
+            max_truncation_error=float(max(errors)), mean_truncation_error=float(np.mean(errors)),
+            bond_dims=bond_dims, seconds=seconds, truncation_errors=errors, stages=stages or {},
+        )
+
+    def headline(self):
+        """``"sweep   k  loss ...  train acc ...  test acc ..."``: the start of a progress line."""
+        test = "" if self.test_accuracy is None else f"  test acc {self.test_accuracy:.4f}"
+        return f"sweep {self.sweep:3d}  loss {self.loss:.5f}  train acc {self.train_accuracy:.4f}{test}"
 
 
 @dataclass

@@ -285,20 +285,16 @@ class ConvMPSClassifier(ClassifierMixin, BaseEstimator):
             scores = self._scores(eval_patches[0], len(eval_patches[1]))
             test_acc = float(np.mean(self.classes_[np.argmax(scores, axis=1)] == eval_patches[1]))
         errors = [i.discarded_weight for i in infos]
-        record = SweepRecord(
-            sweep=sweep, loss=loss, train_accuracy=train_acc, test_accuracy=test_acc,
-            max_truncation_error=float(max(errors)), mean_truncation_error=float(np.mean(errors)),
-            bond_dims=head.bond_dims, seconds=seconds, truncation_errors=errors,
+        record = SweepRecord.from_splits(
+            sweep, loss, train_acc, test_acc, errors, head.bond_dims, seconds,
             stages={"conv": conv_record} if conv_record else {},
         )
         self.history_.append(record)
         if self.verbose:
-            test = "" if test_acc is None else f"  test acc {test_acc:.4f}"
             conv = ""
             if conv_record:
                 conv = f"  conv loss {conv_record['loss_before']:.5f} -> {conv_record['loss_after']:.5f}"
-            print(f"sweep {sweep:3d}  loss {loss:.5f}  train acc {train_acc:.4f}{test}{conv}  "
-                  f"max bond {max(record.bond_dims)}  {seconds:.2f} s", flush=True)
+            print(f"{record.headline()}{conv}  max bond {max(record.bond_dims)}  {seconds:.2f} s", flush=True)
 
     # -- prediction -------------------------------------------------------------------
     def _check_fitted(self):

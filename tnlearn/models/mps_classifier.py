@@ -446,26 +446,13 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
             else:
                 test_acc = float(shard.comm.allreduce_sum(np.sum(test_hits, dtype=np.int64))) / eval_data[2]
         errors = [i.discarded_weight for i in infos]
-        record = SweepRecord(
-            sweep=len(self.history_) + 1,
-            loss=loss,
-            train_accuracy=train_acc,
-            test_accuracy=test_acc,
-            max_truncation_error=float(max(errors)),
-            mean_truncation_error=float(np.mean(errors)),
-            bond_dims=head.bond_dims,
-            seconds=seconds,
-            truncation_errors=errors,
+        record = SweepRecord.from_splits(
+            len(self.history_) + 1, loss, train_acc, test_acc, errors, head.bond_dims, seconds
         )
         self.history_.append(record)
         if verbose:
-            test = "" if test_acc is None else f"  test acc {test_acc:.4f}"
-            print(
-                f"sweep {record.sweep:3d}  loss {loss:.5f}  train acc {train_acc:.4f}{test}  "
-                f"max bond {max(record.bond_dims)}  max trunc err {record.max_truncation_error:.2e}  "
-                f"{seconds:.2f} s",
-                flush=True,
-            )
+            print(f"{record.headline()}  max bond {max(record.bond_dims)}  "
+                  f"max trunc err {record.max_truncation_error:.2e}  {seconds:.2f} s", flush=True)
 
     # -- prediction ---------------------------------------------------------------
     def _check_fitted(self):

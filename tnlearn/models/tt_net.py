@@ -275,25 +275,13 @@ class TTNetClassifier(ClassifierMixin, BaseEstimator):
         if eval_data is not None:
             scores = self._backend.asnumpy(self._decision(eval_data[0]))
             test_acc = float(np.mean(self.classes_[np.argmax(scores, axis=1)] == eval_data[1]))
-        record = SweepRecord(
-            sweep=len(self.history_) + 1,
-            loss=loss,
-            train_accuracy=train_acc,
-            test_accuracy=test_acc,
-            max_truncation_error=float(max(errors)),
-            mean_truncation_error=float(np.mean(errors)),
-            bond_dims=self.tt_.ranks,
-            seconds=seconds,
-            truncation_errors=errors,
+        record = SweepRecord.from_splits(
+            len(self.history_) + 1, loss, train_acc, test_acc, errors, self.tt_.ranks, seconds
         )
         self.history_.append(record)
         if self.verbose:
-            test = "" if test_acc is None else f"  test acc {test_acc:.4f}"
-            print(
-                f"sweep {record.sweep:3d}  loss {loss:.5f}  train acc {train_acc:.4f}{test}  "
-                f"TT-ranks {self.tt_.ranks}  max trunc err {record.max_truncation_error:.2e}  {seconds:.2f} s",
-                flush=True,
-            )
+            print(f"{record.headline()}  TT-ranks {self.tt_.ranks}  "
+                  f"max trunc err {record.max_truncation_error:.2e}  {seconds:.2f} s", flush=True)
 
     # -- prediction -------------------------------------------------------------------------------
     def _check_fitted(self):
