@@ -339,9 +339,7 @@ def load_model(path, backend=None):
                 f"{path}: unknown model class {model_class!r}; this tnlearn reads MPSClassifier, "
                 "ConvMPSClassifier and TTNetClassifier"
             )
-        params = dict(header["params"])
-        if backend is not None:
-            params["backend"] = backend
+        params = _saved_params(header, backend)
         model = MPSClassifier(**params)
         model._check_params()
         n_sites = _header_int(header, "n_sites")
@@ -371,18 +369,24 @@ def load_model(path, backend=None):
     return model
 
 
+def _saved_params(header, backend, tuple_keys=()):
+    """The estimator's hyperparameters from a header (JSON lists back to tuples), backend overridden."""
+    params = dict(header["params"])
+    if backend is not None:
+        params["backend"] = backend
+    for key in tuple_keys:
+        if params.get(key) is not None:
+            params[key] = tuple(params[key])
+    return params
+
+
 def _load_tt_net(header, archive, backend):
     from tnlearn.backend import get_backend
     from tnlearn.history import History
     from tnlearn.models.tt_net import TTNetClassifier
     from tnlearn.stages.tt import TTMatrix
 
-    params = dict(header["params"])
-    if backend is not None:
-        params["backend"] = backend
-    for key in ("in_shape", "hidden_shape"):
-        if params.get(key) is not None:
-            params[key] = tuple(params[key])
+    params = _saved_params(header, backend, tuple_keys=("in_shape", "hidden_shape"))
     model = TTNetClassifier(**params)
     model._check_params()
     n_features = _header_int(header, "n_features_in")
@@ -431,11 +435,7 @@ def _load_conv_mps(header, archive, backend):
     from tnlearn.stages.conv import ConvStage
     from tnlearn.stages.mps import MPSHead
 
-    params = dict(header["params"])
-    if backend is not None:
-        params["backend"] = backend
-    if params.get("image_shape") is not None:
-        params["image_shape"] = tuple(params["image_shape"])
+    params = _saved_params(header, backend, tuple_keys=("image_shape",))
     model = ConvMPSClassifier(**params)
     n_features = _header_int(header, "n_features_in")
     model._check_params(n_features)
