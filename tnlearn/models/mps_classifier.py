@@ -59,6 +59,13 @@ class _BondBoundaryInterrupt:
         return False
 
 
+def _accuracy(hits, shard, n_total):
+    """Fraction of true ``hits``; with a shard, over the hits of all ranks (``n_total`` samples)."""
+    if shard is None:
+        return float(np.mean(hits))
+    return float(shard.comm.allreduce_sum(np.sum(hits, dtype=np.int64))) / n_total
+
+
 class MPSClassifier(ClassifierMixin, BaseEstimator):
     """Matrix-product-state classifier (Stoudenmire & Schwab 2016) trained by DMRG sweeps.
 
@@ -432,19 +439,12 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
                 f"the training loss became {loss} in sweep {len(self.history_) + 1}: the sweep diverged; "
                 "use step_size='auto' or a smaller step_size, or dtype='float64'"
             )
-        train_hits = backend.asnumpy(xp.argmax(f, axis=1)) == y_idx
-        if shard is None:
-            train_acc = float(np.mean(train_hits))
-        else:
-            train_acc = float(shard.comm.allreduce_sum(np.sum(train_hits, dtype=np.int64))) / shard.n_total
+        n_train = None if shard is None else shard.n_total
+        train_acc = _accuracy(backend.asnumpy(xp.argmax(f, axis=1)) == y_idx, shard, n_train)
         test_acc = None
         if eval_data is not None:
             scores = head.decision_function(eval_data[0], opts.chunk_size)
-            test_hits = self.classes_[np.argmax(scores, axis=1)] == eval_data[1]
-            if shard is None:
-                test_acc = float(np.mean(test_hits))
-            else:
-                test_acc = float(shard.comm.allreduce_sum(np.sum(test_hits, dtype=np.int64))) / eval_data[2]
+            test_acc = _accuracy(self.classes_[np.argmax(scores, axis=1)] == eval_data[1], shard, eval_data[2])
         errors = [i.discarded_weight for i in infos]
         record = SweepRecord.from_splits(
             len(self.history_) + 1, loss, train_acc, test_acc, errors, head.bond_dims, seconds
