@@ -137,3 +137,43 @@ def test_split_truncation_error_is_the_discarded_weight(rng):
     info = head.split(1, block, head.log_norm, "right", 2, 0.0, "rsum2")
     assert info.kept == 2 and head.center == 2
     assert info.discarded_weight == pytest.approx((s[2:] ** 2).sum() / (s**2).sum(), rel=1e-10)
+
+
+@pytest.mark.parametrize("gram_samples", [None, 37])
+def test_reused_gram_matrices_leave_sweeps_bit_identical(rng, monkeypatch, gram_samples):
+    """Grams kept while their environment slot is unchanged equal fresh ones, and are reused."""
+    import copy
+    from dataclasses import replace
+
+    head, phi_sites, y, opts = _sweep_setup(rng, max_bond=5)
+    opts = replace(opts, solver=replace(opts.solver, precondition=True, gram_samples=gram_samples))
+    fresh_head = copy.deepcopy(head)
+
+    envs = build_environments(head, phi_sites, opts)
+    hits = []
+    kept = EnvironmentCache.cached_grams
+
+    def counting(self, j, key):
+        out = kept(self, j, key)
+        hits.extend(g is not None for g in out)
+        for g, slot_env, phi in ((out[0], self.get(j)[0], phi_sites[j]), (out[1], self.get(j + 2)[0], phi_sites[j + 1])):
+            if g is not None:  # a kept Gram is the Gram of what the slot holds now
+                rows = slice(None) if gram_samples is None else slice(0, gram_samples)
+                x = np.einsum("na,ns->nas", slot_env[rows], phi[rows]).reshape(len(slot_env[rows]), -1)
+                if g is out[1]:
+                    x = np.einsum("ns,na->nsa", phi[rows], slot_env[rows]).reshape(len(slot_env[rows]), -1)
+                np.testing.assert_allclose(g, x.T @ x, rtol=1e-10)
+        return out
+
+    monkeypatch.setattr(EnvironmentCache, "cached_grams", counting)
+    infos = full_sweep(head, envs, phi_sites, y, opts) + full_sweep(head, envs, phi_sites, y, opts)
+    # after the first half-sweep (which starts from freshly built environments) every
+    # visit reuses at least one of its two halves
+    assert sum(hits) >= len(infos) - (head.n_sites - 1)
+
+    monkeypatch.setattr(EnvironmentCache, "cached_grams", lambda self, j, key: (None, None))
+    fresh_envs = build_environments(fresh_head, phi_sites, opts)
+    fresh_infos = full_sweep(fresh_head, fresh_envs, phi_sites, y, opts) + full_sweep(fresh_head, fresh_envs, phi_sites, y, opts)
+    assert infos == fresh_infos
+    for a, b in zip(head.cores, fresh_head.cores):
+        np.testing.assert_array_equal(a, b)

@@ -47,3 +47,41 @@ def test_row_normalise_divides_rows_in_place_and_returns_log_norms(rng, dtype):
     np.testing.assert_allclose(logs[norms > 0], np.log(norms[norms > 0]), rtol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(env[norms > 0], axis=1), 1.0, rtol=1e-5)
     assert np.all(env[3] == 0) and logs[3] == pytest.approx(np.log(1e-300))
+
+
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_row_residual_outer_equals_the_three_numpy_steps(rng, loss, dtype):
+    """Contraction, loss residual and gradient operand fused into one pass: same numbers."""
+    from tnlearn._kernels import row_residual_outer
+
+    n, L, q = 29, 10, 7
+    t = rng.standard_normal((n, L, q)).astype(dtype)
+    r = rng.standard_normal((n, q)).astype(dtype)
+    y = np.eye(L, dtype=dtype)[rng.integers(0, L, n)]
+    scale = rng.uniform(0.1, 2.0, n).astype(dtype)
+    f_ref = np.einsum("nlq,nq->nl", t, r) * scale[:, None]
+    if loss == "mse":
+        w = y - f_ref
+    else:
+        e = np.exp(f_ref - f_ref.max(axis=1, keepdims=True))
+        w = y - e / e.sum(axis=1, keepdims=True)
+    operand_ref = np.einsum("nl,nq->nlq", w * scale[:, None], r)
+    f = np.full((n, L), np.nan, dtype)
+    assert row_residual_outer(t, r, y, scale, loss, f) is f
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(f, f_ref, **tol)
+    np.testing.assert_allclose(t, operand_ref, **tol)  # t was overwritten in place
+    with pytest.raises(ValueError, match="hinge"):
+        row_residual_outer(t, r, y, scale, "hinge", f)
+
+
+@pytest.mark.parametrize("q,r", [(2, 2), (3, 2), (1, 4)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_row_outer3_equals_two_row_outers(rng, q, r, dtype):
+    from tnlearn._kernels import row_outer3
+
+    a, b, c = (rng.standard_normal((19, k)).astype(dtype) for k in (6, q, r))
+    expected = np.einsum("np,nq,nr->npqr", a, b, c).reshape(19, -1)
+    np.testing.assert_allclose(row_outer3(a, b, c), expected, rtol=1e-6)
+    np.testing.assert_array_equal(row_outer3(a, b, c), row_outer(row_outer(a, b), c))

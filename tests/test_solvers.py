@@ -115,3 +115,28 @@ def test_grams_of_the_first_rows(rng):
     np.testing.assert_allclose(gl, head.grams()[0], rtol=1e-12)
     np.testing.assert_allclose(gr, head.grams()[1], rtol=1e-12)
     np.testing.assert_allclose(full.grams(rows=21)[0], gl, rtol=1e-12)
+
+
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
+@pytest.mark.parametrize("normalize", [True, False])
+def test_fused_target_residual_pass_equals_the_generic_callable_pass(rng, loss, normalize):
+    """The compiled fast path (TargetResidual) against the plain per-chunk reference."""
+    from tnlearn.local_problem import TargetResidual
+    from tnlearn.solvers import softmax
+
+    n, Dl, Dr, L = 45, 3, 4, 5
+    left, right = rng.standard_normal((n, Dl)), rng.standard_normal((n, Dr))
+    logs = rng.standard_normal(n)
+    prob = LocalProblem(left, logs, rng.random((n, 2)), rng.random((n, 2)), right, -logs / 3, L, NP, 8, normalize)
+    y = np.eye(L)[rng.integers(0, L, n)]
+    Bs = rng.standard_normal(prob.shape)
+    if loss == "mse":
+        generic = lambda fc, sl: y[sl] - fc  # noqa: E731
+    else:
+        generic = lambda fc, sl: y[sl] - softmax(fc, np)  # noqa: E731
+    f_ref, g_ref, grams_ref = prob.forward_and_gradient(Bs, generic, with_grams=True)
+    f, g, grams = prob.forward_and_gradient(Bs, TargetResidual(loss, y), with_grams=True)
+    np.testing.assert_allclose(f, f_ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(g, g_ref, rtol=1e-11, atol=1e-12)
+    np.testing.assert_allclose(grams[0], grams_ref[0], rtol=1e-12)
+    np.testing.assert_allclose(f, prob.forward(Bs), rtol=1e-12, atol=1e-12)

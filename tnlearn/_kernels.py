@@ -39,6 +39,35 @@ def _row_outer(a, b, out):  # pragma: no cover - compiled
                 out[i, j * q + k] = aij * b[i, k]
 
 
+@numba.njit(fastmath=False, cache=True)
+def _row_outer3(a, b, c, out):  # pragma: no cover - compiled
+    # products associated as (a * b) * c, exactly as row_outer(row_outer(a, b), c) rounds
+    # them (no fastmath: it would be free to reassociate), so either path gives the same bits
+    n, p = a.shape
+    q = b.shape[1]
+    r = c.shape[1]
+    if q == 2 and r == 2:  # d = 2 local vectors: all four products per step (see _row_outer)
+        for i in range(n):
+            b0, b1 = b[i, 0], b[i, 1]
+            c0, c1 = c[i, 0], c[i, 1]
+            for j in range(p):
+                v0 = a[i, j] * b0
+                v1 = a[i, j] * b1
+                out[i, 4 * j] = v0 * c0
+                out[i, 4 * j + 1] = v0 * c1
+                out[i, 4 * j + 2] = v1 * c0
+                out[i, 4 * j + 3] = v1 * c1
+        return
+    for i in range(n):
+        for j in range(p):
+            aij = a[i, j]
+            for k in range(q):
+                abk = aij * b[i, k]
+                base = (j * q + k) * r
+                for t in range(r):
+                    out[i, base + t] = abk * c[i, t]
+
+
 @numba.njit(fastmath=True, cache=True)
 def _row_contract(t, r, out):  # pragma: no cover - compiled
     n, m, q = t.shape
@@ -48,6 +77,36 @@ def _row_contract(t, r, out):  # pragma: no cover - compiled
             for k in range(1, q):
                 acc += t[i, j, k] * r[i, k]
             out[i, j] = acc
+
+
+@numba.njit(fastmath=True, cache=True)
+def _row_residual_outer(t, r, y, scale, cross_entropy, f_out):  # pragma: no cover - compiled
+    n, m, q = t.shape
+    w = np.empty(m, dtype=np.float64)
+    for i in range(n):
+        s = scale[i]
+        for j in range(m):
+            acc = t[i, j, 0] * r[i, 0]
+            for k in range(1, q):
+                acc += t[i, j, k] * r[i, k]
+            f_out[i, j] = acc * s
+        if cross_entropy:
+            top = f_out[i, 0]
+            for j in range(1, m):
+                top = max(top, f_out[i, j])
+            total = 0.0
+            for j in range(m):
+                w[j] = np.exp(f_out[i, j] - top)
+                total += w[j]
+            for j in range(m):
+                w[j] = (y[i, j] - w[j] / total) * s
+        else:
+            for j in range(m):
+                w[j] = (y[i, j] - f_out[i, j]) * s
+        for j in range(m):
+            wj = w[j]
+            for k in range(q):
+                t[i, j, k] = wj * r[i, k]
 
 
 @numba.njit(fastmath=True, cache=True)
@@ -107,6 +166,30 @@ def row_outer(a, b, out=None):
     return out
 
 
+def row_outer3(a, b, c, out=None):
+    """Per-sample outer product of three factors, flattened (one pass, no intermediate).
+
+    Parameters
+    ----------
+    a : array, shape (n, p)
+    b : array, shape (n, q)
+    c : array, shape (n, r)
+    out : array, shape (n, p * q * r), optional
+
+    Returns
+    -------
+    array, shape (n, p * q * r)
+        ``out[i, (j * q + k) * r + t] = a[i, j] * b[i, k] * c[i, t]``, i.e.
+        ``row_outer(row_outer(a, b), c)``.
+    """
+    n, p = a.shape
+    q, r = b.shape[1], c.shape[1]
+    if out is None:
+        out = np.empty((n, p * q * r), dtype=np.result_type(a, b, c))
+    _row_outer3(a, b, c, out)
+    return out
+
+
 def row_contract(t, r, out=None):
     """Per-sample contraction of the last axis.
 
@@ -126,3 +209,43 @@ def row_contract(t, r, out=None):
         out = np.empty((n, m), dtype=np.result_type(t, r))
     _row_contract(t, r, out)
     return out
+
+
+def row_residual_outer(t, r, y, scale, loss, f_out):
+    """Outputs, loss residuals and the gradient operand of a chunk, in one pass over ``t``.
+
+    Per sample ``i`` (``s = scale[i]``)::
+
+        f_out[i, l] = s * sum_k t[i, l, k] * r[i, k]
+        w[l]        = s * (y[i, l] - f_out[i, l])                 # loss="mse"
+                      s * (y[i, l] - softmax(f_out[i])[l])        # loss="cross_entropy"
+        t[i, l, k]  = w[l] * r[i, k]                              # overwritten in place
+
+    so that ``t`` ends up holding the per-sample weights ``w (x) r`` whose product with
+    the projected inputs is the gradient.  Fusing the three steps reads and writes each
+    sample's ``(L, q)`` slice once while it is in the L1 cache (three separate passes
+    stream it through memory three times).
+
+    Parameters
+    ----------
+    t : array, shape (n, L, q), C-contiguous
+        The forward product ``P @ Bs`` of the chunk; overwritten.
+    r : array, shape (n, q)
+        Right environments.
+    y : array, shape (n, L)
+        One-hot targets.
+    scale : array, shape (n,)
+        Per-sample output scale.
+    loss : {"mse", "cross_entropy"}
+    f_out : array, shape (n, L)
+        Receives the outputs.
+
+    Returns
+    -------
+    array, shape (n, L)
+        ``f_out``.
+    """
+    if loss not in ("mse", "cross_entropy"):
+        raise ValueError(f"loss={loss!r}: the fused residual knows 'mse' and 'cross_entropy'")
+    _row_residual_outer(t, r, y, scale, loss == "cross_entropy", f_out)
+    return f_out

@@ -27,18 +27,27 @@ class Backend:
         The array namespace (``numpy`` or ``cupy``).
     row_outer : callable
         ``row_outer(a (n, p), b (n, q)) -> (n, p * q)`` per-sample outer product.
+    row_outer3 : callable
+        ``row_outer3(a (n, p), b (n, q), c (n, r)) -> (n, p * q * r)``:
+        ``row_outer(row_outer(a, b), c)`` in one pass.
     row_contract : callable
         ``row_contract(t (n, m, q), r (n, q)) -> (n, m)`` per-sample contraction.
     row_normalise : callable
         ``row_normalise(env (n, m)) -> log_norms (n,)``: each row divided by its
         norm in place; the float64 log norms returned.
+    row_residual_outer : callable
+        ``row_residual_outer(t (n, L, q), r (n, q), y (n, L), scale (n,), loss, f_out (n, L))``:
+        the outputs ``f = scale * (t . r)`` into ``f_out``, then ``t`` overwritten by
+        ``scale * residual(f) (x) r`` (see :func:`tnlearn._kernels.row_residual_outer`).
     """
 
     name: str
     xp: Any = field(repr=False)
     row_outer: Callable = field(repr=False)
+    row_outer3: Callable = field(repr=False)
     row_contract: Callable = field(repr=False)
     row_normalise: Callable = field(repr=False)
+    row_residual_outer: Callable = field(repr=False)
 
     def __reduce__(self):
         # pickled (joblib, multiprocessing, copy.deepcopy) by name: modules and compiled
@@ -59,7 +68,8 @@ class Backend:
 def _numpy_backend() -> Backend:
     from tnlearn import _kernels
 
-    return Backend("numpy", np, _kernels.row_outer, _kernels.row_contract, _kernels.row_normalise)
+    k = _kernels
+    return Backend("numpy", np, k.row_outer, k.row_outer3, k.row_contract, k.row_normalise, k.row_residual_outer)
 
 
 def _cupy_backend() -> Backend:
@@ -89,6 +99,9 @@ def _cupy_backend() -> Backend:
         out[...] = res
         return out
 
+    def row_outer3(a, b, c, out=None):
+        return row_outer(row_outer(a, b), c, out=out)
+
     def row_contract(t, r, out=None):
         res = cp.einsum("nmq,nq->nm", t, r)
         if out is None:
@@ -101,7 +114,20 @@ def _cupy_backend() -> Backend:
         env /= cp.where(norms > 0, norms, 1).astype(env.dtype)[:, None]
         return cp.log(cp.maximum(norms, 1e-300))
 
-    return Backend("cupy", cp, row_outer, row_contract, row_normalise)
+    def row_residual_outer(t, r, y, scale, loss, f_out):
+        f_out[...] = cp.einsum("nmq,nq->nm", t, r) * scale[:, None]
+        if loss == "mse":
+            w = y - f_out
+        elif loss == "cross_entropy":
+            z = f_out - f_out.max(axis=1, keepdims=True)
+            e = cp.exp(z)
+            w = y - e / e.sum(axis=1, keepdims=True)
+        else:
+            raise ValueError(f"loss={loss!r}: the fused residual knows 'mse' and 'cross_entropy'")
+        t[...] = (w * scale[:, None])[:, :, None] * r[:, None, :]
+        return f_out
+
+    return Backend("cupy", cp, row_outer, row_outer3, row_contract, row_normalise, row_residual_outer)
 
 
 def get_backend(name: str | Backend = "numpy") -> Backend:

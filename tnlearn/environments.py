@@ -109,6 +109,9 @@ class EnvironmentCache:
         self.data = xp.zeros((n_sites + 1, n_samples, max_bond), dtype=dtype)
         self.log_norm = xp.zeros((n_sites + 1, n_samples), dtype=np.float64)
         self.dims = [0] * (n_sites + 1)
+        # per slot: ((side, key), Gram matrix of that environment with its neighbouring site's
+        # local vectors), dropped whenever the slot is rewritten (see cached_grams)
+        self._grams = [None] * (n_sites + 1)
         for b in (0, n_sites):  # the open boundaries: a bond of dimension one holding 1
             self.data[b, :, 0] = 1
             self.dims[b] = 1
@@ -137,6 +140,41 @@ class EnvironmentCache:
             log_out[sl] = log_in[sl] + be.row_normalise(block)
             target[sl] = block
         self.dims[dst] = width
+        self._grams[dst] = None
+
+    # -- data Gram matrices of block halves, kept while their environment is unchanged -----
+    # The left half of block (j, j+1) is ``L_j (x) phi_j`` and its right half
+    # ``phi_{j+1} (x) R_{j+2}``; their Gram matrices depend only on that one environment
+    # slot.  A sweep rewrites each slot once per half-sweep, so the Gram of the half that
+    # was not rewritten since the last visit (the right half in a right-moving sweep, the
+    # left half in a left-moving one) can be reused instead of recomputed.
+    def cached_grams(self, j, key):
+        """Gram matrices of the halves of block ``(j, j + 1)`` kept from an earlier visit.
+
+        Parameters
+        ----------
+        j : int
+            Left site of the block.
+        key : hashable
+            What else the Grams depend on (e.g. the number of samples they were
+            estimated on); a kept Gram is returned only for an equal key.
+
+        Returns
+        -------
+        tuple
+            ``(left, right)``: each a kept matrix, or None when it must be computed
+            (never computed, other key, or its environment slot rewritten since).
+        """
+        out = []
+        for slot, side in ((j, "left"), (j + 2, "right")):
+            kept = self._grams[slot]
+            out.append(kept[1] if kept is not None and kept[0] == (side, key) else None)
+        return tuple(out)
+
+    def keep_grams(self, j, key, grams):
+        """Remember the Gram matrices ``(left, right)`` of block ``(j, j + 1)`` (see :meth:`cached_grams`)."""
+        self._grams[j] = (("left", key), grams[0])
+        self._grams[j + 2] = (("right", key), grams[1])
 
     def advance_left(self, site, phi, core):
         """Left environment of bond ``site + 1`` from that of bond ``site``.

@@ -42,6 +42,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tnlearn.local_problem import TargetResidual
+
 LOSSES = ("mse", "cross_entropy")
 SOLVERS = ("gd", "cg")
 
@@ -62,13 +64,6 @@ def loss_value(f, y, loss, xp):
     z = z - z.max(axis=1, keepdims=True)
     logp = z - xp.log(xp.exp(z).sum(axis=1, keepdims=True))
     return -xp.sum(logp * y)
-
-
-def residual_fn(loss, y, xp):
-    """``residual(f_chunk, sl) -> -dC/df`` for a chunk of samples."""
-    if loss == "mse":
-        return lambda f, sl: y[sl] - f
-    return lambda f, sl: y[sl] - softmax(f, xp)
 
 
 @dataclass(frozen=True)
@@ -170,7 +165,7 @@ def gradient_descent(problem, Bs, y, opts, want_grams=False):
         The block's data Gram matrices, when wanted or preconditioning.
     """
     xp = problem.backend.xp
-    residual = residual_fn(opts.loss, y, xp)
+    residual = TargetResidual(opts.loss, y)
     kappa = 1.0 if opts.loss == "mse" else 0.5
     f_before = grams = None
     precondition = _identity
@@ -206,7 +201,7 @@ def conjugate_gradient(problem, Bs, y, opts, want_grams=False):
     if opts.loss != "mse":
         raise ValueError("solver='cg' minimises the squared loss; use loss='mse' or solver='gd'")
     xp = problem.backend.xp
-    f, s, grams, precondition = _first_pass(problem, Bs, residual_fn("mse", y, xp), opts, want_grams)
+    f, s, grams, precondition = _first_pass(problem, Bs, TargetResidual("mse", y), opts, want_grams)
     f_before = f
     r = y - f
     z = precondition(s)

@@ -123,6 +123,11 @@ def half_sweep(head, envs, phi_sites, y, direction, opts, on_bond=None, shard=No
     """
     n_sites = head.n_sites
     bonds = range(n_sites - 1) if direction == "right" else range(n_sites - 2, -1, -1)
+    # Gram matrices of a half-block are reused from the previous visit while its environment
+    # is unchanged; with per-sample scales (normalize_samples=False) a Gram also depends on
+    # the other environment's norms, so they are recomputed every time
+    gram_key = opts.solver.gram_samples
+    reuse_grams = opts.normalize_samples
     infos = []
     for j in bonds:
         left, left_log = envs.get(j)
@@ -130,9 +135,12 @@ def half_sweep(head, envs, phi_sites, y, direction, opts, on_bond=None, shard=No
         problem = LocalProblem(
             left, left_log, phi_sites[j], phi_sites[j + 1], right, right_log,
             head.n_labels, head.backend, opts.chunk_size, opts.normalize_samples, shard,
+            known_grams=envs.cached_grams(j, gram_key) if reuse_grams else None,
         )
         Bs = problem.to_scaled(head.merge(j), head.log_norm)
         Bs, _, grams = solve_local(problem, Bs, y, opts.solver, want_grams=opts.truncation == "data")
+        if grams is not None and reuse_grams:
+            envs.keep_grams(j, gram_key, grams)
         block, log_norm = problem.from_scaled(Bs)
         if opts.truncation != "data":
             grams = None
