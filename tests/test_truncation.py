@@ -71,3 +71,22 @@ def test_truncation_invariants(m, n, max_bond, cutoff, seed):
     np.testing.assert_allclose(U.T @ U, np.eye(info.kept), atol=1e-10)
     err = np.linalg.norm(M - (U * s) @ Vh) ** 2 / np.linalg.norm(M) ** 2
     assert err == pytest.approx(info.discarded_weight, abs=1e-10)
+
+
+@pytest.mark.parametrize("shape", [(6, 40), (40, 400), (9, 4)])
+def test_row_basis_from_the_row_gram_equals_the_svd(rng, shape):
+    """White's density-matrix route gives the SVD's kept left vectors, values and discarded weight."""
+    from tnlearn.truncation import truncated_row_basis
+
+    M = rng.standard_normal(shape) * np.logspace(0, -3, shape[0])[:, None]
+    for max_bond, cutoff in ((3, 0.0), (None, 1e-3), (None, 0.0)):
+        U, s, info = truncated_row_basis(M, max_bond, cutoff, "rsum2")
+        U_ref, s_ref, _, ref = truncated_svd(M, max_bond, cutoff, "rsum2")
+        assert info.kept == ref.kept == len(s)
+        np.testing.assert_allclose(s, s_ref, rtol=1e-8)
+        np.testing.assert_allclose(info.singular_values, ref.singular_values, rtol=1e-6, atol=1e-12)
+        assert info.discarded_weight == pytest.approx(ref.discarded_weight, rel=1e-8, abs=1e-14)
+        np.testing.assert_allclose(np.abs(U.T @ U_ref), np.eye(len(s)), atol=1e-8)  # same vectors up to sign
+    M[0, 0] = np.nan
+    with pytest.raises(FloatingPointError, match="NaN"):
+        truncated_row_basis(M)

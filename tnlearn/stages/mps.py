@@ -304,11 +304,13 @@ class MPSHead:
         Dl, d, d2, L, Dr = host.shape
         gl_sqrt, gl_inv = psd_sqrt(grams[0])
         gr_sqrt, gr_inv = psd_sqrt(grams[1])
-        eye = np.eye(L)
         if direction == "right":
             # columns are (t, l, b); the right Gram acts on (t, b) and is the identity on l
-            g4 = gr_sqrt.reshape(d2, Dr, d2, Dr)
-            right_sqrt = np.einsum("tbuc,lm->tlbumc", g4, eye).reshape(d2 * L * Dr, d2 * L * Dr)
+            def right_sqrt(X):
+                r = X.shape[0]
+                Y = X.reshape(r, d2, L, Dr).transpose(0, 2, 1, 3).reshape(r * L, d2 * Dr) @ gr_sqrt
+                return Y.reshape(r, L, d2, Dr).transpose(0, 2, 1, 3).reshape(r, d2 * L * Dr)
+
             Q, C, info = metric_truncated_split(
                 block_matrix(host, direction), gl_sqrt, gl_inv, right_sqrt, max_bond, cutoff, cutoff_mode
             )
@@ -317,8 +319,14 @@ class MPSHead:
             self.cores[j + 1] = be.asarray(C.reshape(k, d2, L, Dr).astype(host.dtype))
             self.center = j + 1
         else:
+            # columns are (a, s, l); the left Gram acts on (a, s) and is the identity on l
+            def left_sqrt(X):
+                r = X.shape[0]
+                Y = X.reshape(r, Dl * d, L).transpose(0, 2, 1).reshape(r * L, Dl * d) @ gl_sqrt
+                return Y.reshape(r, L, Dl * d).transpose(0, 2, 1).reshape(r, Dl * d * L)
+
             Q, C, info = metric_truncated_split(
-                block_matrix(host, direction).T, gr_sqrt, gr_inv, np.kron(gl_sqrt, eye), max_bond, cutoff, cutoff_mode
+                block_matrix(host, direction).T, gr_sqrt, gr_inv, left_sqrt, max_bond, cutoff, cutoff_mode
             )
             k = Q.shape[1]
             self.cores[j] = be.asarray(C.T.reshape(Dl, d, L, k).astype(host.dtype))
