@@ -77,7 +77,7 @@ def run(args):
         max_bond=args.bond,
         cutoff=0.0,
         solver=SolverOptions(args.solver, "mse", args.n_iter, precondition=args.precondition, damping=args.damping,
-                             gram_samples=args.gram_samples),
+                             gram_samples=args.gram_samples or None),
         chunk_size=args.chunk_size,
         truncation=args.truncation,
     )
@@ -109,7 +109,8 @@ def main(argv=None):
     p.add_argument("--precondition", action=argparse.BooleanOptionalAction, default=True,
                    help="Kronecker-factored preconditioner, as MPSClassifier's default (default: on)")
     p.add_argument("--damping", type=float, default=0.3, help="preconditioner damping (default: 0.3)")
-    p.add_argument("--gram-samples", type=int, default=None, help="samples for the Gram matrices (default: all)")
+    p.add_argument("--gram-samples", type=int, default=16384,
+                   help="samples for the Gram matrices, as MPSClassifier's default (default: 16384; 0: all)")
     p.add_argument("--truncation", choices=["data", "svd"], default="data")
     p.add_argument("--chunk-size", type=int, default=4096)
     p.add_argument("--sweeps", type=int, default=1)

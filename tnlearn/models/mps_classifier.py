@@ -138,10 +138,16 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
         ``G + damping * mean(eig(G)) * I``.  Small values (1e-3) trust the
         Kronecker approximation too far and destabilise the sweep; 0.1-0.3
         worked best on Fashion-MNIST.
-    gram_samples : int or None, default=None
+    gram_samples : int or None, default=16384
         Estimate the block's data Gram matrices (for the preconditioner and
         the data-metric split) from the first ``gram_samples`` of the shuffled
-        training samples instead of all of them (None).
+        training samples (None: all of them).  A ``(m d) x (m d)`` Gram matrix
+        is well estimated from 16,384 random samples; on Fashion-MNIST (60,000
+        images, m = 20, 5 sweeps) test accuracy per sweep was 84.02 / 84.84 /
+        85.00 / 85.09 / 85.04% against 83.84 / 84.85 / 84.76 / 84.94 / 85.05%
+        with all samples, and a sweep costs ~5% less (the Gram products are
+        thin, ``(c x 2m)^T (c x 2m)``, and run far below the machine's peak).
+        Smaller training sets use all their samples.
     chunk_size : int, default=4096
         Samples per matrix product (bounds temporary memory).
     backend : {"numpy", "cupy"}, default="numpy"
@@ -191,7 +197,7 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
         line_search_samples=8192,
         precondition=True,
         damping=0.3,
-        gram_samples=None,
+        gram_samples=16384,
         chunk_size=4096,
         backend="numpy",
         distributed=None,
