@@ -129,7 +129,7 @@ def launch(args, ranks, threads):
 
 
 def traffic_model(bond_dims, d, L, m, itemsize):
-    """Payload bytes per full sweep: gradient, Grams, broadcast cores, bond by bond.
+    """Payload bytes per full sweep after the first: gradient, Grams, broadcast cores, bond by bond.
 
     The bond dimensions are followed through the sweep: a split moving right
     keeps ``min(m, Dl d, d L Dr)`` values, one moving left ``min(m, Dl d L, d Dr)``
@@ -155,7 +155,14 @@ def traffic_model(bond_dims, d, L, m, itemsize):
     for j, direction in order:  # block (j, j+1): Dl = dims[j], Dr = dims[j+2], new bond dims[j+1]
         Dl, Dr = dims[j], dims[j + 2]
         grad += Dl * d * d * L * Dr * itemsize
-        grams += ((Dl * d) ** 2 + (d * Dr) ** 2) * 8
+        # a Gram matrix is reused while its environment is unchanged (EnvironmentCache.cached_grams):
+        # in a sweep after the first, a right-moving bond reduces only its left half's Gram (its
+        # left environment was just rewritten), a left-moving one only its right half's, and the
+        # first bond of each half-sweep neither
+        if direction == "right" and j > 0:
+            grams += (Dl * d) ** 2 * 8
+        elif direction == "left" and j < n_sites - 2:
+            grams += (d * Dr) ** 2 * 8
         k = min(m, Dl * d, d * L * Dr) if direction == "right" else min(m, Dl * d * L, d * Dr)
         cores += (Dl * d * k + k * d * L * Dr) * itemsize
         dims[j + 1] = k

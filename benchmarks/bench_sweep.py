@@ -77,6 +77,7 @@ def run(args):
         max_bond=args.bond,
         cutoff=0.0,
         solver=SolverOptions(args.solver, "mse", args.n_iter, precondition=args.precondition, damping=args.damping,
+                             line_search_samples=args.line_search_samples or None,
                              gram_samples=args.gram_samples or None),
         chunk_size=args.chunk_size,
         truncation=args.truncation,
@@ -97,6 +98,9 @@ def run(args):
 
 
 def main(argv=None):
+    from tnlearn import MPSClassifier
+
+    defaults = MPSClassifier().get_params()  # the engine runs as the estimator would run it
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n-samples", type=int, default=60000)
     p.add_argument("--n-sites", type=int, default=196)
@@ -105,14 +109,16 @@ def main(argv=None):
     p.add_argument("--labels", type=int, default=10)
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--solver", choices=["gd", "cg"], default="gd")
-    p.add_argument("--n-iter", type=int, default=1)
-    p.add_argument("--precondition", action=argparse.BooleanOptionalAction, default=True,
+    p.add_argument("--n-iter", type=int, default=defaults["n_iter"])
+    p.add_argument("--precondition", action=argparse.BooleanOptionalAction, default=defaults["precondition"],
                    help="Kronecker-factored preconditioner, as MPSClassifier's default (default: on)")
-    p.add_argument("--damping", type=float, default=0.3, help="preconditioner damping (default: 0.3)")
-    p.add_argument("--gram-samples", type=int, default=16384,
-                   help="samples for the Gram matrices, as MPSClassifier's default (default: 16384; 0: all)")
+    p.add_argument("--damping", type=float, default=defaults["damping"], help="preconditioner damping (default: %(default)s)")
+    p.add_argument("--gram-samples", type=int, default=defaults["gram_samples"] or 0,
+                   help="samples for the Gram matrices (default: MPSClassifier's, %(default)s; 0: all)")
+    p.add_argument("--line-search-samples", type=int, default=defaults["line_search_samples"] or 0,
+                   help="samples for the step's curvature (default: MPSClassifier's, %(default)s; 0: all)")
     p.add_argument("--truncation", choices=["data", "svd"], default="data")
-    p.add_argument("--chunk-size", type=int, default=4096)
+    p.add_argument("--chunk-size", type=int, default=defaults["chunk_size"])
     p.add_argument("--sweeps", type=int, default=1)
     p.add_argument("--backend", default="numpy")
     p.add_argument("--seed", type=int, default=0)
@@ -128,7 +134,7 @@ def main(argv=None):
     fractions = [flops / t / 1e9 / p for t, p in zip(times, peaks)]
     print(f"config       : n={args.n_samples} N={args.n_sites} m={args.bond} d={args.d} L={args.labels} "
           f"{args.dtype} solver={args.solver} n_iter={args.n_iter} precondition={args.precondition} "
-          f"damping={args.damping} gram_samples={args.gram_samples} "
+          f"damping={args.damping} gram_samples={args.gram_samples} line_search_samples={args.line_search_samples} "
           f"truncation={args.truncation}")
     print(f"matmul peak  : {peak32:.1f} GFLOP/s float32, {peak64:.1f} GFLOP/s float64 (2048^2, this run)")
     print(f"set-up       : {setup:.1f} s (embedding, PCA initialisation, environments)")

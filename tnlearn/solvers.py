@@ -93,10 +93,10 @@ class SolverOptions:
     loss: str = "mse"
     n_iter: int = 1
     step_size: object = "auto"
-    line_search_samples: int | None = 8192
+    line_search_samples: int | None = 4096
     precondition: bool = False
     damping: float = 0.3
-    gram_samples: int | None = None
+    gram_samples: int | None = 16384
 
 
 def damped_inverse(G, damping):

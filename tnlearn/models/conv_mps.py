@@ -233,7 +233,9 @@ class ConvMPSClassifier(ClassifierMixin, BaseEstimator):
         Y = backend.asarray(onehot)
         head_opts = SweepOptions(
             max_bond=self.max_bond, cutoff=self.cutoff,
-            solver=SolverOptions("gd", "mse", self.n_iter, "auto", 8192, True, float(self.damping)),
+            # the head's settings of the measured conv-mps runs (README tables): line search on
+            # 8192 samples, Grams on all of them
+            solver=SolverOptions("gd", "mse", self.n_iter, "auto", 8192, True, float(self.damping), gram_samples=None),
             chunk_size=self.chunk_size, truncation="data", normalize_samples=True,
         )
         conv_opts = ConvSweepOptions(max_bond=conv_bond, cutoff=self.cutoff)
