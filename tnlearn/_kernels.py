@@ -40,32 +40,21 @@ def _row_outer(a, b, out):  # pragma: no cover - compiled
 
 
 @numba.njit(fastmath=False, cache=True)
-def _row_outer3(a, b, c, out):  # pragma: no cover - compiled
-    # products associated as (a * b) * c, exactly as row_outer(row_outer(a, b), c) rounds
-    # them (no fastmath: it would be free to reassociate), so either path gives the same bits
+def _row_outer3_d2(a, b, c, out):  # pragma: no cover - compiled
+    # d = 2 local vectors: all four products per step (see _row_outer), associated as
+    # (a * b) * c exactly as row_outer(row_outer(a, b), c) rounds them (no fastmath: it
+    # would be free to reassociate), so either path gives the same bits
     n, p = a.shape
-    q = b.shape[1]
-    r = c.shape[1]
-    if q == 2 and r == 2:  # d = 2 local vectors: all four products per step (see _row_outer)
-        for i in range(n):
-            b0, b1 = b[i, 0], b[i, 1]
-            c0, c1 = c[i, 0], c[i, 1]
-            for j in range(p):
-                v0 = a[i, j] * b0
-                v1 = a[i, j] * b1
-                out[i, 4 * j] = v0 * c0
-                out[i, 4 * j + 1] = v0 * c1
-                out[i, 4 * j + 2] = v1 * c0
-                out[i, 4 * j + 3] = v1 * c1
-        return
     for i in range(n):
+        b0, b1 = b[i, 0], b[i, 1]
+        c0, c1 = c[i, 0], c[i, 1]
         for j in range(p):
-            aij = a[i, j]
-            for k in range(q):
-                abk = aij * b[i, k]
-                base = (j * q + k) * r
-                for t in range(r):
-                    out[i, base + t] = abk * c[i, t]
+            v0 = a[i, j] * b0
+            v1 = a[i, j] * b1
+            out[i, 4 * j] = v0 * c0
+            out[i, 4 * j + 1] = v0 * c1
+            out[i, 4 * j + 2] = v1 * c0
+            out[i, 4 * j + 3] = v1 * c1
 
 
 @numba.njit(fastmath=True, cache=True)
@@ -184,9 +173,11 @@ def row_outer3(a, b, c, out=None):
     """
     n, p = a.shape
     q, r = b.shape[1], c.shape[1]
+    if q != 2 or r != 2:  # only d = 2 has a one-pass kernel; others go through the intermediate
+        return row_outer(row_outer(a, b), c, out=out)
     if out is None:
         out = np.empty((n, p * q * r), dtype=np.result_type(a, b, c))
-    _row_outer3(a, b, c, out)
+    _row_outer3_d2(a, b, c, out)
     return out
 
 

@@ -16,6 +16,14 @@ large matrix multiply and intermediates stay in cache:
 * forward:  ``T = P @ Bs`` (one GEMM), then a per-sample contraction with ``R``;
 * gradient: ``G = P.T @ (w (x) R)`` (one GEMM) for per-sample weights ``w``.
 
+In a solver's first pass (:meth:`LocalProblem.forward_and_gradient` with a
+:class:`TargetResidual`) the per-sample contraction, the loss residual ``w``
+and the operand ``w (x) R`` are one compiled pass over ``T``, written back into
+``T``, so a chunk costs the two GEMMs plus one sweep over its ``(c, L Dr)``
+block.  The Gram matrices of the block's two halves (preconditioner and
+data-metric split) are accumulated in the same pass; one already known from
+an earlier visit (``known_grams``) is not recomputed.
+
 Data-parallel runs (:mod:`tnlearn.distributed`) give the problem a *shard*:
 the arrays then hold this rank's samples only, and every sum over samples
 leaves through :meth:`LocalProblem.reduce_sum` (an ``Allreduce``): the
