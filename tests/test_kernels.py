@@ -85,3 +85,43 @@ def test_row_outer3_equals_two_row_outers(rng, q, r, dtype):
     expected = np.einsum("np,nq,nr->npqr", a, b, c).reshape(19, -1)
     np.testing.assert_allclose(row_outer3(a, b, c), expected, rtol=1e-6)
     np.testing.assert_array_equal(row_outer3(a, b, c), row_outer(row_outer(a, b), c))
+
+
+def test_array_module_kernels_equal_the_compiled_ones(rng):
+    """The cupy backend's kernels (array operations of its module), run here with numpy."""
+    from tnlearn import _kernels
+    from tnlearn.backend import array_module_kernels
+
+    outer, outer3, contract, normalise, residual_outer = array_module_kernels(np)
+    a, b, c = rng.standard_normal((13, 5)), rng.standard_normal((13, 2)), rng.standard_normal((13, 2))
+    np.testing.assert_allclose(outer(a, b), _kernels.row_outer(a, b), rtol=1e-14)
+    np.testing.assert_allclose(outer3(a, b, c), _kernels.row_outer3(a, b, c), rtol=1e-14)
+    t, r = rng.standard_normal((13, 4, 3)), rng.standard_normal((13, 3))
+    np.testing.assert_allclose(contract(t, r), _kernels.row_contract(t, r), rtol=1e-12)
+    env = rng.standard_normal((13, 6))
+    env[2] = 0
+    env2 = env.copy()
+    np.testing.assert_allclose(normalise(env), _kernels.row_normalise(env2), rtol=1e-12)
+    np.testing.assert_allclose(env, env2, rtol=1e-12)
+    y = np.eye(4)[rng.integers(0, 4, 13)]
+    scale = rng.uniform(0.5, 2, 13)
+    for loss in ("mse", "cross_entropy"):
+        t1, t2 = t.copy(), t.copy()
+        f1, f2 = np.empty((13, 4)), np.empty((13, 4))
+        residual_outer(t1, r, y, scale, loss, f1)
+        _kernels.row_residual_outer(t2, r, y, scale, loss, f2)
+        np.testing.assert_allclose(f1, f2, rtol=1e-12)
+        np.testing.assert_allclose(t1, t2, rtol=1e-12, atol=1e-14)
+
+
+def test_a_sweep_on_the_array_module_kernels_matches_the_compiled_backend(rng):
+    """The whole engine on the cupy backend's code path (with numpy arrays) gives the same model."""
+    from tnlearn import MPSClassifier
+    from tnlearn.backend import Backend, array_module_kernels
+
+    X = rng.random((90, 12))
+    y = (X[:, :4].sum(axis=1) * 2).astype(int) % 3
+    kw = dict(max_bond=4, n_sweeps=2, dtype="float64", random_state=0)
+    compiled = MPSClassifier(**kw).fit(X, y)
+    array_ops = MPSClassifier(**kw, backend=Backend("numpy", np, *array_module_kernels(np))).fit(X, y)
+    np.testing.assert_allclose(array_ops.decision_function(X), compiled.decision_function(X), rtol=1e-8, atol=1e-10)

@@ -72,6 +72,59 @@ def _numpy_backend() -> Backend:
     return Backend("numpy", np, k.row_outer, k.row_outer3, k.row_contract, k.row_normalise, k.row_residual_outer)
 
 
+def array_module_kernels(xp):
+    """The per-sample kernels written with array operations of ``xp`` (the cupy backend's).
+
+    On a GPU, broadcasting and ``einsum`` run these as a few device kernels each;
+    there is no compiled loop to write.  The same code runs with ``xp = numpy``,
+    which is how the tests check it on machines without a GPU.
+
+    Returns
+    -------
+    tuple
+        ``(row_outer, row_outer3, row_contract, row_normalise, row_residual_outer)``
+        with the signatures of the :class:`Backend` fields.
+    """
+
+    def row_outer(a, b, out=None):
+        n = a.shape[0]
+        res = (a[:, :, None] * b[:, None, :]).reshape(n, -1)
+        if out is None:
+            return res
+        out[...] = res
+        return out
+
+    def row_outer3(a, b, c, out=None):
+        return row_outer(row_outer(a, b), c, out=out)
+
+    def row_contract(t, r, out=None):
+        res = xp.einsum("nmq,nq->nm", t, r)
+        if out is None:
+            return res
+        out[...] = res
+        return out
+
+    def row_normalise(env):
+        norms = xp.sqrt(xp.einsum("ij,ij->i", env, env, dtype=np.float64))
+        env /= xp.where(norms > 0, norms, 1).astype(env.dtype)[:, None]
+        return xp.log(xp.maximum(norms, 1e-300))
+
+    def row_residual_outer(t, r, y, scale, loss, f_out):
+        f_out[...] = xp.einsum("nmq,nq->nm", t, r) * scale[:, None]
+        if loss == "mse":
+            w = y - f_out
+        elif loss == "cross_entropy":
+            z = f_out - f_out.max(axis=1, keepdims=True)
+            e = xp.exp(z)
+            w = y - e / e.sum(axis=1, keepdims=True)
+        else:
+            raise ValueError(f"loss={loss!r}: the fused residual knows 'mse' and 'cross_entropy'")
+        t[...] = (w * scale[:, None])[:, :, None] * r[:, None, :]
+        return f_out
+
+    return row_outer, row_outer3, row_contract, row_normalise, row_residual_outer
+
+
 def _cupy_backend() -> Backend:
     try:
         import cupy as cp
@@ -91,43 +144,7 @@ def _cupy_backend() -> Backend:
     if n_gpus < 1:  # pragma: no cover
         raise RuntimeError("backend='cupy' was requested but no CUDA GPU was found; use backend='numpy'")
 
-    def row_outer(a, b, out=None):
-        n = a.shape[0]
-        res = (a[:, :, None] * b[:, None, :]).reshape(n, -1)
-        if out is None:
-            return res
-        out[...] = res
-        return out
-
-    def row_outer3(a, b, c, out=None):
-        return row_outer(row_outer(a, b), c, out=out)
-
-    def row_contract(t, r, out=None):
-        res = cp.einsum("nmq,nq->nm", t, r)
-        if out is None:
-            return res
-        out[...] = res
-        return out
-
-    def row_normalise(env):
-        norms = cp.sqrt(cp.einsum("ij,ij->i", env, env, dtype=np.float64))
-        env /= cp.where(norms > 0, norms, 1).astype(env.dtype)[:, None]
-        return cp.log(cp.maximum(norms, 1e-300))
-
-    def row_residual_outer(t, r, y, scale, loss, f_out):
-        f_out[...] = cp.einsum("nmq,nq->nm", t, r) * scale[:, None]
-        if loss == "mse":
-            w = y - f_out
-        elif loss == "cross_entropy":
-            z = f_out - f_out.max(axis=1, keepdims=True)
-            e = cp.exp(z)
-            w = y - e / e.sum(axis=1, keepdims=True)
-        else:
-            raise ValueError(f"loss={loss!r}: the fused residual knows 'mse' and 'cross_entropy'")
-        t[...] = (w * scale[:, None])[:, :, None] * r[:, None, :]
-        return f_out
-
-    return Backend("cupy", cp, row_outer, row_outer3, row_contract, row_normalise, row_residual_outer)
+    return Backend("cupy", cp, *array_module_kernels(cp))
 
 
 def get_backend(name: str | Backend = "numpy") -> Backend:
