@@ -110,22 +110,34 @@ def truncated_svd(matrix, max_bond=None, cutoff=0.0, cutoff_mode="rsum2"):
     Vh : ndarray, shape (k, n)
     info : TruncationInfo
     """
+    matrix = _finite(matrix)
+    try:
+        U, s, Vh = np.linalg.svd(matrix, full_matrices=False)
+    except np.linalg.LinAlgError:  # gesdd can fail to converge; gesvd is slower but robust
+        U, s, Vh = scipy.linalg.svd(matrix, full_matrices=False, lapack_driver="gesvd")
+    info = _truncation(s, max_bond, cutoff, cutoff_mode)
+    k = info.kept
+    return U[:, :k], s[:k], Vh[:k], info
+
+
+def _finite(matrix):
+    """``matrix`` as an array, or the error that a diverged local update gets."""
     matrix = np.asarray(matrix)
     if not np.all(np.isfinite(matrix)):
         raise FloatingPointError(
             "the merged block contains NaN or inf before the SVD split: the local update diverged; "
             "lower step_size or use step_size='auto'"
         )
-    try:
-        U, s, Vh = np.linalg.svd(matrix, full_matrices=False)
-    except np.linalg.LinAlgError:  # gesdd can fail to converge; gesvd is slower but robust
-        U, s, Vh = scipy.linalg.svd(matrix, full_matrices=False, lapack_driver="gesvd")
+    return matrix
+
+
+def _truncation(s, max_bond, cutoff, cutoff_mode):
+    """What a split keeps of the singular values ``s`` (largest first) and what it discards."""
     k = _n_keep(s, max_bond, cutoff, cutoff_mode)
     s2 = s.astype(np.float64) ** 2
     total = s2.sum()
     discarded = float(s2[k:].sum() / total) if total > 0 else 0.0
-    info = TruncationInfo(kept=k, discarded_weight=discarded, singular_values=s)
-    return U[:, :k], s[:k], Vh[:k], info
+    return TruncationInfo(kept=k, discarded_weight=discarded, singular_values=s)
 
 
 def truncated_row_basis(matrix, max_bond=None, cutoff=0.0, cutoff_mode="rsum2"):
@@ -152,26 +164,17 @@ def truncated_row_basis(matrix, max_bond=None, cutoff=0.0, cutoff_mode="rsum2"):
     s : ndarray, shape (k,)
     info : TruncationInfo
     """
-    matrix = np.asarray(matrix)
+    matrix = _finite(matrix)
     m, n = matrix.shape
     if m > n:
         U, s, _, info = truncated_svd(matrix, max_bond, cutoff, cutoff_mode)
         return U, s, info
-    if not np.all(np.isfinite(matrix)):
-        raise FloatingPointError(
-            "the merged block contains NaN or inf before the split: the local update diverged; "
-            "lower step_size or use step_size='auto'"
-        )
     m64 = matrix.astype(np.float64, copy=False)
     w, V = np.linalg.eigh(m64 @ m64.T)
-    w, V = w[::-1], V[:, ::-1]
-    s_all = np.sqrt(np.maximum(w, 0.0))
-    k = _n_keep(s_all, max_bond, cutoff, cutoff_mode)
-    s2 = s_all**2
-    total = s2.sum()
-    discarded = float(s2[k:].sum() / total) if total > 0 else 0.0
-    info = TruncationInfo(kept=k, discarded_weight=discarded, singular_values=s_all)
-    return np.ascontiguousarray(V[:, :k]), s_all[:k], info
+    s = np.sqrt(np.maximum(w[::-1], 0.0))
+    info = _truncation(s, max_bond, cutoff, cutoff_mode)
+    k = info.kept
+    return np.ascontiguousarray(V[:, ::-1][:, :k]), s[:k], info
 
 
 def psd_sqrt(G, rel_floor=1e-8):
