@@ -175,6 +175,32 @@ def block_matrix(block, direction):
     return block.transpose(0, 1, 3, 2, 4).reshape(Dl * d * L, d2 * Dr)
 
 
+def _label_identity_metric(G, outer, L, inner):
+    """``X -> X @ (G acting on (outer, inner), identity on the label)`` for columns ``(outer, L, inner)``.
+
+    The data metric of a split acts on a block's bond and physical indices and
+    not on its label; applying it this way costs ``L`` times less than forming
+    the ``(outer L inner)^2`` Kronecker product.
+
+    Parameters
+    ----------
+    G : ndarray, shape (outer * inner, outer * inner)
+    outer, L, inner : int
+
+    Returns
+    -------
+    callable
+        ``X (r, outer * L * inner) -> (r, outer * L * inner)``.
+    """
+
+    def apply(X):
+        r = X.shape[0]
+        Y = X.reshape(r, outer, L, inner).transpose(0, 2, 1, 3).reshape(r * L, outer * inner) @ G
+        return Y.reshape(r, L, outer, inner).transpose(0, 2, 1, 3).reshape(r, outer * L * inner)
+
+    return apply
+
+
 def matrix_to_block(mat, shape, direction):
     """Inverse of :func:`block_matrix`: back to a block of ``shape`` ``(Dl, d, d2, L, Dr)``."""
     Dl, d, d2, L, Dr = shape
@@ -306,13 +332,9 @@ class MPSHead:
         gr_sqrt, gr_inv = psd_sqrt(grams[1])
         if direction == "right":
             # columns are (t, l, b); the right Gram acts on (t, b) and is the identity on l
-            def right_sqrt(X):
-                r = X.shape[0]
-                Y = X.reshape(r, d2, L, Dr).transpose(0, 2, 1, 3).reshape(r * L, d2 * Dr) @ gr_sqrt
-                return Y.reshape(r, L, d2, Dr).transpose(0, 2, 1, 3).reshape(r, d2 * L * Dr)
-
             Q, C, info = metric_truncated_split(
-                block_matrix(host, direction), gl_sqrt, gl_inv, right_sqrt, max_bond, cutoff, cutoff_mode
+                block_matrix(host, direction), gl_sqrt, gl_inv, _label_identity_metric(gr_sqrt, d2, L, Dr),
+                max_bond, cutoff, cutoff_mode,
             )
             k = Q.shape[1]
             self.cores[j] = be.asarray(Q.reshape(Dl, d, k).astype(host.dtype))
@@ -320,13 +342,9 @@ class MPSHead:
             self.center = j + 1
         else:
             # columns are (a, s, l); the left Gram acts on (a, s) and is the identity on l
-            def left_sqrt(X):
-                r = X.shape[0]
-                Y = X.reshape(r, Dl * d, L).transpose(0, 2, 1).reshape(r * L, Dl * d) @ gl_sqrt
-                return Y.reshape(r, L, Dl * d).transpose(0, 2, 1).reshape(r, Dl * d * L)
-
             Q, C, info = metric_truncated_split(
-                block_matrix(host, direction).T, gr_sqrt, gr_inv, left_sqrt, max_bond, cutoff, cutoff_mode
+                block_matrix(host, direction).T, gr_sqrt, gr_inv, _label_identity_metric(gl_sqrt, Dl * d, L, 1),
+                max_bond, cutoff, cutoff_mode,
             )
             k = Q.shape[1]
             self.cores[j] = be.asarray(C.T.reshape(Dl, d, L, k).astype(host.dtype))
