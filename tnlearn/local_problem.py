@@ -329,13 +329,12 @@ class LocalProblem:
         gram_rows = self._local_rows(gram_rows)
         gram_end = self.n_samples if gram_rows is None else min(gram_rows, self.n_samples)
         for sl in self._chunks():
-            if with_grams and sl.start < gram_end:
-                stop = min(sl.stop, gram_end)
-                x = ro(self.left[sl], self.phi_a[sl]) if acc[0] is not None else None
-                self._accumulate_grams(acc, None if x is None else x[: stop - sl.start], slice(sl.start, stop))
-                P = self._projected(sl) if x is None else ro(x, self.phi_b[sl])
-            else:
-                P = self._projected(sl)
+            gram_sl = slice(sl.start, min(sl.stop, gram_end)) if with_grams and sl.start < gram_end else None
+            # the left half L (x) phi_j is formed on its own only when its Gram is wanted
+            x = ro(self.left[sl], self.phi_a[sl]) if gram_sl is not None and acc[0] is not None else None
+            P = self._projected(sl) if x is None else ro(x, self.phi_b[sl])
+            if gram_sl is not None:
+                self._accumulate_grams(acc, None if x is None else x[: gram_sl.stop - sl.start], gram_sl)
             if fused:
                 T = xp.matmul(P, Bs)
                 self.backend.row_residual_outer(
