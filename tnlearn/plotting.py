@@ -51,6 +51,13 @@ def _axes(ax):
     return ax
 
 
+def _log_values(values):
+    """``values`` as floats for a log axis: zeros (nothing truncated) become gaps (NaN)."""
+    out = np.asarray(values, dtype=float)
+    out[out <= 0] = np.nan
+    return out
+
+
 def _finish(ax, xlabel, ylabel, title, integer_x=True):
     from matplotlib.ticker import MaxNLocator
 
@@ -112,8 +119,7 @@ def plot_truncation(histories, labels=None, ax=None):
     histories, labels = _runs(histories, labels, "histories")
     ax = _axes(ax)
     for i, (h, label) in enumerate(zip(histories, labels)):
-        err = np.asarray(h.column("max_truncation_error"), dtype=float)
-        err[err <= 0] = np.nan
+        err = _log_values(h.column("max_truncation_error"))
         ax.plot(h.column("sweep"), err, "-o", color=f"C{i % 10}", ms=4, label=label)
     ax.set_yscale("log")
     return _finish(ax, "Sweep", "Max. truncation error", "Truncation error per sweep")
@@ -202,8 +208,7 @@ def plot_stages(histories, labels=None, ax=None):
             color = f"C{i % 10}"
             ax.plot(sweeps, [st["loss_after"] for _, st in rows], "-o", color=color, ms=4, label=f"{tag} loss after")
             ax.plot(sweeps, [st["loss_before"] for _, st in rows], ":x", color=color, ms=4, label=f"{tag} loss before")
-            err = np.asarray([st["max_truncation_error"] for _, st in rows], dtype=float)
-            err[err <= 0] = np.nan
+            err = _log_values([st["max_truncation_error"] for _, st in rows])
             if np.isfinite(err).any():
                 twin.plot(sweeps, err, "--s", color=color, ms=3, alpha=0.6)
                 truncated = True
