@@ -202,6 +202,12 @@ def row_contract(t, r, out=None):
     return out
 
 
+def check_fused_loss(loss):
+    """The error for a loss the fused residual kernels do not know (both backends use it)."""
+    if loss not in ("mse", "cross_entropy"):
+        raise ValueError(f"loss={loss!r}: the fused residual knows 'mse' and 'cross_entropy'")
+
+
 def row_residual_outer(t, r, y, scale, loss, f_out):
     """Outputs, loss residuals and the gradient operand of a chunk, in one pass over ``t``.
 
@@ -236,7 +242,6 @@ def row_residual_outer(t, r, y, scale, loss, f_out):
     array, shape (n, L)
         ``f_out``.
     """
-    if loss not in ("mse", "cross_entropy"):
-        raise ValueError(f"loss={loss!r}: the fused residual knows 'mse' and 'cross_entropy'")
+    check_fused_loss(loss)
     _row_residual_outer(t, r, y, scale, loss == "cross_entropy", f_out)
     return f_out

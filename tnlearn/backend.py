@@ -85,6 +85,7 @@ def array_module_kernels(xp):
         ``(row_outer, row_outer3, row_contract, row_normalise, row_residual_outer)``
         with the signatures of the :class:`Backend` fields.
     """
+    from tnlearn._kernels import check_fused_loss
 
     def row_outer(a, b, out=None):
         n = a.shape[0]
@@ -110,15 +111,14 @@ def array_module_kernels(xp):
         return xp.log(xp.maximum(norms, 1e-300))
 
     def row_residual_outer(t, r, y, scale, loss, f_out):
+        check_fused_loss(loss)
         f_out[...] = xp.einsum("nmq,nq->nm", t, r) * scale[:, None]
         if loss == "mse":
             w = y - f_out
-        elif loss == "cross_entropy":
+        else:
             z = f_out - f_out.max(axis=1, keepdims=True)
             e = xp.exp(z)
             w = y - e / e.sum(axis=1, keepdims=True)
-        else:
-            raise ValueError(f"loss={loss!r}: the fused residual knows 'mse' and 'cross_entropy'")
         t[...] = (w * scale[:, None])[:, :, None] * r[:, None, :]
         return f_out
 
