@@ -299,34 +299,33 @@ class MPSHead:
         """
         be = self.backend
         Dl, d, d2, L, Dr = block.shape
-        host = be.asnumpy(block)
+        host = be.asnumpy(block)  # the split is small dense algebra: one transfer in, two out
         if grams is not None:
-            info = self._metric_split(j, host, direction, max_bond, cutoff, cutoff_mode, grams)
-            nrm = np.linalg.norm(be.asnumpy(self.cores[self.center]))
-            self.cores[self.center] = self.cores[self.center] / be.asarray(nrm).astype(host.dtype)
-        elif direction == "right":
-            U, s, Vh, info = truncated_svd(block_matrix(host, direction), max_bond, cutoff, cutoff_mode)
-            k = len(s)
-            right = s[:, None] * Vh
-            nrm = np.linalg.norm(right)
-            self.cores[j] = be.asarray(U.reshape(Dl, d, k))
-            self.cores[j + 1] = be.asarray((right / nrm).reshape(k, d2, L, Dr))
-            self.center = j + 1
+            left, right, info = self._metric_split(host, direction, max_bond, cutoff, cutoff_mode, grams)
         else:
             U, s, Vh, info = truncated_svd(block_matrix(host, direction), max_bond, cutoff, cutoff_mode)
             k = len(s)
-            left = U * s[None, :]
+            if direction == "right":
+                left, right = U.reshape(Dl, d, k), (s[:, None] * Vh).reshape(k, d2, L, Dr)
+            else:
+                left, right = (U * s[None, :]).reshape(Dl, d, L, k), Vh.reshape(k, d2, Dr)
+        # the new centre (the core with the label) is stored with unit norm; its norm joins log_norm
+        left, right = left.astype(host.dtype, copy=False), right.astype(host.dtype, copy=False)
+        if direction == "right":
+            nrm = np.linalg.norm(right)
+            right = right / nrm
+            self.center = j + 1
+        else:
             nrm = np.linalg.norm(left)
-            self.cores[j] = be.asarray((left / nrm).reshape(Dl, d, L, k))
-            self.cores[j + 1] = be.asarray(Vh.reshape(k, d2, Dr))
+            left = left / nrm
             self.center = j
+        self.cores[j] = be.asarray(np.ascontiguousarray(left))
+        self.cores[j + 1] = be.asarray(np.ascontiguousarray(right))
         self.log_norm = float(log_norm) + float(np.log(nrm))
-        for k in (j, j + 1):
-            self.cores[k] = be.xp.ascontiguousarray(self.cores[k])
         return info
 
-    def _metric_split(self, j, host, direction, max_bond, cutoff, cutoff_mode, grams):
-        be = self.backend
+    def _metric_split(self, host, direction, max_bond, cutoff, cutoff_mode, grams):
+        """The data-metric split of a host block: ``(left core, right core, TruncationInfo)``, unnormalised."""
         Dl, d, d2, L, Dr = host.shape
         gl_sqrt, gl_inv = psd_sqrt(grams[0])
         gr_sqrt, gr_inv = psd_sqrt(grams[1])
@@ -337,20 +336,14 @@ class MPSHead:
                 max_bond, cutoff, cutoff_mode,
             )
             k = Q.shape[1]
-            self.cores[j] = be.asarray(Q.reshape(Dl, d, k).astype(host.dtype))
-            self.cores[j + 1] = be.asarray(C.reshape(k, d2, L, Dr).astype(host.dtype))
-            self.center = j + 1
-        else:
-            # columns are (a, s, l); the left Gram acts on (a, s) and is the identity on l
-            Q, C, info = metric_truncated_split(
-                block_matrix(host, direction).T, gr_sqrt, gr_inv, _label_identity_metric(gl_sqrt, Dl * d, L, 1),
-                max_bond, cutoff, cutoff_mode,
-            )
-            k = Q.shape[1]
-            self.cores[j] = be.asarray(C.T.reshape(Dl, d, L, k).astype(host.dtype))
-            self.cores[j + 1] = be.asarray(Q.T.reshape(k, d2, Dr).astype(host.dtype))
-            self.center = j
-        return info
+            return Q.reshape(Dl, d, k), C.reshape(k, d2, L, Dr), info
+        # columns are (a, s, l); the left Gram acts on (a, s) and is the identity on l
+        Q, C, info = metric_truncated_split(
+            block_matrix(host, direction).T, gr_sqrt, gr_inv, _label_identity_metric(gl_sqrt, Dl * d, L, 1),
+            max_bond, cutoff, cutoff_mode,
+        )
+        k = Q.shape[1]
+        return C.T.reshape(Dl, d, L, k), Q.T.reshape(k, d2, Dr), info
 
     # -- prediction -----------------------------------------------------------------
     def decision_function(self, phi_sites, chunk_size=4096, normalized=False):
