@@ -15,6 +15,10 @@ import numpy as np
 BACKENDS = ("numpy", "cupy")
 
 
+class BackendUnavailableError(RuntimeError):
+    """The requested backend cannot run on this machine (no cupy, or no usable CUDA GPU)."""
+
+
 @dataclass(frozen=True)
 class Backend:
     """An array module plus the few per-sample kernels the sweep engine needs.
@@ -129,7 +133,7 @@ def _cupy_backend() -> Backend:
     try:
         import cupy as cp
     except ImportError as exc:  # pragma: no cover - depends on the machine
-        raise RuntimeError(
+        raise BackendUnavailableError(
             "backend='cupy' needs the cupy package: install it with "
             "`pip install 'tnlearn[gpu]'` (cupy-cuda12x) on a machine with a CUDA GPU, "
             "or use backend='numpy'"
@@ -137,12 +141,12 @@ def _cupy_backend() -> Backend:
     try:
         n_gpus = cp.cuda.runtime.getDeviceCount()
     except Exception as exc:  # CUDARuntimeError when there is no driver / device
-        raise RuntimeError(
+        raise BackendUnavailableError(
             f"backend='cupy' was requested but no CUDA GPU is usable ({exc}); "
             "use backend='numpy' on this machine"
         ) from exc
     if n_gpus < 1:  # pragma: no cover
-        raise RuntimeError("backend='cupy' was requested but no CUDA GPU was found; use backend='numpy'")
+        raise BackendUnavailableError("backend='cupy' was requested but no CUDA GPU was found; use backend='numpy'")
 
     return Backend("cupy", cp, *array_module_kernels(cp))
 
@@ -159,8 +163,9 @@ def get_backend(name: str | Backend = "numpy") -> Backend:
     ------
     ValueError
         For an unknown name.
-    RuntimeError
-        For ``"cupy"`` on a machine without cupy or without a usable GPU.
+    BackendUnavailableError
+        For ``"cupy"`` on a machine without cupy or without a usable GPU (a
+        ``RuntimeError``).
     """
     if isinstance(name, Backend):
         return name

@@ -135,6 +135,8 @@ def _resume_options(args):
                                     "`tnlearn train --out RUNDIR` after the first sweep")
     saved = _read_json(run_path, "run").get("options", {})
     keep = {"sweeps", "quiet", "checkpoint_every", "resume", "out", "func", "distributed"}
+    if args.backend is not None:  # e.g. a run started on a GPU, continued on a CPU machine
+        keep.add("backend")
     for key, value in saved.items():
         if key not in keep and hasattr(args, key):
             setattr(args, key, value)
@@ -170,8 +172,6 @@ def _staged_model_checks(args):
     if args.distributed == "mpi" or (args.distributed == "auto" and launched_size() > 1):
         raise ValueError(f"--distributed mpi trains --model mps only; run {model} in one process "
                          "(not under mpiexec / srun)")
-    if args.backend != "numpy":
-        raise ValueError(f"--backend {args.backend} is supported for --model mps only")
     if model == "conv-mps" and args.order != "row":
         raise ValueError(f"--order {args.order} would scramble the image patches: --model conv-mps reads the "
                          "image in row order (drop --order)")
@@ -197,13 +197,12 @@ def _new_model(args, ds, verbose):
         return ConvMPSClassifier(patch=args.patch, n_channels=args.channels, conv_bond=args.conv_bond,
                                  max_bond=args.bond_dim, cutoff=args.cutoff, n_sweeps=args.sweeps,
                                  n_iter=args.n_iter, image_shape=tuple(ds.image_shape), dtype=args.dtype,
-                                 random_state=args.seed, verbose=min(verbose, 1), **extra)
+                                 backend=args.backend, random_state=args.seed, verbose=min(verbose, 1), **extra)
     if model == "tt-net":
         return TTNetClassifier(n_cores=args.tt_cores, max_rank=args.tt_rank, cutoff=args.cutoff,
                                n_sweeps=args.sweeps, epochs_per_bond=args.epochs_per_bond,
                                learning_rate=args.learning_rate, lr_decay=args.lr_decay, dtype=args.dtype,
-                               random_state=args.seed,
-                               verbose=verbose)
+                               backend=args.backend, random_state=args.seed, verbose=verbose)
     extra = {k: getattr(args, k) for k in ("precondition", "damping") if getattr(args, k) is not None}
     return MPSClassifier(max_bond=args.bond_dim, cutoff=args.cutoff, n_sweeps=args.sweeps, solver=args.solver,
                          n_iter=args.n_iter, loss=args.loss, truncation=args.truncation, dtype=args.dtype,
@@ -212,6 +211,7 @@ def _new_model(args, ds, verbose):
 
 def cmd_train(args):
     from tnlearn import __version__
+    from tnlearn.backend import get_backend
     from tnlearn.io import load_model, save_model
     from tnlearn.plotting import write_run_plots
 
@@ -227,6 +227,8 @@ def cmd_train(args):
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a directory")
     _staged_model_checks(args)
+    args.backend = args.backend or "numpy"
+    get_backend(args.backend)  # a backend this machine cannot run fails here, before any data is loaded
     if getattr(args, "model", "mps") != "mps" and args.pool is None:
         args.pool = 1  # the conv stage / TT layer see the full-resolution image
     if not root:
@@ -241,7 +243,7 @@ def cmd_train(args):
               f"{X_train.shape[1]} sites ({args.order} order)", flush=True)
     verbose = 0 if args.quiet else 2
     if args.resume:
-        clf = load_model(out / "model.npz")
+        clf = load_model(out / "model.npz", backend=args.backend)
         done = len(clf.history_)
         if done >= args.sweeps:
             if root:
@@ -420,7 +422,9 @@ def build_parser():
                    help="split: data-metric SVD or plain SVD (default: data)")
     p.add_argument("--n-train", type=_positive_int, metavar="N", help="random training subset of N images")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="(default: float32)")
-    p.add_argument("--backend", choices=("numpy", "cupy"), default="numpy", help="array backend (default: numpy)")
+    p.add_argument("--backend", choices=("numpy", "cupy"), default=None,
+                   help="array backend: numpy (CPU) or cupy (CUDA GPU, needs the gpu extra); "
+                        "default: numpy, or with --resume the run's own")
     p.add_argument("--seed", type=int, default=0, metavar="K", help="random seed (default: 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-sweep lines")
     p.add_argument("--out", metavar="RUNDIR", help="run directory to write (a new run)")
@@ -479,6 +483,7 @@ def main(argv=None):
     """Run the command line; returns the exit status (0 success, 2 usage or expected error)."""
     from sklearn.exceptions import NotFittedError
 
+    from tnlearn.backend import BackendUnavailableError
     from tnlearn.datasets import DatasetUnavailableError, IDXFormatError
     from tnlearn.distributed import MPIUnavailableError, abort_parallel_run, launched_rank
     from tnlearn.io import ModelFormatError
@@ -493,7 +498,7 @@ def main(argv=None):
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (keep the interpreter from reporting the pipe at exit)
         return 0
     except (ValueError, OSError, DatasetUnavailableError, IDXFormatError, ModelFormatError,
-            NotFittedError, FloatingPointError, MPIUnavailableError) as exc:
+            NotFittedError, FloatingPointError, MPIUnavailableError, BackendUnavailableError) as exc:
         rank = launched_rank()
         where = f" (MPI rank {rank})" if rank else ""
         print(f"tnlearn: error{where}: {_message(exc)}", file=sys.stderr, flush=True)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 import zipfile
 import zlib
 
@@ -81,6 +82,7 @@ def _json_params(model):
     """
     params = model.get_params()
     params["dtype"] = np.dtype(params["dtype"]).name  # np.float32 -> "float32": JSON, not code
+    params["backend"] = getattr(params["backend"], "name", params["backend"])  # a Backend object: its name
     if isinstance(params.get("random_state"), (np.random.Generator, np.random.RandomState)):
         params["random_state"] = None
     return {key: _json_value(value) for key, value in params.items()}
@@ -329,6 +331,8 @@ def load_model(path, backend=None):
     override = get_backend(backend) if backend is not None else None  # a bad override is the caller's error
     header, archive = _open(path)
     try:
+        if backend is None:  # the saved backend, or numpy where it cannot run
+            backend = _usable_backend(dict(header["params"]).get("backend", "numpy"))
         model_class = header.get("model_class")
         if model_class == "TTNetClassifier":
             return _load_tt_net(header, archive, backend)
@@ -367,6 +371,28 @@ def load_model(path, backend=None):
     model.n_features_in_ = n_features
     model.history_ = history
     return model
+
+
+def _usable_backend(name):
+    """The saved backend's name when this machine can run it, else ``"numpy"`` with a warning.
+
+    A model trained on a GPU (``backend="cupy"``) must still load, evaluate and
+    export on a machine without one: its arrays are saved as host data.
+    """
+    from tnlearn.backend import BackendUnavailableError, get_backend
+
+    if name == "numpy":
+        return name
+    try:
+        get_backend(name)
+    except BackendUnavailableError as exc:
+        warnings.warn(
+            f"the model was trained with backend={name!r}, which this machine cannot run [{exc}]: "
+            "it is loaded on backend='numpy' (same predictions); pass backend= to load_model to choose",
+            stacklevel=3,
+        )
+        return "numpy"
+    return name
 
 
 def _saved_params(header, backend, tuple_keys=()):

@@ -1,0 +1,206 @@
+"""The GPU code path (``backend="cupy"``), checked without and with a GPU.
+
+Every test that trains runs twice: on an *emulated* device (numpy arrays that
+refuse what cupy refuses and count every host <-> device round trip, see
+``device_emulation.py``), which runs everywhere, and on a real CUDA GPU through
+cupy, which is skipped where there is none.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from device_emulation import DeviceArray, DeviceModule, emulated_device_backend
+
+from tnlearn.backend import BackendUnavailableError, get_backend
+
+
+def _real_gpu():
+    """The cupy backend, or the reason it cannot run here."""
+    try:
+        return get_backend("cupy"), None
+    except BackendUnavailableError as exc:
+        return None, str(exc)
+
+
+GPU, NO_GPU_REASON = _real_gpu()
+needs_gpu = pytest.mark.skipif(GPU is None, reason=f"no usable CUDA GPU: {NO_GPU_REASON}")
+needs_no_gpu = pytest.mark.skipif(GPU is not None, reason="this machine has a GPU: the no-GPU error cannot occur")
+
+
+@pytest.fixture(params=["emulated", pytest.param("cupy", marks=needs_gpu)])
+def device(request):
+    """``(backend, reference backend, rtol)``: a device, the host run it must reproduce, how closely.
+
+    The emulated device does the cupy backend's arithmetic on numpy, so it must
+    reproduce the numpy backend running the same array-module kernels to the
+    last bit; a real GPU rounds differently (cuBLAS), so it is held to the
+    compiled numpy backend within float64 rounding amplified by two sweeps.
+    """
+    from tnlearn.backend import Backend, array_module_kernels
+
+    if request.param == "emulated":
+        return emulated_device_backend()[0], Backend("numpy", np, *array_module_kernels(np)), 0.0
+    return GPU, get_backend("numpy"), 1e-7
+
+
+@pytest.fixture(scope="module")
+def small_digits(digits):
+    # 500 images: at some sizes (400 here) the PCA initialisation meets a tie in a density
+    # matrix's spectrum at the cut, and rounding-level differences pick different kept
+    # vectors; sweeps then amplify them on any two machines, GPU or not
+    X_train, X_test, y_train, y_test = digits
+    return X_train[:500], y_train[:500], X_test[:150], y_test[:150]
+
+
+# -- the emulator itself: a test of the device path is only as strict as it is ----------
+def test_the_emulated_device_refuses_what_cupy_refuses():
+    xp = DeviceModule()
+    a = xp.asarray(np.arange(6.0).reshape(2, 3))
+    with pytest.raises(TypeError, match="implicit conversion"):
+        np.asarray(a)
+    with pytest.raises(TypeError, match="host numpy array"):
+        a + np.ones(3)
+    with pytest.raises(TypeError, match="host numpy array"):
+        xp.matmul(np.ones((3, 3)), a.T)
+    with pytest.raises(TypeError, match="host numpy array"):
+        a[0] = np.zeros(3)
+    with pytest.raises(TypeError, match="row by row"):
+        list(a)
+    total = a.sum()
+    assert isinstance(total, DeviceArray) and total.shape == ()  # reductions stay on the device
+    assert xp.transfers.syncs == 0
+    assert float(total) == 15.0 and xp.transfers.syncs == 1
+    np.testing.assert_array_equal(xp.asnumpy(a @ a.T), [[5, 14], [14, 50]])
+    assert (xp.transfers.to_device, xp.transfers.to_host) == (1, 1)
+
+
+# -- the same models as on numpy -------------------------------------------------------
+MPS_CONFIGS = {
+    "default": {},
+    "svd-split": {"truncation": "svd"},
+    "cg": {"solver": "cg", "n_iter": 2},
+    "cross-entropy": {"loss": "cross_entropy"},
+    "unnormalised": {"sample_norm": False},
+}
+
+
+@pytest.mark.parametrize("config", list(MPS_CONFIGS), ids=list(MPS_CONFIGS))
+def test_mps_sweeps_on_the_device_match_numpy(device, small_digits, config):
+    from tnlearn import MPSClassifier
+
+    backend, reference, rtol = device
+    X, y, X_test, y_test = small_digits
+    kw = dict(max_bond=6, n_sweeps=2, dtype="float64", random_state=0, **MPS_CONFIGS[config])
+    host = MPSClassifier(**kw, backend=reference).fit(X, y, eval_set=(X_test, y_test))
+    dev = MPSClassifier(**kw, backend=backend).fit(X, y, eval_set=(X_test, y_test))
+    np.testing.assert_allclose(dev.decision_function(X_test), host.decision_function(X_test), rtol=rtol, atol=rtol / 100)
+    for a, b in zip(dev.history_.records, host.history_.records):
+        assert a.loss == pytest.approx(b.loss, rel=rtol, abs=0)
+        assert a.bond_dims == b.bond_dims
+        assert a.test_accuracy == b.test_accuracy
+
+
+@pytest.mark.parametrize("model", ["conv-mps", "tt-net"])
+def test_staged_models_on_the_device_match_numpy(device, small_digits, model):
+    from tnlearn import ConvMPSClassifier, TTNetClassifier
+
+    backend, reference, rtol = device
+    X, y, X_test, _ = small_digits
+    if model == "conv-mps":
+        make = lambda **k: ConvMPSClassifier(max_bond=6, n_sweeps=2, image_shape=(8, 8), **k)  # noqa: E731
+    else:
+        make = lambda **k: TTNetClassifier(n_sweeps=1, **k)  # noqa: E731
+    host = make(dtype="float64", random_state=0, backend=reference).fit(X, y)
+    dev = make(dtype="float64", random_state=0, backend=backend).fit(X, y)
+    np.testing.assert_allclose(dev.decision_function(X_test), host.decision_function(X_test), rtol=rtol, atol=rtol / 100)
+
+
+@needs_gpu
+def test_float32_sweeps_on_a_gpu_learn_as_well_as_on_the_cpu(small_digits):
+    """Single precision: not the same rounding on the two machines, the same learning."""
+    from tnlearn import MPSClassifier
+
+    X, y, X_test, y_test = small_digits
+    host = MPSClassifier(max_bond=10, n_sweeps=3, random_state=0).fit(X, y)
+    dev = MPSClassifier(max_bond=10, n_sweeps=3, random_state=0, backend="cupy").fit(X, y)
+    assert abs(dev.score(X_test, y_test) - host.score(X_test, y_test)) <= 0.02
+    assert dev.history_[-1].loss == pytest.approx(host.history_[-1].loss, rel=0.05)
+
+
+# -- what crosses between host and device ----------------------------------------------
+def _traffic(X, y, n_sweeps, chunk_size, **kw):
+    from tnlearn import MPSClassifier
+
+    backend, log = emulated_device_backend()
+    MPSClassifier(max_bond=5, n_sweeps=n_sweeps, dtype="float64", random_state=0, chunk_size=chunk_size,
+                  backend=backend, **kw).fit(X, y)
+    return np.array([log.to_device, log.to_host, log.syncs])
+
+
+@pytest.mark.parametrize(("kw", "grams_down", "factors_up"),
+                         [({}, 1, 2), ({"truncation": "svd", "precondition": False}, 0, 0), ({"sample_norm": False}, 2, 2)],
+                         ids=["default", "svd-unpreconditioned", "unnormalised"])
+def test_a_sweep_talks_to_the_host_a_fixed_few_times_per_bond(small_digits, kw, grams_down, factors_up):
+    """Bond update and split stay on the device but for a few small transfers per bond.
+
+    Per bond at most: the Gram matrix of the fresh environment (both, without
+    sample normalisation, where they cannot be reused; none without
+    preconditioner and data-metric split) and the merged block to the host for
+    the small dense algebra of the preconditioner and the split, the two
+    preconditioner factors and the two new cores back, and one scalar read (the
+    log norm): never one per chunk of samples.
+    """
+    X, y = small_digits[0][:300], small_digits[1][:300]
+    n_bonds_per_sweep = 2 * (X.shape[1] - 1)
+    one, two = (_traffic(X, y, n, chunk_size=4096, **kw) for n in (1, 2))
+    per_sweep = two - one
+    assert np.array_equal(_traffic(X, y, 2, chunk_size=16, **kw), two)  # 19 chunks: the same traffic
+    to_device, to_host, syncs = per_sweep / n_bonds_per_sweep
+    once = 1 / n_bonds_per_sweep  # a sweep's accuracy read
+    assert to_device <= factors_up + 2 and to_host <= grams_down + 1 + once and syncs <= 1 + once
+
+
+# -- at the edges: numpy out ----------------------------------------------------------
+def test_a_device_trained_model_hands_out_host_arrays(small_digits, tmp_path):
+    from tnlearn import MPSClassifier
+    from tnlearn.io import load_model, save_model
+
+    backend, _ = emulated_device_backend()
+    X, y, X_test, _ = small_digits
+    model = MPSClassifier(max_bond=6, n_sweeps=1, dtype="float64", random_state=0, backend=backend).fit(X, y)
+    scores = model.decision_function(X_test)
+    assert type(scores) is np.ndarray
+    assert all(type(t.data) is np.ndarray for t in model.mps_)  # quimb objects hold numpy arrays
+    save_model(model, tmp_path / "model.npz")
+    loaded = load_model(tmp_path / "model.npz", backend=backend)
+    np.testing.assert_array_equal(loaded.decision_function(X_test), scores)
+
+
+@needs_no_gpu
+def test_a_gpu_trained_model_loads_on_a_machine_without_one(small_digits, tmp_path):
+    from tnlearn import MPSClassifier
+    from tnlearn.io import load_model, save_model
+
+    backend, _ = emulated_device_backend()  # named "cupy": the file says the model was trained on a GPU
+    X, y, X_test, _ = small_digits
+    model = MPSClassifier(max_bond=6, n_sweeps=1, dtype="float64", random_state=0, backend=backend).fit(X, y)
+    save_model(model, tmp_path / "model.npz")
+    with pytest.warns(UserWarning, match=r"trained with backend='cupy'.*loaded on backend='numpy'"):
+        loaded = load_model(tmp_path / "model.npz")
+    assert loaded.head_.backend.name == "numpy" and loaded.backend == "numpy"
+    np.testing.assert_allclose(loaded.decision_function(X_test), model.decision_function(X_test), rtol=1e-12)
+
+
+@needs_no_gpu
+def test_asking_for_the_gpu_without_one_is_a_clear_error(small_digits, tmp_path, capsys):
+    from tnlearn import MPSClassifier
+    from tnlearn.cli import main
+
+    X, y, _, _ = small_digits
+    with pytest.raises(BackendUnavailableError, match=r"backend='numpy'"):
+        MPSClassifier(backend="cupy").fit(X, y)
+    assert main(["train", "--backend", "cupy", "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tnlearn: error: backend='cupy'") and "Traceback" not in err
+    assert not (tmp_path / "run").exists()  # failed before loading data or writing anything
