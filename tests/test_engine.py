@@ -139,6 +139,33 @@ def test_split_truncation_error_is_the_discarded_weight(rng):
     assert info.discarded_weight == pytest.approx((s[2:] ** 2).sum() / (s**2).sum(), rel=1e-10)
 
 
+def test_each_gram_matrix_is_decomposed_once_for_preconditioner_and_split(rng, monkeypatch):
+    """One ``eigh`` per Gram matrix, shared by the preconditioner and the data-metric split."""
+    from dataclasses import replace
+
+    from tnlearn import gram
+
+    head, phi_sites, y, opts = _sweep_setup(rng, max_bond=5)
+    opts = replace(opts, solver=replace(opts.solver, precondition=True))
+    envs = build_environments(head, phi_sites, opts)
+    decomposed, made = [], []
+    real_eigh, real_init = gram.symmetric_eigh, gram.GramMatrix.__init__
+
+    def init(self, matrix):
+        made.append(self)
+        real_init(self, matrix)
+
+    monkeypatch.setattr(gram, "symmetric_eigh", lambda G: decomposed.append(id(G)) or real_eigh(G))
+    monkeypatch.setattr(gram.GramMatrix, "__init__", init)
+    infos = full_sweep(head, envs, phi_sites, y, opts) + full_sweep(head, envs, phi_sites, y, opts)
+    assert len(decomposed) == len(made) == len(set(decomposed))  # every Gram once, none twice
+    assert len(made) < 2 * len(infos)  # and reused ones are not decomposed again
+    for g in made:  # the cached factors are the pure functions' results
+        np.testing.assert_array_equal(g.damped_inverse(opts.solver.damping), gram.damped_inverse(g.matrix, opts.solver.damping))
+        for a, b in zip(g.sqrt_and_inv_sqrt(), gram.psd_sqrt(g.matrix)):
+            np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("gram_samples", [None, 37])
 def test_reused_gram_matrices_leave_sweeps_bit_identical(rng, monkeypatch, gram_samples):
     """Grams kept while their environment slot is unchanged equal fresh ones, and are reused."""

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tnlearn.gram import as_gram, damped_inverse  # noqa: F401 (damped_inverse: part of this module's API)
 from tnlearn.local_problem import TargetResidual
 
 LOSSES = ("mse", "cross_entropy")
@@ -99,22 +100,14 @@ class SolverOptions:
     gram_samples: int | None = 16384
 
 
-def damped_inverse(G, damping):
-    """Inverse of ``G + damping * mean(eig(G)) * I`` for a symmetric PSD ``G`` (host, float64)."""
-    k = G.shape[0]
-    shift = damping * max(float(np.trace(G)) / k, np.finfo(np.float64).tiny)
-    w, V = np.linalg.eigh((G + G.T) / 2)
-    w = np.maximum(w, 0.0) + shift
-    return (V / w) @ V.T
-
-
 class KroneckerPreconditioner:
     """``g -> (Gl + lam I)^-1 g (Gr + mu I)^-1`` on a working block.
 
     Parameters
     ----------
-    grams : tuple of ndarray
-        ``(Gl (Dl d, Dl d), Gr (d Dr, d Dr))`` from :meth:`LocalProblem.grams`.
+    grams : tuple of ndarray or GramMatrix
+        ``(Gl (Dl d, Dl d), Gr (d Dr, d Dr))`` from :meth:`LocalProblem.grams`;
+        a :class:`~tnlearn.gram.GramMatrix` keeps its factor for a later visit.
     problem : LocalProblem
         Gives the block layout and the backend.
     damping : float
@@ -124,8 +117,8 @@ class KroneckerPreconditioner:
         be = problem.backend
         self.Dl, self.d, self.L, self.Dr = problem.Dl, problem.d, problem.n_labels, problem.Dr
         self.shape = problem.shape
-        self.left_inv = be.asarray(damped_inverse(grams[0], damping).astype(problem.dtype))
-        self.right_inv = be.asarray(damped_inverse(grams[1], damping).astype(problem.dtype))
+        self.left_inv = as_gram(grams[0]).damped_inverse_on(be, damping, problem.dtype)
+        self.right_inv = as_gram(grams[1]).damped_inverse_on(be, damping, problem.dtype)
         self.xp = be.xp
 
     def __call__(self, g):
@@ -147,6 +140,7 @@ def _first_pass(problem, Bs, residual, opts, want_grams):
     need_grams = want_grams or opts.precondition
     if need_grams:
         f, g, grams = problem.forward_and_gradient(Bs, residual, with_grams=True, gram_rows=opts.gram_samples)
+        grams = tuple(as_gram(G) for G in grams)  # one eigendecomposition each, for preconditioner and split
     else:
         (f, g), grams = problem.forward_and_gradient(Bs, residual), None
     precondition = KroneckerPreconditioner(grams, problem, opts.damping) if opts.precondition else _identity

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 
+from tnlearn.gram import psd_sqrt  # noqa: F401 (part of this module's API)
+
 CUTOFF_MODES = ("rsum2", "rel", "abs")
 
 
@@ -175,27 +177,6 @@ def truncated_row_basis(matrix, max_bond=None, cutoff=0.0, cutoff_mode="rsum2"):
     info = _truncation(s, max_bond, cutoff, cutoff_mode)
     k = info.kept
     return np.ascontiguousarray(V[:, ::-1][:, :k]), s[:k], info
-
-
-def psd_sqrt(G, rel_floor=1e-8):
-    """Square root and inverse square root of a symmetric positive semi-definite matrix.
-
-    Eigenvalues below ``rel_floor * max(eigenvalue)`` are raised to that floor,
-    so the inverse exists for rank-deficient Gram matrices.
-
-    Parameters
-    ----------
-    G : ndarray, shape (k, k)
-
-    Returns
-    -------
-    sqrt, inv_sqrt : ndarray, shape (k, k)
-    """
-    w, V = np.linalg.eigh((G + G.T) / 2)
-    top = max(float(w.max()), 0.0)
-    w = np.maximum(w, rel_floor * top if top > 0 else 1.0)
-    r = np.sqrt(w)
-    return (V * r) @ V.T, (V / r) @ V.T
 
 
 def metric_truncated_split(matrix, left_sqrt, left_inv_sqrt, right_sqrt, max_bond=None, cutoff=0.0, cutoff_mode="rsum2"):

@@ -16,7 +16,8 @@ from __future__ import annotations
 import numpy as np
 
 from tnlearn.environments import _normalise_rows, left_step, right_step
-from tnlearn.truncation import metric_truncated_split, psd_sqrt, truncated_svd
+from tnlearn.gram import as_gram
+from tnlearn.truncation import metric_truncated_split, truncated_svd
 
 
 def init_cores(n_sites, phys_dim, n_labels, bond_dim, rng, dtype=np.float32, noise=1e-2):
@@ -327,8 +328,8 @@ class MPSHead:
     def _metric_split(self, host, direction, max_bond, cutoff, cutoff_mode, grams):
         """The data-metric split of a host block: ``(left core, right core, TruncationInfo)``, unnormalised."""
         Dl, d, d2, L, Dr = host.shape
-        gl_sqrt, gl_inv = psd_sqrt(grams[0])
-        gr_sqrt, gr_inv = psd_sqrt(grams[1])
+        gl_sqrt, gl_inv = as_gram(grams[0]).sqrt_and_inv_sqrt()
+        gr_sqrt, gr_inv = as_gram(grams[1]).sqrt_and_inv_sqrt()
         if direction == "right":
             # columns are (t, l, b); the right Gram acts on (t, b) and is the identity on l
             Q, C, info = metric_truncated_split(
