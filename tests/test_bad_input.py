@@ -198,6 +198,21 @@ def test_unknown_names_list_the_choices(data, name, value, choices):
         _clf(**{name: value}).fit(*data)
 
 
+@pytest.mark.parametrize("chunk_size", [0, "big", 2.5, True])
+def test_bad_chunk_size_names_the_choices(data, chunk_size):
+    with pytest.raises(ValueError, match=r"chunk_size=.* must be 'auto' \(the backend's default\) or an integer >= 1"):
+        _clf(chunk_size=chunk_size).fit(*data)
+
+
+def test_auto_chunk_size_is_the_backends_default():
+    from tnlearn.backend import get_backend, resolve_chunk_size
+
+    numpy_backend = get_backend("numpy")
+    assert MPSClassifier().chunk_size == "auto"
+    assert resolve_chunk_size("auto", numpy_backend) == numpy_backend.default_chunk_size == 4096
+    assert resolve_chunk_size(np.int64(7), numpy_backend) == 7
+
+
 def test_feature_map_of_the_wrong_type(data):
     with pytest.raises(TypeError, match=r"feature_map must be a name, a FeatureMap or a callable, not int"):
         _clf(feature_map=3).fit(*data)

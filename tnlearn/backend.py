@@ -43,6 +43,10 @@ class Backend:
         ``row_residual_outer(t (n, L, q), r (n, q), y (n, L), scale (n,), loss, f_out (n, L))``:
         the outputs ``f = scale * (t . r)`` into ``f_out``, then ``t`` overwritten by
         ``scale * residual(f) (x) r`` (see :func:`tnlearn._kernels.row_residual_outer`).
+    default_chunk_size : int
+        Samples per chunk when an estimator's ``chunk_size="auto"``: 4096 on
+        the CPU (a chunk's temporaries stay in cache), 65536 on a GPU (each
+        chunk costs a few dozen kernel launches, so fewer, larger chunks).
     """
 
     name: str
@@ -52,6 +56,7 @@ class Backend:
     row_contract: Callable = field(repr=False)
     row_normalise: Callable = field(repr=False)
     row_residual_outer: Callable = field(repr=False)
+    default_chunk_size: int = 4096
 
     def __reduce__(self):
         # pickled (joblib, multiprocessing, copy.deepcopy) by name: modules and compiled
@@ -148,7 +153,20 @@ def _cupy_backend() -> Backend:
     if n_gpus < 1:  # pragma: no cover
         raise BackendUnavailableError("backend='cupy' was requested but no CUDA GPU was found; use backend='numpy'")
 
-    return Backend("cupy", cp, *array_module_kernels(cp))
+    return Backend("cupy", cp, *array_module_kernels(cp), default_chunk_size=65536)
+
+
+def resolve_chunk_size(chunk_size, backend: Backend) -> int:
+    """An estimator's ``chunk_size`` as an int: ``"auto"`` is ``backend.default_chunk_size``."""
+    return backend.default_chunk_size if chunk_size == "auto" else int(chunk_size)
+
+
+def check_chunk_size(chunk_size):
+    """Raise a ``ValueError`` unless ``chunk_size`` is ``"auto"`` or an integer >= 1."""
+    if chunk_size == "auto":
+        return
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+        raise ValueError(f"chunk_size={chunk_size!r} must be 'auto' (the backend's default) or an integer >= 1")
 
 
 def get_backend(name: str | Backend = "numpy") -> Backend:

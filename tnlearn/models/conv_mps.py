@@ -23,7 +23,7 @@ import time
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from tnlearn.backend import get_backend
+from tnlearn.backend import check_chunk_size, get_backend, resolve_chunk_size
 from tnlearn.embeddings import get_feature_map
 from tnlearn.history import History, SweepRecord
 from tnlearn.models._validation import check_dtype, check_eval_set, check_features, check_positive_int, check_targets
@@ -98,7 +98,7 @@ class ConvMPSClassifier(ClassifierMixin, BaseEstimator):
         Default: square images.
     feature_map : str, default="trig"
     dtype : {"float32", "float64"}
-    chunk_size : int, default=4096
+    chunk_size : int or "auto", default="auto"
     backend : str, default="numpy"
     random_state : int, Generator or None
     verbose : int
@@ -133,7 +133,7 @@ class ConvMPSClassifier(ClassifierMixin, BaseEstimator):
         image_shape=None,
         feature_map="trig",
         dtype="float32",
-        chunk_size=4096,
+        chunk_size="auto",
         backend="numpy",
         random_state=None,
         verbose=0,
@@ -159,7 +159,8 @@ class ConvMPSClassifier(ClassifierMixin, BaseEstimator):
 
     def _check_params(self, n_features):
         check_truncation_args(self.max_bond, self.cutoff, "rsum2")
-        for name in ("patch", "n_channels", "n_sweeps", "conv_start", "n_iter", "chunk_size"):
+        check_chunk_size(self.chunk_size)
+        for name in ("patch", "n_channels", "n_sweeps", "conv_start", "n_iter"):
             check_positive_int(name, getattr(self, name))
         if self.conv_bond is not None:
             check_positive_int("conv_bond", self.conv_bond)
@@ -209,6 +210,7 @@ class ConvMPSClassifier(ClassifierMixin, BaseEstimator):
         eval_set = check_eval_set(eval_set, X.shape[1])
         rng = np.random.default_rng(self.random_state)
         backend = get_backend(self.backend)
+        chunk_size = resolve_chunk_size(self.chunk_size, backend)
         dtype = np.dtype(self.dtype)
         d = get_feature_map(self.feature_map).dim
         conv_bond = self.conv_bond or exact_conv_bond(self.patch**2, d, self.n_channels)
@@ -226,7 +228,7 @@ class ConvMPSClassifier(ClassifierMixin, BaseEstimator):
             net = pca_conv_cores(phi_patch, self.n_channels, conv_bond, rng, backend)
         self.conv_ = conv = ConvStage(net, self.patch, stride, image_shape, self.feature_map)
         v_sites = conv.features(phi_patch, n)
-        cores, log_norm = pca_init_cores(v_sites, len(classes), self.max_bond, rng, backend, self.chunk_size)
+        cores, log_norm = pca_init_cores(v_sites, len(classes), self.max_bond, rng, backend, chunk_size)
         self.head_ = head = MPSHead(cores, 0, log_norm, backend)
         onehot = np.zeros((n, len(classes)), dtype=dtype)
         onehot[np.arange(n), y_idx] = 1
@@ -236,7 +238,7 @@ class ConvMPSClassifier(ClassifierMixin, BaseEstimator):
             # the head's settings of the measured conv-mps runs (README tables): line search on
             # 8192 samples, Grams on all of them
             solver=SolverOptions("gd", "mse", self.n_iter, "auto", 8192, True, float(self.damping), gram_samples=None),
-            chunk_size=self.chunk_size, truncation="data", normalize_samples=True,
+            chunk_size=chunk_size, truncation="data", normalize_samples=True,
         )
         conv_opts = ConvSweepOptions(max_bond=conv_bond, cutoff=self.cutoff)
         conv_width = max(conv_bond, max(net.bond_dims))
@@ -307,7 +309,7 @@ class ConvMPSClassifier(ClassifierMixin, BaseEstimator):
 
     def _scores(self, phi_patch, n):
         v_sites = self.conv_.features(phi_patch, n)
-        return self.head_.decision_function(v_sites, self.chunk_size)
+        return self.head_.decision_function(v_sites, resolve_chunk_size(self.chunk_size, self.head_.backend))
 
     def decision_function(self, X):
         """Class scores, shape (n_samples, n_classes), float64 (host)."""

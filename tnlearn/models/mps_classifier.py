@@ -8,7 +8,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.metaestimators import available_if
 
-from tnlearn.backend import get_backend
+from tnlearn.backend import check_chunk_size, get_backend, resolve_chunk_size
 from tnlearn.distributed import broadcast_cores, check_same_data, get_comm, make_shard, shard_bounds
 from tnlearn.embeddings import embed, get_feature_map
 from tnlearn.history import History, SweepRecord
@@ -153,8 +153,9 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
         with all samples, and a sweep costs ~5% less (the Gram products are
         thin, ``(c x 2m)^T (c x 2m)``, and run far below the machine's peak).
         Smaller training sets use all their samples.
-    chunk_size : int, default=4096
-        Samples per matrix product (bounds temporary memory).
+    chunk_size : int or "auto", default="auto"
+        Samples per matrix product (bounds temporary memory); ``"auto"``: 4096
+        on numpy, 65536 on cupy (fewer kernel launches per bond).
     backend : {"numpy", "cupy"}, default="numpy"
     distributed : {None, "mpi"}, default=None
         ``"mpi"``: data-parallel training over the ranks of
@@ -203,7 +204,7 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
         precondition=True,
         damping=0.3,
         gram_samples=16384,
-        chunk_size=4096,
+        chunk_size="auto",
         backend="numpy",
         distributed=None,
         random_state=None,
@@ -250,7 +251,8 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
             or self.gram_samples < 1
         ):
             raise ValueError(f"gram_samples={self.gram_samples!r} must be None (all samples) or an integer >= 1")
-        for name in ("n_sweeps", "n_iter", "init_bond", "chunk_size"):
+        check_chunk_size(self.chunk_size)
+        for name in ("n_sweeps", "n_iter", "init_bond"):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name}={value!r} must be an integer >= 1")
@@ -352,6 +354,7 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
         y_idx = np.searchsorted(classes, y)
         rng = np.random.default_rng(self.random_state)
         backend = get_backend(self.backend)
+        chunk_size = resolve_chunk_size(self.chunk_size, backend)
         dtype = np.dtype(self.dtype)
         comm = get_comm(self.distributed if comm is None else comm)
 
@@ -374,7 +377,7 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
                 raise RuntimeError("warm_start needs the label on site 0 (a finished sweep)")
         elif self.init == "pca":
             cores, log_norm = pca_init_cores(
-                phi_sites, len(classes), self.max_bond, rng, backend, self.chunk_size, shard=shard
+                phi_sites, len(classes), self.max_bond, rng, backend, chunk_size, shard=shard
             )
             head = MPSHead(cores, 0, log_norm, backend)
         else:
@@ -399,7 +402,7 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
                 self.solver, self.loss, self.n_iter, self.step_size, self.line_search_samples,
                 bool(self.precondition), float(self.damping), self.gram_samples,
             ),
-            chunk_size=self.chunk_size,
+            chunk_size=chunk_size,
             truncation=self.truncation,
             normalize_samples=bool(self.sample_norm),
         )
@@ -489,7 +492,7 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
         self._check_fitted()
         X = self._check_X(X, fitting=False)
         backend = self.head_.backend
-        return self.head_.decision_function(self._embed(X, backend, "clip"), self.chunk_size)
+        return self.head_.decision_function(self._embed(X, backend, "clip"), resolve_chunk_size(self.chunk_size, backend))
 
     def predict(self, X):
         """Class with the largest output, shape (n_samples,)."""
@@ -505,7 +508,8 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
         self._check_fitted()
         X = self._check_X(X, fitting=False)
         phi = self._embed(X, self.head_.backend, "clip")
-        return softmax(self.head_.decision_function(phi, self.chunk_size, normalized=bool(self.sample_norm)), np)
+        chunk_size = resolve_chunk_size(self.chunk_size, self.head_.backend)
+        return softmax(self.head_.decision_function(phi, chunk_size, normalized=bool(self.sample_norm)), np)
 
     @property
     def mps_(self):
