@@ -31,16 +31,20 @@ import time
 import numpy as np
 
 
-def matmul_peak(dtype, size=2048, repeats=5):
-    """Best GFLOP/s of a ``size x size`` matrix product in ``dtype``."""
+def matmul_peak(dtype, size=2048, repeats=5, backend=None):
+    """Best GFLOP/s of a ``size x size`` matrix product in ``dtype`` (on ``backend``'s device; numpy by default)."""
+    xp = np if backend is None else backend.xp
+    sync = (lambda: None) if backend is None else backend.synchronize
     rng = np.random.default_rng(0)
-    a = rng.standard_normal((size, size)).astype(dtype)
-    b = rng.standard_normal((size, size)).astype(dtype)
-    a @ b  # warm up the BLAS threads
+    a = xp.asarray(rng.standard_normal((size, size)).astype(dtype))
+    b = xp.asarray(rng.standard_normal((size, size)).astype(dtype))
+    a @ b  # warm up the BLAS threads / the GPU's library handles
+    sync()
     best = np.inf
     for _ in range(repeats):
         t = time.perf_counter()
         a @ b
+        sync()
         best = min(best, time.perf_counter() - t)
     return 2 * size**3 / best / 1e9
 
@@ -60,59 +64,93 @@ class Breakdown:
 
     Parts: the fused first pass over the samples (forward product, loss
     residual, gradient product, Gram matrices), the line-search forward on the
-    first ``line_search_samples``, the preconditioner (build and apply), the
-    split (``MPSHead.split``) and the environment update after it.  What is
-    left of a sweep is Python and bookkeeping.  The wrappers cost about a
-    microsecond a call.
+    first ``line_search_samples``, the preconditioner (its factors from the Gram
+    matrices on the host; applying them on the device), the split (small dense
+    algebra on the host: ``eigh`` / SVD / QR of the merged block), the
+    environment update after it, and host <-> device transfers.  Times are
+    exclusive: a transfer inside the split counts as a transfer, not as split.
+    What is left of a sweep is Python and bookkeeping.
+
+    ``parts`` replaces :attr:`PARTS`: ``(name, module, class or None, attribute)``
+    rows.  With a GPU backend every part is timed between two device synchronisations
+    (``backend.synchronize``), so queued device work is charged to the part
+    that queued it; that serialises the sweep a little, so the breakdown's
+    total runs somewhat above an uninstrumented sweep's.  The wrappers cost a
+    microsecond or two a call on the CPU.
     """
 
     PARTS = (
         ("first pass", "tnlearn.local_problem", "LocalProblem", "forward_and_gradient"),
         ("line-search forward", "tnlearn.local_problem", "LocalProblem", "forward"),
-        ("preconditioner", "tnlearn.solvers", "KroneckerPreconditioner", "__init__"),
-        ("preconditioner", "tnlearn.solvers", "KroneckerPreconditioner", "__call__"),
+        ("preconditioner factors", "tnlearn.solvers", "KroneckerPreconditioner", "__init__"),
+        ("preconditioner apply", "tnlearn.solvers", "KroneckerPreconditioner", "__call__"),
         ("split", "tnlearn.stages.mps", "MPSHead", "split"),
         ("environments", "tnlearn.sweeps", None, "advance_past_bond"),
+        ("transfers", "tnlearn.backend", "Backend", "asarray"),
+        ("transfers", "tnlearn.backend", "Backend", "asnumpy"),
     )
 
-    def __init__(self):
+    def __init__(self, sync=None, parts=None):
         import importlib
 
+        self.PARTS = self.PARTS if parts is None else tuple(parts)
+        self.sync = sync or (lambda: None)
         self.seconds = {}
+        self.reset()
+        self._nested = []  # time spent in timed parts called from the part being timed
+        self._originals = []
         for name, module, cls, attr in self.PARTS:
             owner = importlib.import_module(module)
             if cls is not None:
                 owner = getattr(owner, cls)
+            self._originals.append((owner, attr, getattr(owner, attr)))
             setattr(owner, attr, self._timed(name, getattr(owner, attr)))
+
+    def reset(self):
+        """Zero every part (in the order of :attr:`PARTS`)."""
+        self.seconds = dict.fromkeys((name for name, *_ in self.PARTS), 0.0)
+
+    def restore(self):
+        """Unwrap the engine's entry points."""
+        for owner, attr, fn in reversed(self._originals):
+            setattr(owner, attr, fn)
+        self._originals = []
 
     def _timed(self, name, fn):
         def wrapper(*a, **k):
+            self.sync()
+            self._nested.append(0.0)
             t = time.perf_counter()
             try:
                 return fn(*a, **k)
             finally:
-                self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t
+                self.sync()
+                elapsed = time.perf_counter() - t
+                inner = self._nested.pop()
+                self.seconds[name] += elapsed - inner
+                if self._nested:
+                    self._nested[-1] += elapsed
 
         return wrapper
 
-    def report(self, total, n_bonds):
-        """One line: milliseconds per bond of every part and of the rest."""
+    def parts(self, total):
+        """Seconds per part, plus the rest of ``total``."""
         parts = dict(self.seconds)
         parts["rest (Python, bookkeeping)"] = total - sum(parts.values())
-        return ", ".join(f"{k} {1e3 * v / n_bonds:.2f}" for k, v in parts.items()) + " ms per bond"
+        return parts
 
 
 def run(args):
-    from tnlearn.backend import get_backend
+    from tnlearn.backend import get_backend, resolve_chunk_size
     from tnlearn.embeddings import embed
     from tnlearn.solvers import SolverOptions
     from tnlearn.stages.mps import MPSHead, pca_init_cores
     from tnlearn.sweeps import SweepOptions, build_environments, full_sweep
 
-    breakdown = Breakdown() if args.breakdown else None
     dtype = np.dtype(args.dtype)
     rng = np.random.default_rng(args.seed)
     backend = get_backend(args.backend)
+    breakdown = Breakdown(backend.synchronize) if args.breakdown else None
     X = rng.random((args.n_samples, args.n_sites))
     y = rng.integers(0, args.labels, args.n_samples)
     Y = np.zeros((args.n_samples, args.labels), dtype)
@@ -123,7 +161,8 @@ def run(args):
     phi = backend.asarray(np.ascontiguousarray(embed(X, feature_map, dtype=dtype).transpose(1, 0, 2)))
     del X
     Y = backend.asarray(Y)
-    cores, log_norm = pca_init_cores(phi, args.labels, args.bond, rng, backend, args.chunk_size)
+    chunk_size = resolve_chunk_size(args.chunk_size, backend)
+    cores, log_norm = pca_init_cores(phi, args.labels, args.bond, rng, backend, chunk_size)
     head = MPSHead(cores, 0, log_norm, backend)
     opts = SweepOptions(
         max_bond=args.bond,
@@ -131,10 +170,11 @@ def run(args):
         solver=SolverOptions(args.solver, "mse", args.n_iter, precondition=args.precondition, damping=args.damping,
                              line_search_samples=args.line_search_samples or None,
                              gram_samples=args.gram_samples or None),
-        chunk_size=args.chunk_size,
+        chunk_size=chunk_size,
         truncation=args.truncation,
     )
     envs = build_environments(head, phi, opts)
+    backend.synchronize()
     setup = time.perf_counter() - t0
     env_gib = envs.nbytes / 2**30
 
@@ -142,14 +182,17 @@ def run(args):
     for _ in range(args.sweeps):
         # this machine's speed drifts (up to 2x within minutes): measure the peak next to
         # every sweep, so that each sweep's fraction of peak compares like with like
-        peaks.append(matmul_peak(dtype, repeats=3))
+        peaks.append(matmul_peak(dtype, repeats=3, backend=backend))
         if args.breakdown:
-            breakdown.seconds.clear()
+            breakdown.reset()
         t = time.perf_counter()
         full_sweep(head, envs, phi, Y, opts)
+        backend.synchronize()
         times.append(time.perf_counter() - t)
         if args.breakdown:
-            breakdowns.append(breakdown.report(times[-1], 2 * (args.n_sites - 1)))
+            breakdowns.append(breakdown.parts(times[-1]))
+    if args.breakdown:
+        breakdown.restore()
     return times, peaks, setup, env_gib, head, breakdowns
 
 
@@ -174,16 +217,21 @@ def main(argv=None):
     p.add_argument("--line-search-samples", type=int, default=defaults["line_search_samples"] or 0,
                    help="samples for the step's curvature (default: MPSClassifier's, %(default)s; 0: all)")
     p.add_argument("--truncation", choices=["data", "svd"], default="data")
-    p.add_argument("--chunk-size", type=int, default=defaults["chunk_size"])
+    p.add_argument("--chunk-size", type=lambda v: v if v == "auto" else int(v), default=defaults["chunk_size"],
+                   help="samples per chunk (default: %(default)s, the backend's: 4096 numpy, 65536 cupy)")
     p.add_argument("--sweeps", type=int, default=1)
     p.add_argument("--breakdown", action="store_true",
                    help="also print where each sweep's time goes, in ms per bond")
-    p.add_argument("--backend", default="numpy")
+    p.add_argument("--backend", choices=["numpy", "cupy"], default="numpy",
+                   help="cupy: the sweep on a CUDA GPU, the peak a GPU matmul")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
-    peak32 = matmul_peak(np.float32)
-    peak64 = matmul_peak(np.float64)
+    from tnlearn.backend import get_backend
+
+    device = get_backend(args.backend)
+    peak32 = matmul_peak(np.float32, backend=device)
+    peak64 = matmul_peak(np.float64, backend=device)
     times, peaks, setup, env_gib, head, breakdowns = run(args)
     best = min(times)
     flops = sweep_flops(args.n_samples, args.n_sites, args.bond, args.d, args.labels)
@@ -205,8 +253,10 @@ def main(argv=None):
                                           zip(times, fractions, peaks))
           + " GFLOP/s measured just before it")
     print(f"environments : {env_gib:.2f} GiB; peak RSS {peak_rss_gib():.2f} GiB; bond dims max {max(head.bond_dims)}")
-    for k, line in enumerate(breakdowns):
-        print(f"breakdown {k + 1}  : {line}")
+    n_bonds = 2 * (args.n_sites - 1)
+    for k, parts in enumerate(breakdowns):
+        print(f"breakdown {k + 1}  : " + ", ".join(f"{name} {1e3 * v / n_bonds:.2f}" for name, v in parts.items())
+              + " ms per bond")
     return 0
 
 

@@ -204,3 +204,36 @@ def test_asking_for_the_gpu_without_one_is_a_clear_error(small_digits, tmp_path,
     err = capsys.readouterr().err
     assert err.startswith("tnlearn: error: backend='cupy'") and "Traceback" not in err
     assert not (tmp_path / "run").exists()  # failed before loading data or writing anything
+
+
+def test_a_data_parallel_sweep_on_the_device_stages_its_messages_through_the_host(rng):
+    """With a shard (here one rank) every reduction and broadcast goes device -> host -> device.
+
+    mpi4py then needs no CUDA-aware MPI; the sweep must equal the numpy one.
+    """
+    from tnlearn.backend import Backend, array_module_kernels
+    from tnlearn.distributed import SerialComm, Shard
+    from tnlearn.solvers import SolverOptions
+    from tnlearn.stages.mps import MPSHead, pca_init_cores
+    from tnlearn.sweeps import SweepOptions, build_environments, full_sweep
+
+    phi = np.stack([np.cos(np.pi / 2 * rng.random((200, 8))), np.sin(np.pi / 2 * rng.random((200, 8)))], -1)
+    phi = np.ascontiguousarray(phi.transpose(1, 0, 2))
+    y = np.eye(3)[rng.integers(0, 3, 200)]
+    opts = SweepOptions(max_bond=4, solver=SolverOptions(precondition=True, line_search_samples=50, gram_samples=70),
+                        normalize_samples=False)
+    device, log = emulated_device_backend()
+    reference = Backend("numpy", np, *array_module_kernels(np))
+    heads = []
+    for be in (reference, device):
+        shard = Shard(SerialComm(), 0, 200, 200, be)
+        cores, log_norm = pca_init_cores(be.asarray(phi), 3, 4, np.random.default_rng(0), be, shard=shard)
+        head = MPSHead(cores, 0, log_norm, be)
+        phi_b, y_b = be.asarray(phi), be.asarray(y)
+        envs = build_environments(head, phi_b, opts)
+        full_sweep(head, envs, phi_b, y_b, opts, shard=shard)
+        heads.append(head)
+    assert heads[0].log_norm == heads[1].log_norm
+    for a, b in zip(heads[0].cores, heads[1].cores):
+        np.testing.assert_array_equal(a, device.asnumpy(b))
+    assert log.to_host > 0

@@ -73,6 +73,16 @@ class Backend:
             return self.xp.asnumpy(x)
         return np.asarray(x)
 
+    def synchronize(self):
+        """Wait until the device has finished the work queued so far (nothing to wait for on numpy).
+
+        GPU work runs asynchronously: a timer read without this measures the
+        queueing, not the work.
+        """
+        cuda = getattr(self.xp, "cuda", None) if self.name == "cupy" else None
+        if cuda is not None:
+            cuda.get_current_stream().synchronize()
+
 
 def _numpy_backend() -> Backend:
     from tnlearn import _kernels

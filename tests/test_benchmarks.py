@@ -1,0 +1,92 @@
+"""The benchmark scripts' own logic: their figures are only as good as their accounting."""
+
+from __future__ import annotations
+
+import sys
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import bench_gpu  # noqa: E402
+import bench_sweep  # noqa: E402
+
+
+@pytest.fixture
+def fake_engine(monkeypatch):
+    """A module whose ``outer`` spends ~30 ms itself and calls ``inner`` (~40 ms) twice."""
+    mod = types.ModuleType("fake_engine")
+
+    def inner():
+        time.sleep(0.02)
+
+    def outer():
+        time.sleep(0.03)
+        mod.inner()
+        mod.inner()
+
+    mod.inner, mod.outer = inner, outer
+    monkeypatch.setitem(sys.modules, "fake_engine", mod)
+    return mod
+
+
+def test_breakdown_times_are_exclusive_and_restored(fake_engine):
+    syncs = []
+    parts = (("outer", "fake_engine", None, "outer"), ("inner", "fake_engine", None, "inner"))
+    bd = bench_sweep.Breakdown(sync=lambda: syncs.append(1), parts=parts)
+    try:
+        t = time.perf_counter()
+        fake_engine.outer()
+        total = time.perf_counter() - t
+    finally:
+        bd.restore()
+    assert fake_engine.outer.__name__ == "outer" and fake_engine.inner.__name__ == "inner"  # unwrapped
+    assert 0.03 <= bd.seconds["outer"] < 0.03 + 0.015  # its own time, not the inner calls'
+    assert 0.04 <= bd.seconds["inner"] < 0.04 + 0.015
+    assert len(syncs) == 6  # before and after each of the three timed calls
+    assert bd.parts(total)["rest (Python, bookkeeping)"] == pytest.approx(total - 0.07, abs=0.015)
+
+
+def test_gpu_benchmark_fractions_cover_the_sweep():
+    parts = {"first pass": 4.0, "line-search forward": 1.0, "preconditioner factors": 0.5,
+             "preconditioner apply": 0.5, "split": 1.5, "environments": 1.0, "transfers": 0.5,
+             "rest (Python, bookkeeping)": 1.0}
+    shares = bench_gpu.fractions(parts)
+    assert sum(shares.values()) == pytest.approx(1.0)
+    assert shares["host dense algebra (split eigh/SVD/QR, preconditioner factors)"] == pytest.approx(0.2)
+    assert shares["host <-> device transfers and syncs"] == pytest.approx(0.05)
+    # every part the breakdown times is counted in exactly one share
+    named = set(bench_gpu.HOST_ALGEBRA + bench_gpu.TRANSFERS + bench_gpu.DEVICE_PASSES)
+    assert named == {name for name, *_ in bench_sweep.Breakdown.PARTS}
+
+
+def test_the_sweep_benchmark_runs_on_the_device_code_path():
+    """``bench_sweep.run`` on the emulated device: sweeps, syncs and the transfers part all work."""
+    from device_emulation import emulated_device_backend
+
+    backend, log = emulated_device_backend()
+    args = bench_gpu.sweep_args(bond=4, backend=backend, sweeps=1, n_samples=300, n_sites=10, breakdown=True)
+    times, peaks, _, _, head, breakdowns = bench_sweep.run(args)
+    assert len(times) == 1 and max(head.bond_dims) == 4 and peaks[0] > 0
+    assert breakdowns[0]["transfers"] > 0 and log.to_host > 0
+    from tnlearn.backend import Backend
+    from tnlearn.local_problem import LocalProblem
+
+    assert LocalProblem.forward_and_gradient.__name__ == "forward_and_gradient"  # the engine is unwrapped again
+    assert Backend.asnumpy.__name__ == "asnumpy"
+
+
+def test_the_gpu_benchmark_refuses_to_run_without_a_gpu(capsys):
+    from tnlearn.backend import BackendUnavailableError, get_backend
+
+    try:
+        get_backend("cupy")
+        pytest.skip("this machine has a GPU")
+    except BackendUnavailableError:
+        pass
+    assert bench_gpu.main(["--bonds", "4"]) == 2
+    assert "GPU figures come only from a GPU" in capsys.readouterr().err
