@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 import types
 from pathlib import Path
 
@@ -16,20 +15,32 @@ import bench_gpu  # noqa: E402
 import bench_sweep  # noqa: E402
 
 
+class FakeClock:
+    """A ``perf_counter`` that only moves when the fake engine says it worked."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        return self.now
+
+
 @pytest.fixture
 def fake_engine(monkeypatch):
-    """A module whose ``outer`` spends ~30 ms itself and calls ``inner`` (~40 ms) twice."""
+    """A module whose ``outer`` works 3 s itself and calls ``inner`` (2 s) twice, on a fake clock."""
+    clock = FakeClock()
+    monkeypatch.setattr(bench_sweep, "time", clock)
     mod = types.ModuleType("fake_engine")
 
     def inner():
-        time.sleep(0.02)
+        clock.now += 2.0
 
     def outer():
-        time.sleep(0.03)
+        clock.now += 3.0
         mod.inner()
         mod.inner()
 
-    mod.inner, mod.outer = inner, outer
+    mod.inner, mod.outer, mod.clock = inner, outer, clock
     monkeypatch.setitem(sys.modules, "fake_engine", mod)
     return mod
 
@@ -39,16 +50,14 @@ def test_breakdown_times_are_exclusive_and_restored(fake_engine):
     parts = (("outer", "fake_engine", None, "outer"), ("inner", "fake_engine", None, "inner"))
     bd = bench_sweep.Breakdown(sync=lambda: syncs.append(1), parts=parts)
     try:
-        t = time.perf_counter()
         fake_engine.outer()
-        total = time.perf_counter() - t
+        fake_engine.clock.now += 1.0  # untimed work after it
     finally:
         bd.restore()
     assert fake_engine.outer.__name__ == "outer" and fake_engine.inner.__name__ == "inner"  # unwrapped
-    assert 0.03 <= bd.seconds["outer"] < 0.03 + 0.015  # its own time, not the inner calls'
-    assert 0.04 <= bd.seconds["inner"] < 0.04 + 0.015
+    assert bd.seconds == {"outer": 3.0, "inner": 4.0}  # its own time, not the inner calls'
     assert len(syncs) == 6  # before and after each of the three timed calls
-    assert bd.parts(total)["rest (Python, bookkeeping)"] == pytest.approx(total - 0.07, abs=0.015)
+    assert bd.parts(fake_engine.clock.now)["rest (Python, bookkeeping)"] == 1.0
 
 
 def test_gpu_benchmark_fractions_cover_the_sweep():
