@@ -214,7 +214,9 @@ def metric_truncated_split(matrix, left_sqrt, left_inv_sqrt, right_sqrt, max_bon
     lm = left_sqrt @ matrix
     whitened = right_sqrt(lm) if callable(right_sqrt) else lm @ right_sqrt
     U, _, info = truncated_row_basis(whitened, max_bond, cutoff, cutoff_mode)
-    Q, _ = np.linalg.qr(left_inv_sqrt @ U)
-    GlQ = left_sqrt @ (left_sqrt @ Q)
-    C = np.linalg.solve(Q.T @ GlQ, GlQ.T @ matrix)
+    Q, R = np.linalg.qr(left_inv_sqrt @ U)
+    # with Q R = Gl^(-1/2) U and U orthonormal: Q^T Gl Q = R^-T R^-1 and Q^T Gl M = R^-T U^T Gl^(1/2) M,
+    # so the optimal C = (Q^T Gl Q)^-1 Q^T Gl M is R U^T (Gl^(1/2) M): no solve, and no Gram
+    # matrix of Q (whose condition number would be R's squared)
+    C = R @ (U.T @ lm)
     return Q, C, info
