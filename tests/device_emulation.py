@@ -15,6 +15,10 @@ path can go wrong, on numpy arrays:
 
 ``Backend("cupy", module, *array_module_kernels(module))`` is then the cupy
 backend's code path, checked for leaks and for how often it talks to the host.
+
+Where the ``cupy`` package can be imported (it can without a GPU), every
+function, ufunc and array method the engine uses is also checked to exist in
+cupy, so a numpy-only call fails here rather than on the first GPU run.
 """
 
 from __future__ import annotations
@@ -50,15 +54,49 @@ def _host_operand_error(what):
     )
 
 
+def _cupy_api():
+    """The real cupy package when importable (for API checks), else None."""
+    try:
+        import cupy
+    except ImportError:
+        return None
+    return cupy
+
+
+class _Api:
+    """Checks names against the real cupy API (no-op without cupy)."""
+
+    def __init__(self, cupy):
+        self.cupy = cupy
+
+    def check(self, where, name):
+        if self.cupy is None:
+            return
+        owner = {"xp": self.cupy, "xp.linalg": getattr(self.cupy, "linalg", None),
+                 "ndarray": getattr(self.cupy, "ndarray", None)}[where]
+        if not hasattr(owner, name):
+            raise AttributeError(f"cupy has no {where}.{name}: the GPU code path would fail here")
+
+
+class _Device:
+    """What the arrays of one :class:`DeviceModule` share: its transfer log and API checker."""
+
+    __slots__ = ("log", "api")
+
+    def __init__(self, log, api):
+        self.log = log
+        self.api = api
+
+
 class DeviceArray(NDArrayOperatorsMixin):
     """A numpy array that plays a device array (see the module docstring)."""
 
-    __slots__ = ("_a", "_log")
+    __slots__ = ("_a", "_dev")
     __array_priority__ = 100
 
-    def __init__(self, a, log):
+    def __init__(self, a, dev):
         self._a = a
-        self._log = log
+        self._dev = dev
 
     # -- what cupy forbids ----------------------------------------------------------
     def __array__(self, dtype=None, copy=None):
@@ -69,7 +107,7 @@ class DeviceArray(NDArrayOperatorsMixin):
 
     # -- synchronising reads ----------------------------------------------------------
     def _sync(self):
-        self._log.syncs += 1
+        self._dev.log.syncs += 1
         return self._a
 
     def __float__(self):
@@ -89,17 +127,19 @@ class DeviceArray(NDArrayOperatorsMixin):
 
     # -- numpy protocols --------------------------------------------------------------
     def __array_ufunc__(self, ufunc, method, *inputs, out=None, **kwargs):
+        self._dev.api.check("xp", ufunc.__name__)
         args = _unwrap(inputs, f"np.{ufunc.__name__}")
         if out is not None:
             kwargs["out"] = tuple(_unwrap(out, f"np.{ufunc.__name__}(out=)"))
         result = getattr(ufunc, method)(*args, **kwargs)
         if out is not None:
             return out[0] if len(out) == 1 else out
-        return _wrap(result, self._log)
+        return _wrap(result, self._dev)
 
     def __array_function__(self, func, types, args, kwargs):
         # cupy dispatches numpy's functions to its own (NEP 18): results stay on the device
-        return _wrap(func(*_unwrap(args, func.__name__), **_unwrap(kwargs, func.__name__)), self._log)
+        self._dev.api.check("xp.linalg" if func.__module__.endswith("linalg") else "xp", func.__name__)
+        return _wrap(func(*_unwrap(args, func.__name__), **_unwrap(kwargs, func.__name__)), self._dev)
 
     # -- the ndarray surface the engine uses --------------------------------------------
     shape = property(lambda self: self._a.shape)
@@ -109,7 +149,7 @@ class DeviceArray(NDArrayOperatorsMixin):
     nbytes = property(lambda self: self._a.nbytes)
     itemsize = property(lambda self: self._a.itemsize)
     flags = property(lambda self: self._a.flags)
-    T = property(lambda self: DeviceArray(self._a.T, self._log))
+    T = property(lambda self: DeviceArray(self._a.T, self._dev))
 
     def __len__(self):
         return len(self._a)
@@ -118,15 +158,16 @@ class DeviceArray(NDArrayOperatorsMixin):
         return f"DeviceArray(shape={self.shape}, dtype={self.dtype})"
 
     def __getitem__(self, index):
-        return _wrap(self._a[_unwrap(index, "indexing", allow_host=True)], self._log)
+        return _wrap(self._a[_unwrap(index, "indexing", allow_host=True)], self._dev)
 
     def __setitem__(self, index, value):
         self._a[_unwrap(index, "indexing", allow_host=True)] = _unwrap(value, "item assignment")
 
     def _method(name):
         def method(self, *args, **kwargs):
+            self._dev.api.check("ndarray", name)
             result = getattr(self._a, name)(*_unwrap(args, f".{name}()"), **_unwrap(kwargs, f".{name}()"))
-            return _wrap(result, self._log)
+            return _wrap(result, self._dev)
 
         method.__name__ = name
         return method
@@ -154,32 +195,34 @@ def _unwrap(obj, what, allow_host=False):
     return obj
 
 
-def _wrap(obj, log):
+def _wrap(obj, dev):
     """Device arrays for the numpy results in ``obj`` (numpy scalars become 0-d arrays, as in cupy)."""
     if isinstance(obj, (np.ndarray, np.generic)):
-        return DeviceArray(np.asarray(obj), log)
+        return DeviceArray(np.asarray(obj), dev)
     if isinstance(obj, tuple):
-        return tuple(_wrap(o, log) for o in obj)
+        return tuple(_wrap(o, dev) for o in obj)
     if isinstance(obj, list):
-        return [_wrap(o, log) for o in obj]
+        return [_wrap(o, dev) for o in obj]
     return obj
 
 
 class _Namespace:
     """Functions of a numpy namespace on device arrays."""
 
-    def __init__(self, namespace, log):
+    def __init__(self, namespace, dev, where="xp"):
         self._ns = namespace
-        self._log = log
+        self._dev = dev
+        self._where = where
 
     def __getattr__(self, name):
+        self._dev.api.check(self._where, name)
         obj = getattr(self._ns, name)
         if isinstance(obj, type) or not callable(obj):
             return obj  # dtypes, constants, exception classes
 
         def function(*args, **kwargs):
             where = f"xp.{name}"
-            return _wrap(obj(*_unwrap(args, where), **_unwrap(kwargs, where)), self._log)
+            return _wrap(obj(*_unwrap(args, where), **_unwrap(kwargs, where)), self._dev)
 
         function.__name__ = name
         return function
@@ -191,37 +234,45 @@ class DeviceModule(_Namespace):
     Parameters
     ----------
     log : TransferLog, optional
+    check_cupy_api : bool
+        Check every name used against the real cupy package, where importable.
     """
 
-    def __init__(self, log=None):
-        super().__init__(np, TransferLog() if log is None else log)
-        self.linalg = _Namespace(np.linalg, self._log)
+    def __init__(self, log=None, check_cupy_api=True):
+        dev = _Device(TransferLog() if log is None else log, _Api(_cupy_api() if check_cupy_api else None))
+        super().__init__(np, dev)
+        self.linalg = _Namespace(np.linalg, dev, "xp.linalg")
 
     @property
     def transfers(self):
         """The :class:`TransferLog` (not ``log``: that is the logarithm, as in numpy)."""
-        return self._log
+        return self._dev.log
+
+    @property
+    def checks_cupy_api(self):
+        """Whether names are checked against a real cupy package."""
+        return self._dev.api.cupy is not None
 
     def asarray(self, x, dtype=None):
         """Device array of ``x``: a host -> device transfer unless ``x`` is on the device already."""
         if isinstance(x, DeviceArray):
             return x if dtype is None or x.dtype == dtype else x.astype(dtype)
         a = np.array(x, dtype=dtype)  # a copy: the device owns its memory
-        self._log.to_device += 1
-        self._log.to_device_bytes += a.nbytes
-        return DeviceArray(a, self._log)
+        self._dev.log.to_device += 1
+        self._dev.log.to_device_bytes += a.nbytes
+        return DeviceArray(a, self._dev)
 
     def ascontiguousarray(self, x, dtype=None):
         if not isinstance(x, DeviceArray):
             raise _host_operand_error("xp.ascontiguousarray")
-        return DeviceArray(np.ascontiguousarray(x._a, dtype=dtype), self._log)
+        return DeviceArray(np.ascontiguousarray(x._a, dtype=dtype), self._dev)
 
     def asnumpy(self, x):
         """Host copy of a device array: a device -> host transfer."""
         if not isinstance(x, DeviceArray):
             raise TypeError(f"asnumpy of a {type(x).__name__}, not a device array: it is on the host already")
-        self._log.to_host += 1
-        self._log.to_host_bytes += x.nbytes
+        self._dev.log.to_host += 1
+        self._dev.log.to_host_bytes += x.nbytes
         return x._a.copy()
 
 

@@ -75,6 +75,16 @@ def test_the_emulated_device_refuses_what_cupy_refuses():
     assert (xp.transfers.to_device, xp.transfers.to_host) == (1, 1)
 
 
+def test_the_emulated_device_refuses_numpy_only_names_where_cupy_is_importable():
+    xp = DeviceModule()
+    if not xp.checks_cupy_api:
+        pytest.skip("cupy is not importable here: the emulator cannot check names against its API")
+    a = xp.asarray(np.arange(4.0))
+    with pytest.raises(AttributeError, match=r"cupy has no xp\.busday_count"):
+        xp.busday_count  # noqa: B018 (a numpy function cupy lacks)
+    assert float(xp.linalg.norm(a)) == pytest.approx(np.sqrt(14.0))  # and cupy's names pass
+
+
 # -- the same models as on numpy -------------------------------------------------------
 MPS_CONFIGS = {
     "default": {},
