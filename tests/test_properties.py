@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from tnlearn.datasets import IDXFormatError, read_idx, write_idx
-from tnlearn.truncation import CUTOFF_MODES, metric_truncated_split, psd_sqrt, truncated_svd
+from tnlearn.gram import psd_sqrt
+from tnlearn.truncation import CUTOFF_MODES, metric_truncated_split, truncated_svd
 
 IDX_DTYPES = [np.uint8, np.int8, np.int16, np.int32, np.float32, np.float64]
 SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

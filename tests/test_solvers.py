@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from tnlearn.backend import get_backend
+from tnlearn.gram import damped_inverse
 from tnlearn.local_problem import LocalProblem
-from tnlearn.solvers import KroneckerPreconditioner, SolverOptions, damped_inverse, loss_value, solve_local
+from tnlearn.solvers import KroneckerPreconditioner, SolverOptions, loss_value, solve_local
 
 NP = get_backend("numpy")
 

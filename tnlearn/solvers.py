@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tnlearn.gram import as_gram, damped_inverse  # noqa: F401 (damped_inverse: part of this module's API)
+from tnlearn.gram import as_gram
 from tnlearn.local_problem import TargetResidual
 
 LOSSES = ("mse", "cross_entropy")

@@ -14,8 +14,6 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 
-from tnlearn.gram import psd_sqrt  # noqa: F401 (part of this module's API)
-
 CUTOFF_MODES = ("rsum2", "rel", "abs")
 
 
@@ -193,7 +191,8 @@ def metric_truncated_split(matrix, left_sqrt, left_inv_sqrt, right_sqrt, max_bon
     ----------
     matrix : ndarray, shape (m, n)
     left_sqrt, left_inv_sqrt : ndarray, shape (m, m)
-        ``Gl^(1/2)`` and ``Gl^(-1/2)``.
+        ``Gl^(1/2)`` and its inverse ``Gl^(-1/2)`` (e.g. from
+        :func:`tnlearn.gram.psd_sqrt`; ``Gl`` is then ``left_sqrt @ left_sqrt``).
     right_sqrt : ndarray, shape (n, n), or callable
         ``Gr^(1/2)``, or a function ``X (r, n) -> X @ Gr^(1/2)`` (for a metric
         with structure, e.g. a Kronecker product with an identity, that is
