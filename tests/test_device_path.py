@@ -247,3 +247,25 @@ def test_a_data_parallel_sweep_on_the_device_stages_its_messages_through_the_hos
     for a, b in zip(heads[0].cores, heads[1].cores):
         np.testing.assert_array_equal(a, device.asnumpy(b))
     assert log.to_host > 0
+
+
+@needs_no_gpu
+def test_a_gpu_run_evaluates_on_a_machine_without_one(tmp_path, capsys):
+    """``tnlearn evaluate`` of a GPU-trained run: one warning line, then the evaluation."""
+    from tnlearn import MPSClassifier
+    from tnlearn.cli import main
+    from tnlearn.datasets import flatten_images, load_dataset
+    from tnlearn.io import save_model
+
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", "digits", "--sweeps", "1", "--bond-dim", "4", "--out", str(run), "--quiet"]) == 0
+    ds = load_dataset("digits")
+    backend, _ = emulated_device_backend()  # named "cupy": the file says it was trained on a GPU
+    model = MPSClassifier(max_bond=4, n_sweeps=1, random_state=0, backend=backend)
+    save_model(model.fit(flatten_images(ds.X_train), ds.y_train), run / "model.npz")
+    capsys.readouterr()
+    assert main(["evaluate", str(run)]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and captured.err.startswith("tnlearn: warning: the model was trained "
+                                                                     "with backend='cupy'")
+    assert "correct" in captured.out

@@ -29,6 +29,7 @@ import os
 import sys
 import time
 import uuid
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -479,6 +480,11 @@ def _message(exc):
     return " ".join(text.split())  # one line, even for multi-line messages
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """Print a warning as one ``tnlearn: warning: ...`` line (not Python's file:line report)."""
+    print(f"tnlearn: warning: {' '.join(str(message).split())}", file=sys.stderr if file is None else file, flush=True)
+
+
 def main(argv=None):
     """Run the command line; returns the exit status (0 success, 2 usage or expected error)."""
     from sklearn.exceptions import NotFittedError
@@ -493,7 +499,9 @@ def main(argv=None):
     except SystemExit as exc:  # --help, --version, usage errors
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning  # one line each, like the errors
+            return args.func(args)
     except BrokenPipeError:  # e.g. `tnlearn evaluate RUNDIR | head`: the reader left, nothing is wrong
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (keep the interpreter from reporting the pipe at exit)
         return 0
