@@ -243,6 +243,29 @@ def test_kill_during_training_then_resume_completes(tmp_path):
     assert [r["sweep"] for r in history] == [1, 2, 3, 4, 5, 6]
 
 
+def test_killed_right_after_the_first_model_write_still_resumes(tmp_path, monkeypatch):
+    """The window kill -9 can hit: model.npz written, history.json and run.json not yet."""
+    import tnlearn.cli as cli
+
+    class Killed(BaseException):
+        pass
+
+    out = tmp_path / "window"
+    real = cli._write_json
+
+    def dies_after_the_model(path, obj):
+        if (out / "model.npz").exists():
+            raise Killed
+        real(path, obj)
+
+    monkeypatch.setattr(cli, "_write_json", dies_after_the_model)
+    with pytest.raises(Killed):
+        main(["train", *RESUMABLE, "--sweeps", "2", "--out", str(out)])
+    monkeypatch.setattr(cli, "_write_json", real)
+    assert main(["train", "--resume", str(out), "--sweeps", "2", "--quiet"]) == 0
+    assert [r["sweep"] for r in json.loads((out / "history.json").read_text())] == [1, 2]
+
+
 def test_nan_mid_sweep_stops_with_the_last_good_checkpoint(tmp_path, capsys, monkeypatch):
     """A block turning NaN in sweep 2 stops the run; model.npz still holds sweep 1 and resumes."""
     import numpy as np

@@ -266,6 +266,10 @@ def cmd_train(args):
     }
     if root:
         out.mkdir(parents=True, exist_ok=True)
+        # run.json first: a checkpoint (model.npz) then always has the options that --resume reads,
+        # even when the process is killed between writing the model and the run's files
+        started = f"resumed after sweep {done}" if args.resume else "started: no sweep finished yet"
+        _write_json(out / "run.json", {**run, "status": started})
 
     def checkpoint(model):
         n = len(model.history_)
