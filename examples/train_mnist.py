@@ -14,6 +14,8 @@ Fashion-MNIST from Debian's ``dataset-fashion-mnist`` (found automatically)::
 MNIST from a directory holding the four standard IDX files::
 
     python examples/train_mnist.py --dataset mnist --data-dir ~/data/mnist --bond-dims 10 20
+
+On a CUDA GPU (``pip install 'tnlearn[gpu]'``), the same sweeps with ``--backend cupy``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import os
 import time
 
 from tnlearn import MPSClassifier, __version__
+from tnlearn.backend import BackendUnavailableError, get_backend
 from tnlearn.datasets import flatten_images, load_dataset
 from tnlearn.io import save_model
 from tnlearn.plotting import write_run_plots
@@ -40,10 +43,16 @@ def main(argv=None):
     p.add_argument("--damping", type=float, default=0.3, help="preconditioner damping (default: 0.3)")
     p.add_argument("--loss", choices=["mse", "cross_entropy"], default="mse")
     p.add_argument("--order", choices=["row", "column", "zigzag"], default="row")
+    p.add_argument("--backend", choices=["numpy", "cupy"], default="numpy",
+                   help="array backend: numpy (CPU) or cupy (CUDA GPU) (default: numpy)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--figures-dir", default="figures")
     args = p.parse_args(argv)
+    try:
+        get_backend(args.backend)  # a GPU this machine lacks fails here, before the data are loaded
+    except BackendUnavailableError as exc:
+        p.error(str(exc))
 
     data = load_dataset(args.dataset, data_dir=args.data_dir, n_train=args.n_train, random_state=args.seed)
     X_train = flatten_images(data.X_train, args.order)
@@ -56,7 +65,7 @@ def main(argv=None):
         print(f"\n== max bond {m} -> {run_dir}")
         clf = MPSClassifier(
             max_bond=m, n_sweeps=args.sweeps, n_iter=args.n_iter, loss=args.loss, damping=args.damping,
-            random_state=args.seed, verbose=2,
+            backend=args.backend, random_state=args.seed, verbose=2,
         )
         start = time.perf_counter()
         clf.fit(X_train, data.y_train, eval_set=(X_test, data.y_test))
@@ -68,6 +77,7 @@ def main(argv=None):
         with open(os.path.join(run_dir, "run.json"), "w") as fh:
             json.dump({"dataset": data.name, "bond_dim": m, "sweeps": args.sweeps, "n_train": len(X_train),
                        "order": args.order, "n_iter": args.n_iter, "damping": args.damping, "loss": args.loss, "seed": args.seed,
+                       "backend": args.backend,
                        "test_accuracy": clf.history_[-1].test_accuracy, "seconds": seconds,
                        "tnlearn_version": __version__}, fh, indent=1)
         histories.append(clf.history_)
