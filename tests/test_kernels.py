@@ -95,6 +95,9 @@ def test_array_module_kernels_equal_the_compiled_ones(rng):
     outer, outer3, contract, normalise, residual_outer = array_module_kernels(np)
     a, b, c = rng.standard_normal((13, 5)), rng.standard_normal((13, 2)), rng.standard_normal((13, 2))
     np.testing.assert_allclose(outer(a, b), _kernels.row_outer(a, b), rtol=1e-14)
+    for out in (np.empty((13, 10)), np.empty((13, 20))[:, ::2]):  # into a contiguous and a strided out
+        assert outer(a, b, out=out) is out
+        np.testing.assert_allclose(out, _kernels.row_outer(a, b), rtol=1e-14)
     np.testing.assert_allclose(outer3(a, b, c), _kernels.row_outer3(a, b, c), rtol=1e-14)
     t, r = rng.standard_normal((13, 4, 3)), rng.standard_normal((13, 3))
     np.testing.assert_allclose(contract(t, r), _kernels.row_contract(t, r), rtol=1e-12)

@@ -107,11 +107,13 @@ def array_module_kernels(xp):
     from tnlearn._kernels import check_fused_loss
 
     def row_outer(a, b, out=None):
-        n = a.shape[0]
-        res = (a[:, :, None] * b[:, None, :]).reshape(n, -1)
+        n, p = a.shape
         if out is None:
-            return res
-        out[...] = res
+            return (a[:, :, None] * b[:, None, :]).reshape(n, -1)
+        if out.flags.c_contiguous:  # one kernel straight into out, no temporary
+            xp.multiply(a[:, :, None], b[:, None, :], out=out.reshape(n, p, b.shape[1]))
+        else:  # (reshaping a strided out would write into a copy)
+            out[...] = (a[:, :, None] * b[:, None, :]).reshape(n, -1)
         return out
 
     def row_outer3(a, b, c, out=None):
@@ -131,14 +133,15 @@ def array_module_kernels(xp):
 
     def row_residual_outer(t, r, y, scale, loss, f_out):
         check_fused_loss(loss)
-        f_out[...] = xp.einsum("nmq,nq->nm", t, r) * scale[:, None]
+        xp.multiply(xp.einsum("nmq,nq->nm", t, r), scale[:, None], out=f_out)
         if loss == "mse":
             w = y - f_out
         else:
             z = f_out - f_out.max(axis=1, keepdims=True)
             e = xp.exp(z)
             w = y - e / e.sum(axis=1, keepdims=True)
-        t[...] = (w * scale[:, None])[:, :, None] * r[:, None, :]
+        w *= scale[:, None]
+        xp.multiply(w[:, :, None], r[:, None, :], out=t)  # straight into t: no (n, L, q) temporary
         return f_out
 
     return row_outer, row_outer3, row_contract, row_normalise, row_residual_outer
