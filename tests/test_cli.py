@@ -266,6 +266,36 @@ def test_killed_right_after_the_first_model_write_still_resumes(tmp_path, monkey
     assert [r["sweep"] for r in json.loads((out / "history.json").read_text())] == [1, 2]
 
 
+def test_a_new_run_never_pairs_with_an_old_runs_model(tmp_path, monkeypatch, capsys):
+    """--out into a trained run is refused; --overwrite removes the old model before the new run.json."""
+    import tnlearn.cli as cli
+
+    out = tmp_path / "again"
+    assert main(["train", *RESUMABLE, "--sweeps", "1", "--out", str(out)]) == 0
+    before = (out / "model.npz").read_bytes()
+    capsys.readouterr()
+    assert_one_line_error(capsys, main(["train", *RESUMABLE, "--sweeps", "1", "--out", str(out)]),
+                          "already holds a trained run", f"--resume {out}", "--overwrite")
+    assert (out / "model.npz").read_bytes() == before  # nothing lost
+
+    class Killed(BaseException):
+        pass
+
+    def killed_in_fit(*args, **kwargs):
+        raise Killed
+
+    from tnlearn import MPSClassifier
+
+    monkeypatch.setattr(MPSClassifier, "fit", killed_in_fit)  # the new run dies before its first sweep
+    with pytest.raises(Killed):
+        main(["train", *RESUMABLE, "--bond-dim", "3", "--sweeps", "1", "--out", str(out), "--overwrite"])
+    monkeypatch.undo()
+    assert json.loads((out / "run.json").read_text())["options"]["bond_dim"] == 3
+    assert not (out / "model.npz").exists()  # the old model cannot be resumed with the new options
+    assert_one_line_error(capsys, main(["train", "--resume", str(out), "--sweeps", "1"]), "model.npz not found")
+    assert cli.main(["train", *RESUMABLE, "--bond-dim", "3", "--sweeps", "1", "--out", str(out), "--overwrite"]) == 0
+
+
 def test_nan_mid_sweep_stops_with_the_last_good_checkpoint(tmp_path, capsys, monkeypatch):
     """A block turning NaN in sweep 2 stops the run; model.npz still holds sweep 1 and resumes."""
     import numpy as np

@@ -135,7 +135,7 @@ def _resume_options(args):
             raise FileNotFoundError(f"--resume {run_dir}: {path.name} not found; it is written by "
                                     "`tnlearn train --out RUNDIR` after the first sweep")
     saved = _read_json(run_path, "run").get("options", {})
-    keep = {"sweeps", "quiet", "checkpoint_every", "resume", "out", "func", "distributed"}
+    keep = {"sweeps", "quiet", "checkpoint_every", "resume", "out", "overwrite", "func", "distributed"}
     if args.backend is not None:  # e.g. a run started on a GPU, continued on a CPU machine
         keep.add("backend")
     for key, value in saved.items():
@@ -227,6 +227,9 @@ def cmd_train(args):
         raise ValueError("say where the run goes: --out RUNDIR (new run) or --resume RUNDIR (continue one)")
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a directory")
+    if not args.resume and (out / "model.npz").exists() and not args.overwrite:
+        raise ValueError(f"--out {out} already holds a trained run (model.npz): continue it with "
+                         f"`--resume {out}`, replace it with --overwrite, or choose another directory")
     _staged_model_checks(args)
     args.backend = args.backend or "numpy"
     get_backend(args.backend)  # a backend this machine cannot run fails here, before any data is loaded
@@ -266,6 +269,9 @@ def cmd_train(args):
     }
     if root:
         out.mkdir(parents=True, exist_ok=True)
+        if not args.resume:  # --overwrite: the old run's files go, so no old model pairs with the new options
+            for stale in ("model.npz", "interrupted.npz", "history.json"):
+                (out / stale).unlink(missing_ok=True)
         # run.json first: a checkpoint (model.npz) then always has the options that --resume reads,
         # even when the process is killed between writing the model and the run's files
         started = f"resumed after sweep {done}" if args.resume else "started: no sweep finished yet"
@@ -433,6 +439,8 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0, metavar="K", help="random seed (default: 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-sweep lines")
     p.add_argument("--out", metavar="RUNDIR", help="run directory to write (a new run)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="with --out: replace the trained run already in RUNDIR (its model and history)")
     p.add_argument("--resume", metavar="RUNDIR", help="continue the run in RUNDIR up to --sweeps sweeps in total "
                    "(its data and model options come from RUNDIR/run.json)")
     p.add_argument("--checkpoint-every", type=_positive_int, default=1, metavar="K",
