@@ -170,12 +170,30 @@ def _cupy_backend() -> Backend:
 
 
 def resolve_chunk_size(chunk_size, backend: Backend) -> int:
-    """An estimator's ``chunk_size`` as an int: ``"auto"`` is ``backend.default_chunk_size``."""
+    """An estimator's ``chunk_size`` as an int.
+
+    Parameters
+    ----------
+    chunk_size : int or "auto"
+        ``"auto"``: ``backend.default_chunk_size``.
+    backend : Backend
+
+    Returns
+    -------
+    int
+    """
     return backend.default_chunk_size if chunk_size == "auto" else int(chunk_size)
 
 
 def check_chunk_size(chunk_size):
-    """Raise a ``ValueError`` unless ``chunk_size`` is ``"auto"`` or an integer >= 1."""
+    """Validate an estimator's ``chunk_size``.
+
+    Raises
+    ------
+    ValueError
+        Unless ``chunk_size`` is ``"auto"`` or an integer >= 1; the message
+        names both choices.
+    """
     if chunk_size == "auto":
         return
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:

@@ -21,23 +21,73 @@ import numpy as np
 
 
 def symmetric_eigh(G):
-    """``eigh`` of the symmetric part of ``G`` (host, float64): ``(w (k,), V (k, k))``, ascending."""
+    """Eigendecomposition of the symmetric part of ``G`` (host, float64).
+
+    Parameters
+    ----------
+    G : ndarray, shape (k, k)
+
+    Returns
+    -------
+    w : ndarray, shape (k,)
+        Eigenvalues, ascending.
+    V : ndarray, shape (k, k)
+        Orthonormal eigenvectors (columns).
+    """
     return np.linalg.eigh((G + G.T) / 2)
 
 
 def damping_shift(G, damping):
-    """``damping * mean(eig(G))``, floored at the smallest positive float."""
+    """The Tikhonov shift ``damping * trace(G) / k`` (``damping`` times the mean eigenvalue), > 0.
+
+    Parameters
+    ----------
+    G : ndarray, shape (k, k)
+    damping : float
+
+    Returns
+    -------
+    float
+        Floored at the smallest positive float, so a zero Gram is still invertible.
+    """
     return damping * max(float(np.trace(G)) / G.shape[0], np.finfo(np.float64).tiny)
 
 
 def damped_inverse_from_eigh(w, V, shift):
-    """``(G + shift I)^-1`` from ``G``'s eigendecomposition (negative rounding eigenvalues clipped to 0)."""
+    """``(G + shift I)^-1`` from ``G``'s eigendecomposition.
+
+    Parameters
+    ----------
+    w : ndarray, shape (k,)
+        Eigenvalues of ``G``; negative rounding values are clipped to 0.
+    V : ndarray, shape (k, k)
+        Eigenvectors of ``G``.
+    shift : float
+        > 0 (:func:`damping_shift`).
+
+    Returns
+    -------
+    ndarray, shape (k, k)
+    """
     w = np.maximum(w, 0.0) + shift
     return (V / w) @ V.T
 
 
 def psd_sqrt_from_eigh(w, V, rel_floor=1e-8):
-    """``G^(1/2)`` and ``G^(-1/2)`` from ``G``'s eigendecomposition, eigenvalues floored at ``rel_floor * max``."""
+    """``G^(1/2)`` and ``G^(-1/2)`` from ``G``'s eigendecomposition.
+
+    Parameters
+    ----------
+    w : ndarray, shape (k,)
+        Eigenvalues of ``G``, raised to at least ``rel_floor * max(w)`` (1 for
+        an all-zero ``G``), so that both factors exist and are exact inverses.
+    V : ndarray, shape (k, k)
+    rel_floor : float
+
+    Returns
+    -------
+    sqrt, inv_sqrt : ndarray, shape (k, k)
+    """
     top = max(float(w.max()), 0.0)
     w = np.maximum(w, rel_floor * top if top > 0 else 1.0)
     r = np.sqrt(w)
@@ -93,12 +143,15 @@ class GramMatrix:
     __slots__ = ("matrix", "_eigh", "_factors")
 
     def __init__(self, matrix):
-        self.matrix = matrix
+        self.matrix = np.array(matrix, dtype=np.float64)  # its own copy, read-only: the factors stay valid
+        self.matrix.setflags(write=False)
         self._eigh = None
         self._factors = {}
 
     def __array__(self, dtype=None, copy=None):
-        return self.matrix if dtype is None else self.matrix.astype(dtype)
+        if copy or (dtype is not None and np.dtype(dtype) != self.matrix.dtype):
+            return self.matrix.astype(self.matrix.dtype if dtype is None else dtype)  # a writable copy
+        return self.matrix
 
     @property
     def shape(self):
@@ -123,7 +176,7 @@ class GramMatrix:
 
     def damped_inverse_on(self, backend, damping, dtype):
         """:meth:`damped_inverse` as a ``dtype`` array of ``backend``: one host-to-device copy per Gram."""
-        return self._factor(("damped_inverse", damping, backend.name, np.dtype(dtype).name),
+        return self._factor(("damped_inverse", damping, id(backend), np.dtype(dtype).name),
                             lambda: backend.asarray(self.damped_inverse(damping).astype(dtype)))
 
     def sqrt_and_inv_sqrt(self, rel_floor=1e-8):
@@ -132,5 +185,14 @@ class GramMatrix:
 
 
 def as_gram(G):
-    """``G`` as a :class:`GramMatrix` (itself when it is one already)."""
+    """``G`` as a :class:`GramMatrix` (itself when it is one already).
+
+    Parameters
+    ----------
+    G : ndarray, shape (k, k), or GramMatrix
+
+    Returns
+    -------
+    GramMatrix
+    """
     return G if isinstance(G, GramMatrix) else GramMatrix(G)

@@ -258,6 +258,8 @@ class LocalProblem:
             ``sum_n s[n] (L[n] (x) phi_j[n]) (L[n] (x) phi_j[n])^T``.
         right : ndarray, shape (d * Dr, d * Dr), float64 (host)
             ``sum_n s[n] (phi_{j+1}[n] (x) R[n]) (phi_{j+1}[n] (x) R[n])^T``.
+            A half given in ``known_grams`` is returned as it was given
+            (e.g. a :class:`~tnlearn.gram.GramMatrix`).
         """
         acc = self._gram_accumulators()
         ro = self.backend.row_outer
@@ -315,7 +317,7 @@ class LocalProblem:
         grad : array, shape (Dl * d * d, L * Dr)
             ``sum_n w[n, l] * row_n`` over the samples of all ranks, the
             descent direction for ``Bs``.
-        grams : tuple of ndarray
+        grams : tuple
             Only with ``with_grams=True``: :meth:`grams` (of the first
             ``gram_rows`` samples, all by default), accumulated in the same
             pass (the left half ``L (x) phi_j`` is formed anyway).

@@ -155,8 +155,8 @@ def gradient_descent(problem, Bs, y, opts, want_grams=False):
     Bs : array, shape (Dl * d * d, L * Dr)
     f_before : array, shape (n, L)
         Outputs before the update (for the running loss).
-    grams : tuple of ndarray or None
-        The block's data Gram matrices, when wanted or preconditioning.
+    grams : tuple of GramMatrix or None
+        The block's data Gram matrices (left, right), when wanted or preconditioning.
     """
     xp = problem.backend.xp
     residual = TargetResidual(opts.loss, y)
@@ -190,7 +190,7 @@ def conjugate_gradient(problem, Bs, y, opts, want_grams=False):
     -------
     Bs : array, shape (Dl * d * d, L * Dr)
     f_before : array, shape (n, L)
-    grams : tuple of ndarray or None
+    grams : tuple of GramMatrix or None
     """
     if opts.loss != "mse":
         raise ValueError("solver='cg' minimises the squared loss; use loss='mse' or solver='gd'")
@@ -240,7 +240,8 @@ def solve_local(problem, Bs, y, opts, want_grams=False):
         The updated working block.
     f_before : array, shape (n, L)
         Outputs of the block before the update.
-    grams : tuple of ndarray or None
-        Present when ``want_grams`` or ``opts.precondition``.
+    grams : tuple of GramMatrix or None
+        ``(left, right)``, present when ``want_grams`` or ``opts.precondition``;
+        each carries its eigendecomposition for the split.
     """
     return _SOLVER_FUNCS[opts.solver](problem, Bs, y, opts, want_grams)

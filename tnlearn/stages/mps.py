@@ -287,7 +287,7 @@ class MPSHead:
             ``S V`` go to site ``j + 1``; ``"left"``: the reverse.
         max_bond, cutoff, cutoff_mode
             As :func:`tnlearn.truncation.truncated_svd`.
-        grams : tuple of ndarray, optional
+        grams : tuple of ndarray or GramMatrix, optional
             ``(G_left (Dl d, Dl d), G_right (d Dr, d Dr))``, the data Gram matrices
             of the block's two halves (:meth:`LocalProblem.grams`).  When given,
             the split keeps what matters most for the outputs on the data
