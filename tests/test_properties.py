@@ -169,3 +169,29 @@ def test_metric_split_error_in_the_data_metric_is_the_discarded_weight(m, n, max
     err2 = np.linalg.norm(Gl_sqrt @ (M - Q @ C) @ Gr_sqrt) ** 2
     norm2 = np.linalg.norm(Gl_sqrt @ M @ Gr_sqrt) ** 2
     assert err2 / norm2 == pytest.approx(info.discarded_weight, abs=1e-9)
+
+
+@SETTINGS
+@given(m=st.integers(2, 7), n=st.integers(1, 7), rank=st.integers(1, 6), max_bond=st.integers(1, 7),
+       seed=st.integers(0, 2**32 - 1))
+def test_metric_split_is_optimal_for_rank_deficient_left_grams(m, n, rank, max_bond, seed):
+    """A left Gram of rank < m (pixels that never vary): the split is still optimal in the floored metric.
+
+    Its coefficients ``C`` equal the least-squares optimum given ``Q``, and the
+    error in the metric is the reported discarded weight; wide and tall ``M``.
+    """
+    rng = np.random.default_rng(seed)
+    M = rng.standard_normal((m, n))
+    A = rng.standard_normal((m, min(rank, m - 1)))
+    Gl_sqrt, Gl_inv_sqrt = psd_sqrt(A @ A.T)  # singular: eigenvalues floored at 1e-8 of the largest
+    B = rng.standard_normal((n, n))
+    Gr_sqrt, _ = psd_sqrt(B @ B.T + np.eye(n))
+    Q, C, info = metric_truncated_split(M, Gl_sqrt, Gl_inv_sqrt, Gr_sqrt, max_bond=max_bond)
+    np.testing.assert_allclose(Q.T @ Q, np.eye(info.kept), atol=1e-8)
+    W = Gl_sqrt @ Q  # the best C given Q: least squares of Gl^1/2 M by Gl^1/2 Q (the right metric drops out)
+    C_opt = np.linalg.lstsq(W, Gl_sqrt @ M, rcond=None)[0]
+    scale = np.linalg.norm(Gl_sqrt @ M) + 1e-300
+    np.testing.assert_allclose(W @ C, W @ C_opt, atol=1e-9 * scale)
+    err2 = np.linalg.norm(Gl_sqrt @ (M - Q @ C) @ Gr_sqrt) ** 2
+    norm2 = np.linalg.norm(Gl_sqrt @ M @ Gr_sqrt) ** 2
+    assert err2 / norm2 == pytest.approx(info.discarded_weight, abs=1e-8)
