@@ -12,9 +12,10 @@ both backends:
 * one more GPU sweep with every part timed between device synchronisations
   (``bench_sweep.Breakdown``): the fraction of the sweep spent in the host's
   small dense algebra (the split's ``eigh`` / SVD / QR and the preconditioner's
-  factors: what the issue calls "SVD"), in host <-> device transfers and the
-  waits they imply ("synchronisation"), in device passes over the samples, and
-  in Python.
+  factors: what the issue calls "SVD"), in host <-> device transfers (each
+  part is timed between two syncs, so a transfer's share is its copy, and the
+  wait for queued work is charged to the part that queued it), in device
+  passes over the samples, and in Python with the untimed device work.
 
 ``--accuracy DATASET`` also trains ``MPSClassifier`` on a real data set with
 both backends (same seed) and prints test accuracy after every sweep, so a GPU
@@ -38,7 +39,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_sweep import Breakdown, matmul_peak, sweep_flops  # noqa: E402
+from bench_sweep import REST, Breakdown, matmul_peak, sweep_flops  # noqa: E402
 
 HOST_ALGEBRA = ("split", "preconditioner factors")
 TRANSFERS = ("transfers",)
@@ -67,14 +68,25 @@ def time_sweeps(bond, backend, sweeps, args, breakdown=False):
 
 
 def fractions(parts):
-    """Shares of a sweep: host algebra, transfers + syncs, device passes, Python rest."""
+    """Shares of a sweep: host algebra, transfers, device passes, the rest.
+
+    Parameters
+    ----------
+    parts : dict
+        Seconds per part, as :meth:`bench_sweep.Breakdown.parts` returns them.
+
+    Returns
+    -------
+    dict
+        Fraction of the sweep per share (they sum to 1).
+    """
     total = sum(parts.values())
     share = lambda names: sum(parts.get(n, 0.0) for n in names) / total  # noqa: E731
     return {
         "host dense algebra (split eigh/SVD/QR, preconditioner factors)": share(HOST_ALGEBRA),
-        "host <-> device transfers and syncs": share(TRANSFERS),
+        "host <-> device transfers": share(TRANSFERS),
         "device passes over the samples": share(DEVICE_PASSES),
-        "Python and bookkeeping": share(("rest (Python, bookkeeping)",)),
+        "Python and untimed device work (solver update, merge)": share((REST,)),
     }
 
 

@@ -59,6 +59,9 @@ def peak_rss_gib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+REST = "rest (Python, untimed device work)"
+
+
 class Breakdown:
     """Wall time per part of a bond update, by wrapping the engine's entry points.
 
@@ -69,7 +72,9 @@ class Breakdown:
     algebra on the host: ``eigh`` / SVD / QR of the merged block), the
     environment update after it, and host <-> device transfers.  Times are
     exclusive: a transfer inside the split counts as a transfer, not as split.
-    What is left of a sweep is Python and bookkeeping.
+    What is left of a sweep (:data:`REST`) is Python and bookkeeping, and on a
+    GPU also the device work queued outside the timed parts (the solver's
+    update, the block merge), which the next part's opening sync waits for.
 
     ``parts`` replaces :attr:`PARTS`: ``(name, module, class or None, attribute)``
     rows.  With a GPU backend every part is timed between two device synchronisations
@@ -93,13 +98,12 @@ class Breakdown:
     def __init__(self, sync=None, parts=None):
         import importlib
 
-        self.PARTS = self.PARTS if parts is None else tuple(parts)
+        self.parts_timed = self.PARTS if parts is None else tuple(parts)
         self.sync = sync or (lambda: None)
-        self.seconds = {}
         self.reset()
         self._nested = []  # time spent in timed parts called from the part being timed
         self._originals = []
-        for name, module, cls, attr in self.PARTS:
+        for name, module, cls, attr in self.parts_timed:
             owner = importlib.import_module(module)
             if cls is not None:
                 owner = getattr(owner, cls)
@@ -107,8 +111,8 @@ class Breakdown:
             setattr(owner, attr, self._timed(name, getattr(owner, attr)))
 
     def reset(self):
-        """Zero every part (in the order of :attr:`PARTS`)."""
-        self.seconds = dict.fromkeys((name for name, *_ in self.PARTS), 0.0)
+        """Zero every part (in the order they were given)."""
+        self.seconds = dict.fromkeys((name for name, *_ in self.parts_timed), 0.0)
 
     def restore(self):
         """Unwrap the engine's entry points."""
@@ -134,9 +138,9 @@ class Breakdown:
         return wrapper
 
     def parts(self, total):
-        """Seconds per part, plus the rest of ``total``."""
+        """Seconds per part, plus the rest of ``total`` (Python, and on a GPU untimed device work)."""
         parts = dict(self.seconds)
-        parts["rest (Python, bookkeeping)"] = total - sum(parts.values())
+        parts[REST] = total - sum(parts.values())
         return parts
 
 
@@ -145,7 +149,7 @@ def run(args):
     from tnlearn.embeddings import embed
     from tnlearn.solvers import SolverOptions
     from tnlearn.stages.mps import MPSHead, pca_init_cores
-    from tnlearn.sweeps import SweepOptions, build_environments, full_sweep
+    from tnlearn.sweeps import SweepOptions, build_environments
 
     dtype = np.dtype(args.dtype)
     rng = np.random.default_rng(args.seed)
@@ -179,6 +183,18 @@ def run(args):
     env_gib = envs.nbytes / 2**30
 
     times, peaks, breakdowns = [], [], []
+    try:
+        _timed_sweeps(args, head, envs, phi, Y, opts, dtype, backend, breakdown, times, peaks, breakdowns)
+    finally:
+        if args.breakdown:
+            breakdown.restore()  # the engine's entry points are patched globally: always unpatch
+    return times, peaks, setup, env_gib, head, breakdowns
+
+
+def _timed_sweeps(args, head, envs, phi, Y, opts, dtype, backend, breakdown, times, peaks, breakdowns):
+    """Run ``args.sweeps`` timed full sweeps, appending to ``times``, ``peaks`` and ``breakdowns``."""
+    from tnlearn.sweeps import full_sweep
+
     for _ in range(args.sweeps):
         # this machine's speed drifts (up to 2x within minutes): measure the peak next to
         # every sweep, so that each sweep's fraction of peak compares like with like
@@ -191,9 +207,6 @@ def run(args):
         times.append(time.perf_counter() - t)
         if args.breakdown:
             breakdowns.append(breakdown.parts(times[-1]))
-    if args.breakdown:
-        breakdown.restore()
-    return times, peaks, setup, env_gib, head, breakdowns
 
 
 def main(argv=None):

@@ -26,7 +26,11 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee "$OUT/gpu.txt"
 python3 -c "import cupy, numpy, tnlearn; print('cupy', cupy.__version__, 'numpy', numpy.__version__, 'tnlearn', tnlearn.__version__)"
 timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_device_path.py tests/test_kernels.py 2>&1 | tee "$OUT/tests.log"
+tests_status=$?
 extra=()
 if [ -n "${FASHION_DIR:-}" ]; then extra=(--accuracy fashion-mnist --data-dir "$FASHION_DIR"); fi
 timeout 420 python3 benchmarks/bench_gpu.py --bonds 20 64 --sweeps 3 --cpu-sweeps 1 --cpu-reference 13.82 109.3 \
     "${extra[@]}" 2>&1 | tee "$OUT/bench_gpu.log"
+bench_status=$?
+echo "gpu_check: tests exit $tests_status, benchmark exit $bench_status"
+exit $(( tests_status != 0 || bench_status != 0 ))

@@ -163,19 +163,24 @@ class DeviceArray(NDArrayOperatorsMixin):
     def __setitem__(self, index, value):
         self._a[_unwrap(index, "indexing", allow_host=True)] = _unwrap(value, "item assignment")
 
-    def _method(name):
-        def method(self, *args, **kwargs):
-            self._dev.api.check("ndarray", name)
-            result = getattr(self._a, name)(*_unwrap(args, f".{name}()"), **_unwrap(kwargs, f".{name}()"))
-            return _wrap(result, self._dev)
 
-        method.__name__ = name
-        return method
 
-    for _name in ("reshape", "astype", "transpose", "sum", "max", "min", "mean", "copy", "ravel",
-                  "argmax", "conj", "dot", "fill", "view", "squeeze", "cumsum", "std", "clip", "any", "all"):
-        locals()[_name] = _method(_name)
-    del _name, _method
+def _array_method(name):
+    """The ndarray method ``name`` on a :class:`DeviceArray` (checked against cupy's ndarray)."""
+
+    def method(self, *args, **kwargs):
+        self._dev.api.check("ndarray", name)
+        result = getattr(self._a, name)(*_unwrap(args, f".{name}()"), **_unwrap(kwargs, f".{name}()"))
+        return _wrap(result, self._dev)
+
+    method.__name__ = name
+    return method
+
+
+for _name in ("reshape", "astype", "transpose", "sum", "max", "min", "mean", "copy", "ravel",
+              "argmax", "conj", "dot", "fill", "view", "squeeze", "cumsum", "std", "clip", "any", "all"):
+    setattr(DeviceArray, _name, _array_method(_name))
+del _name
 
 
 def _unwrap(obj, what, allow_host=False):
@@ -287,4 +292,4 @@ def emulated_device_backend(log=None):
     from tnlearn.backend import Backend, array_module_kernels
 
     xp = DeviceModule(log)
-    return Backend("cupy", xp, *array_module_kernels(xp)), xp.transfers
+    return Backend("cupy", xp, *array_module_kernels(xp), default_chunk_size=65536), xp.transfers

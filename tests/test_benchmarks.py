@@ -57,17 +57,17 @@ def test_breakdown_times_are_exclusive_and_restored(fake_engine):
     assert fake_engine.outer.__name__ == "outer" and fake_engine.inner.__name__ == "inner"  # unwrapped
     assert bd.seconds == {"outer": 3.0, "inner": 4.0}  # its own time, not the inner calls'
     assert len(syncs) == 6  # before and after each of the three timed calls
-    assert bd.parts(fake_engine.clock.now)["rest (Python, bookkeeping)"] == 1.0
+    assert bd.parts(fake_engine.clock.now)[bench_sweep.REST] == 1.0
 
 
 def test_gpu_benchmark_fractions_cover_the_sweep():
     parts = {"first pass": 4.0, "line-search forward": 1.0, "preconditioner factors": 0.5,
              "preconditioner apply": 0.5, "split": 1.5, "environments": 1.0, "transfers": 0.5,
-             "rest (Python, bookkeeping)": 1.0}
+             bench_sweep.REST: 1.0}
     shares = bench_gpu.fractions(parts)
     assert sum(shares.values()) == pytest.approx(1.0)
     assert shares["host dense algebra (split eigh/SVD/QR, preconditioner factors)"] == pytest.approx(0.2)
-    assert shares["host <-> device transfers and syncs"] == pytest.approx(0.05)
+    assert shares["host <-> device transfers"] == pytest.approx(0.05)
     # every part the breakdown times is counted in exactly one share
     named = set(bench_gpu.HOST_ALGEBRA + bench_gpu.TRANSFERS + bench_gpu.DEVICE_PASSES)
     assert named == {name for name, *_ in bench_sweep.Breakdown.PARTS}
@@ -99,3 +99,17 @@ def test_the_gpu_benchmark_refuses_to_run_without_a_gpu(capsys):
         pass
     assert bench_gpu.main(["--bonds", "4"]) == 2
     assert "GPU figures come only from a GPU" in capsys.readouterr().err
+
+
+def test_a_failing_sweep_leaves_the_engine_unwrapped(monkeypatch):
+    import tnlearn.sweeps
+    from tnlearn.local_problem import LocalProblem
+
+    def broken(*args, **kwargs):
+        raise FloatingPointError("a sweep that fails")
+
+    monkeypatch.setattr(tnlearn.sweeps, "full_sweep", broken)
+    args = bench_gpu.sweep_args(bond=4, backend="numpy", sweeps=1, n_samples=200, n_sites=8, breakdown=True)
+    with pytest.raises(FloatingPointError):
+        bench_sweep.run(args)
+    assert LocalProblem.forward_and_gradient.__name__ == "forward_and_gradient"

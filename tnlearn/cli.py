@@ -212,7 +212,7 @@ def _new_model(args, ds, verbose):
 
 def cmd_train(args):
     from tnlearn import __version__
-    from tnlearn.backend import get_backend
+    from tnlearn.backend import BackendUnavailableError, get_backend
     from tnlearn.io import load_model, save_model
     from tnlearn.plotting import write_run_plots
 
@@ -232,7 +232,10 @@ def cmd_train(args):
                          f"`--resume {out}`, replace it with --overwrite, or choose another directory")
     _staged_model_checks(args)
     args.backend = args.backend or "numpy"
-    get_backend(args.backend)  # a backend this machine cannot run fails here, before any data is loaded
+    try:  # a backend this machine cannot run fails here, before any data is loaded
+        get_backend(args.backend)
+    except BackendUnavailableError as exc:
+        raise BackendUnavailableError(f"{exc} (on the command line: --backend numpy)") from exc
     if getattr(args, "model", "mps") != "mps" and args.pool is None:
         args.pool = 1  # the conv stage / TT layer see the full-resolution image
     if not root:
