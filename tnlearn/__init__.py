@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from tnlearn.backend import Backend, get_backend
+from tnlearn.backend import Backend, BackendUnavailableError, get_backend
 from tnlearn.embeddings import FEATURE_MAPS, FeatureMap, embed, get_feature_map, poly_map, trig_map
 from tnlearn.history import History, SweepRecord
 from tnlearn.models import ConvMPSClassifier, MPSClassifier, TTNetClassifier
@@ -12,6 +12,7 @@ from tnlearn.truncation import TruncationInfo, truncated_svd
 
 __all__ = [
     "Backend",
+    "BackendUnavailableError",
     "ConvMPSClassifier",
     "ConvStage",
     "FEATURE_MAPS",
