@@ -114,6 +114,20 @@ def test_mps_sweeps_on_the_device_match_numpy(device, small_digits, config):
             assert a.bond_dims == b.bond_dims and a.test_accuracy == b.test_accuracy
 
 
+def test_warm_start_and_probabilities_on_the_device(device, small_digits):
+    from tnlearn import MPSClassifier
+
+    backend, reference, rtol = device
+    X, y, X_test, _ = small_digits
+    fits = []
+    for be in (reference, backend):
+        kw = dict(max_bond=6, n_sweeps=1, dtype="float64", random_state=0, loss="cross_entropy", backend=be)
+        model = MPSClassifier(**kw).fit(X, y)
+        fits.append(model.set_params(warm_start=True, n_sweeps=1).fit(X, y))  # a second sweep, continued
+    assert len(fits[1].history_) == 2
+    np.testing.assert_allclose(fits[1].predict_proba(X_test), fits[0].predict_proba(X_test), rtol=rtol, atol=rtol / 100)
+
+
 @pytest.mark.parametrize("model", ["conv-mps", "tt-net"])
 def test_staged_models_on_the_device_match_numpy(device, small_digits, model):
     from tnlearn import ConvMPSClassifier, TTNetClassifier
