@@ -205,6 +205,28 @@ def test_a_device_trained_model_hands_out_host_arrays(small_digits, tmp_path):
     np.testing.assert_array_equal(loaded.decision_function(X_test), scores)
 
 
+def test_quimb_network_with_device_arrays_on_request(device, small_digits):
+    """``head_to_quimb(head, device=True)``: the network on the device, as copies the model does not share."""
+    from tnlearn import MPSClassifier, head_to_quimb
+
+    backend, _, _ = device
+    X, y, X_test, _ = small_digits
+    model = MPSClassifier(max_bond=6, n_sweeps=1, dtype="float64", random_state=0, backend=backend).fit(X, y)
+    on_device, on_host = head_to_quimb(model.head_, device=True), model.mps_
+    for a, b in zip(on_device, on_host):
+        assert type(a.data) is not np.ndarray and type(b.data) is np.ndarray
+        np.testing.assert_array_equal(backend.asnumpy(a.data), b.data)
+    before = model.decision_function(X_test[:5])
+    on_device.tensors[0].modify(data=on_device.tensors[0].data * 0)
+    np.testing.assert_array_equal(model.decision_function(X_test[:5]), before)  # copies, not the model's cores
+    if backend is GPU:  # quimb contracts cupy arrays itself (autoray): the same outputs as the model
+        from tnlearn import embed, product_state
+
+        phi = backend.asarray(embed(X_test[:1], "trig", dtype=np.float64)[0])
+        scores = (head_to_quimb(model.head_, device=True) & product_state(phi)) ^ all
+        np.testing.assert_allclose(backend.asnumpy(scores.data), before[0], rtol=1e-8)
+
+
 @needs_no_gpu
 def test_a_gpu_trained_model_loads_on_a_machine_without_one(small_digits, tmp_path):
     from tnlearn import MPSClassifier

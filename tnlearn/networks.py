@@ -29,12 +29,16 @@ LABEL_IND = "label"
 _FOLD_LIMIT = 30.0  # |log_norm| below which the scale is folded into the centre tensor
 
 
-def head_to_quimb(head):
-    """The head's network as a quimb ``MatrixProductState`` (host numpy arrays).
+def head_to_quimb(head, device=False):
+    """The head's network as a quimb ``MatrixProductState``.
 
     Parameters
     ----------
     head : MPSHead
+    device : bool
+        False (default): host numpy copies of the cores.  True: copies on the
+        head's backend (cupy arrays for a GPU-trained model), which quimb
+        contracts on the device through autoray.
 
     Returns
     -------
@@ -46,7 +50,7 @@ def head_to_quimb(head):
     n = head.n_sites
     tensors = []
     for i, core in enumerate(head.cores):
-        data = be.asnumpy(core)
+        data = core.copy() if device else be.asnumpy(core)
         inds = [BOND_IND_ID.format(i - 1), SITE_IND_ID.format(i)]
         if i == head.center:
             inds.append(LABEL_IND)
@@ -133,6 +137,8 @@ def product_state(phi_row):
     Parameters
     ----------
     phi_row : array, shape (n_sites, d)
+        A numpy array, or a device array (cupy) to contract with a network
+        from ``head_to_quimb(head, device=True)``.
 
     Returns
     -------
@@ -141,4 +147,5 @@ def product_state(phi_row):
     """
     import quimb.tensor as qtn
 
-    return qtn.MPS_product_state(list(np.asarray(phi_row)), site_ind_id=SITE_IND_ID, site_tag_id=SITE_TAG_ID)
+    rows = [phi_row[i] for i in range(len(phi_row))] if hasattr(phi_row, "shape") else list(np.asarray(phi_row))
+    return qtn.MPS_product_state(rows, site_ind_id=SITE_IND_ID, site_tag_id=SITE_TAG_ID)
