@@ -6,9 +6,11 @@ shapes), the same engine with the estimator's defaults runs full sweeps on
 both backends:
 
 * seconds per full sweep, best of ``--sweeps`` (the first GPU sweep also
-  compiles cupy's kernels) and of ``--cpu-sweeps``; the speed-up, and the
-  speed-up over a reference CPU figure (``--cpu-reference``, default the
-  project's 2-core figure of ``bench_sweep.py``: 13.82 s at m = 20);
+  compiles cupy's kernels) and of ``--cpu-sweeps`` on this machine's CPU, with
+  all cores and with BLAS held to 2 threads (``--cpu-threads``: the reference
+  machine's core count, on this processor); the speed-ups, and the speed-up
+  over a reference CPU figure (``--cpu-reference``, default the project's
+  2-core figure of ``bench_sweep.py``: 13.82 s at m = 20);
 * one more GPU sweep with every part timed between device synchronisations
   (``bench_sweep.Breakdown``): the fraction of the sweep spent in the host's
   small dense algebra (the split's ``eigh`` / SVD / QR and the preconditioner's
@@ -59,11 +61,20 @@ def sweep_args(bond, backend, sweeps, n_samples, n_sites, breakdown=False):
     )
 
 
-def time_sweeps(bond, backend, sweeps, args, breakdown=False):
-    """``(seconds per sweep, breakdown parts of the last sweep or None)``."""
-    from bench_sweep import run
+def time_sweeps(bond, backend, sweeps, args, breakdown=False, cpu_threads=None):
+    """``(seconds per sweep, breakdown parts of the last sweep or None)``.
 
-    times, _, _, _, _, parts = run(sweep_args(bond, backend, sweeps, args.n_samples, args.n_sites, breakdown))
+    ``cpu_threads`` caps the BLAS threads (threadpoolctl) for the run, e.g. 2 to
+    measure a 2-core CPU figure on the GPU machine's own processor.
+    """
+    from contextlib import nullcontext
+
+    from bench_sweep import run
+    from threadpoolctl import threadpool_limits
+
+    limit = nullcontext() if cpu_threads is None else threadpool_limits(limits=cpu_threads, user_api="blas")
+    with limit:
+        times, _, _, _, _, parts = run(sweep_args(bond, backend, sweeps, args.n_samples, args.n_sites, breakdown))
     return times, (parts[-1] if parts else None)
 
 
@@ -116,6 +127,9 @@ def main(argv=None):
     p.add_argument("--n-sites", type=int, default=196)
     p.add_argument("--sweeps", type=int, default=3, help="timed GPU sweeps per m (best reported)")
     p.add_argument("--cpu-sweeps", type=int, default=1, help="timed CPU sweeps per m (0: skip the CPU)")
+    p.add_argument("--cpu-threads", type=int, nargs="*", default=[0, 2],
+                   help="BLAS threads of the CPU runs, 0 for all (default: 0 2: all cores, and the "
+                        "reference machine's 2 cores on this processor)")
     p.add_argument("--cpu-reference", type=float, nargs="*", default=[13.82],
                    help="reference CPU seconds per sweep, one per m in order (default: the 2-core m = 20 figure)")
     p.add_argument("--accuracy", metavar="DATASET", choices=["digits", "mnist", "fashion-mnist"],
@@ -145,10 +159,11 @@ def main(argv=None):
         print(f"\nm = {m}, n = {args.n_samples}, N = {args.n_sites} ({flops / 1e12:.2f} TFLOP per sweep, cost model)")
         print(f"  GPU (cupy)   : {', '.join(f'{t:.3f}' for t in gpu_times)} s per sweep; best {best:.3f} s "
               f"= {flops / best / 1e12:.2f} TFLOP/s")
-        if args.cpu_sweeps:
-            cpu_times, _ = time_sweeps(m, "numpy", args.cpu_sweeps, args)
+        for threads in (args.cpu_threads if args.cpu_sweeps else []):
+            cpu_times, _ = time_sweeps(m, "numpy", args.cpu_sweeps, args, cpu_threads=threads or None)
+            cores = "all cores" if not threads else f"{threads} BLAS threads"
             print(f"  CPU (numpy)  : {', '.join(f'{t:.2f}' for t in cpu_times)} s per sweep on this machine's "
-                  f"CPU -> GPU speed-up {min(cpu_times) / best:.1f}x")
+                  f"CPU, {cores} -> GPU speed-up {min(cpu_times) / best:.1f}x")
         if m in references:
             print(f"  reference CPU: {references[m]:.2f} s per sweep -> GPU speed-up {references[m] / best:.1f}x")
         n_bonds = 2 * (args.n_sites - 1)

@@ -113,3 +113,24 @@ def test_a_failing_sweep_leaves_the_engine_unwrapped(monkeypatch):
     with pytest.raises(FloatingPointError):
         bench_sweep.run(args)
     assert LocalProblem.forward_and_gradient.__name__ == "forward_and_gradient"
+
+
+def test_cpu_runs_can_be_held_to_the_reference_machines_core_count(monkeypatch):
+    """``--cpu-threads 2`` measures a 2-core figure on the GPU machine's processor: BLAS is capped in the run."""
+    import argparse
+
+    from threadpoolctl import threadpool_info
+
+    seen = []
+
+    def fake_run(args):
+        seen.append({info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"})
+        return [1.0], [1.0], 0.0, 0.0, None, []
+
+    monkeypatch.setattr(bench_sweep, "run", fake_run)
+    args = argparse.Namespace(n_samples=100, n_sites=8)
+    bench_gpu.time_sweeps(4, "numpy", 1, args, cpu_threads=1)
+    assert seen == [{1}]
+    before = {info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"}
+    bench_gpu.time_sweeps(4, "numpy", 1, args)
+    assert seen[1] == before  # no cap unless asked
