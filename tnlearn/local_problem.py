@@ -156,6 +156,27 @@ class LocalProblem:
         block = (Bs / nrm).reshape(self.Dl, self.d, self.d, self.n_labels, self.Dr)
         return block, xp.log(nrm.astype(np.float64)) - self.log_shift
 
+    def from_scaled_to_host(self, Bs):
+        """:meth:`from_scaled` on the host, where the split works: one transfer, no other sync.
+
+        Parameters
+        ----------
+        Bs : array, shape (Dl * d * d, L * Dr)
+            The working block, on the backend.
+
+        Returns
+        -------
+        block : ndarray, shape (Dl, d, d, L, Dr), unit Frobenius norm (host)
+        log_norm : float
+            ``log ||Bs|| - log_shift``; the shift is 0 with ``normalize_samples``
+            (read from the device otherwise).
+        """
+        host = self.backend.asnumpy(Bs)
+        nrm = np.linalg.norm(host)
+        block = (host / nrm).reshape(self.Dl, self.d, self.d, self.n_labels, self.Dr)
+        shift = 0.0 if self.normalize_samples else float(self.log_shift)
+        return block, float(np.log(nrm.astype(np.float64))) - shift
+
     # -- sums across ranks ----------------------------------------------------------
     def reduce_sum(self, x):
         """Sum of a per-rank partial sum ``x`` over all ranks (``x`` itself in one process)."""

@@ -141,11 +141,11 @@ def half_sweep(head, envs, phi_sites, y, direction, opts, on_bond=None, shard=No
         Bs, _, grams = solve_local(problem, Bs, y, opts.solver, want_grams=opts.truncation == "data")
         if grams is not None and reuse_grams:
             envs.keep_grams(j, gram_key, grams)
-        block, log_norm = problem.from_scaled(Bs)
         if opts.truncation != "data":
             grams = None
         tinfo = None
-        if shard is None or shard.is_root:
+        if shard is None or shard.is_root:  # the split is small dense algebra on the host
+            block, log_norm = problem.from_scaled_to_host(Bs)
             tinfo = head.split(j, block, log_norm, direction, opts.max_bond, opts.cutoff, opts.cutoff_mode, grams)
         if shard is not None:
             tinfo = broadcast_cores(shard, head, (j, j + 1), tinfo)

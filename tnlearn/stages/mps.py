@@ -280,6 +280,7 @@ class MPSHead:
         ----------
         j : int
         block : array, shape (Dl, d, d, L, Dr)
+            On the host or the backend (the split runs on the host).
         log_norm : float
             Log norm of the whole network with this block.
         direction : {"right", "left"}
