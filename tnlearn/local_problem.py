@@ -143,21 +143,9 @@ class LocalProblem:
         return block.reshape(self.shape) * factor
 
     def from_scaled(self, Bs):
-        """Unit-norm block and its log norm from a working block.
+        """Unit-norm block and its log norm from a working block, on the host where the split works.
 
-        Returns
-        -------
-        block : array, shape (Dl, d, d, L, Dr), unit Frobenius norm
-        log_norm : 0-d array
-            ``log ||Bs|| - log_shift``.
-        """
-        xp = self.backend.xp
-        nrm = xp.linalg.norm(Bs)
-        block = (Bs / nrm).reshape(self.Dl, self.d, self.d, self.n_labels, self.Dr)
-        return block, xp.log(nrm.astype(np.float64)) - self.log_shift
-
-    def from_scaled_to_host(self, Bs):
-        """:meth:`from_scaled` on the host, where the split works: one transfer, no other sync.
+        One transfer and no other sync: the norm is taken on the host.
 
         Parameters
         ----------

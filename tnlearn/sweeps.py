@@ -145,7 +145,7 @@ def half_sweep(head, envs, phi_sites, y, direction, opts, on_bond=None, shard=No
             grams = None
         tinfo = None
         if shard is None or shard.is_root:  # the split is small dense algebra on the host
-            block, log_norm = problem.from_scaled_to_host(Bs)
+            block, log_norm = problem.from_scaled(Bs)
             tinfo = head.split(j, block, log_norm, direction, opts.max_bond, opts.cutoff, opts.cutoff_mode, grams)
         if shard is not None:
             tinfo = broadcast_cores(shard, head, (j, j + 1), tinfo)
