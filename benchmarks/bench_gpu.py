@@ -49,16 +49,16 @@ DEVICE_PASSES = ("first pass", "line-search forward", "environments", "precondit
 
 
 def sweep_args(bond, backend, sweeps, n_samples, n_sites, breakdown=False):
-    """The ``bench_sweep`` options of one configuration, with the estimator's defaults."""
-    from tnlearn import MPSClassifier
+    """The ``bench_sweep`` options of one configuration, otherwise its defaults (the estimator's).
 
-    d = MPSClassifier().get_params()
-    return argparse.Namespace(
-        n_samples=n_samples, n_sites=n_sites, bond=bond, d=2, labels=10, dtype="float32", solver="gd",
-        n_iter=d["n_iter"], precondition=d["precondition"], damping=d["damping"], gram_samples=d["gram_samples"],
-        line_search_samples=d["line_search_samples"], truncation="data", chunk_size="auto", sweeps=sweeps,
-        breakdown=breakdown, backend=backend, seed=0,
-    )
+    ``backend`` is a name or a :class:`~tnlearn.backend.Backend` object.
+    """
+    from bench_sweep import build_parser
+
+    args = build_parser().parse_args([])
+    args.bond, args.sweeps, args.n_samples, args.n_sites = bond, sweeps, n_samples, n_sites
+    args.breakdown, args.backend = breakdown, backend
+    return args
 
 
 def time_sweeps(bond, backend, sweeps, args, breakdown=False, cpu_threads=None):

@@ -209,10 +209,11 @@ def _timed_sweeps(args, head, envs, phi, Y, opts, dtype, backend, breakdown, tim
             breakdowns.append(breakdown.parts(times[-1]))
 
 
-def main(argv=None):
+def build_parser():
+    """The options of a run; their defaults are ``MPSClassifier``'s, so the engine runs as a default ``fit``."""
     from tnlearn import MPSClassifier
 
-    defaults = MPSClassifier().get_params()  # the engine runs as the estimator would run it
+    defaults = MPSClassifier().get_params()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n-samples", type=int, default=60000)
     p.add_argument("--n-sites", type=int, default=196)
@@ -238,9 +239,13 @@ def main(argv=None):
     p.add_argument("--backend", choices=["numpy", "cupy"], default="numpy",
                    help="cupy: the sweep on a CUDA GPU, the peak a GPU matmul")
     p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
+    return p
 
+
+def main(argv=None):
     from tnlearn.backend import get_backend
+
+    args = build_parser().parse_args(argv)
 
     device = get_backend(args.backend)
     peak32 = matmul_peak(np.float32, backend=device)
