@@ -328,7 +328,8 @@ def load_model(path, backend=None):
     from tnlearn.stages.mps import MPSHead
 
     path = os.fspath(path)
-    override = get_backend(backend) if backend is not None else None  # a bad override is the caller's error
+    if backend is not None:
+        get_backend(backend)  # a bad override is the caller's error: raised before the file is read
     header, archive = _open(path)
     try:
         if backend is None:  # the saved backend, or numpy where it cannot run
@@ -353,7 +354,7 @@ def load_model(path, backend=None):
         cores = [archive[f"core_{i}"] for i in range(n_sites)]
         classes = archive["classes"]
         _check_arrays(cores, classes, center, log_norm, n_features, model)
-        head = MPSHead(cores, center, log_norm, override or get_backend(params["backend"]))
+        head = MPSHead(cores, center, log_norm, get_backend(params["backend"]))
         history = History.from_json(header["history"])
     except ModelFormatError:
         raise

@@ -301,7 +301,7 @@ class MPSHead:
         """
         be = self.backend
         Dl, d, d2, L, Dr = block.shape
-        host = be.asnumpy(block)  # the split is small dense algebra: one transfer in, two out
+        host = be.asnumpy(block)  # the sweep passes a host block already (LocalProblem.from_scaled)
         if grams is not None:
             left, right, info = self._metric_split(host, direction, max_bond, cutoff, cutoff_mode, grams)
         else:
