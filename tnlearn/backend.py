@@ -185,21 +185,6 @@ def resolve_chunk_size(chunk_size, backend: Backend) -> int:
     return backend.default_chunk_size if chunk_size == "auto" else int(chunk_size)
 
 
-def check_chunk_size(chunk_size):
-    """Validate an estimator's ``chunk_size``.
-
-    Raises
-    ------
-    ValueError
-        Unless ``chunk_size`` is ``"auto"`` or an integer >= 1; the message
-        names both choices.
-    """
-    if chunk_size == "auto":
-        return
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
-        raise ValueError(f"chunk_size={chunk_size!r} must be 'auto' (the backend's default) or an integer >= 1")
-
-
 def get_backend(name: str | Backend = "numpy") -> Backend:
     """Return the backend called ``name``.
 

@@ -109,3 +109,18 @@ def check_dtype(dtype):
         name = None
     if name not in DTYPES:
         raise ValueError(f"dtype={dtype!r} is not supported; choose one of {DTYPES}")
+
+
+def check_chunk_size(chunk_size):
+    """Validate an estimator's ``chunk_size``.
+
+    Raises
+    ------
+    ValueError
+        Unless ``chunk_size`` is ``"auto"`` or an integer >= 1; the message
+        names both choices.
+    """
+    if chunk_size == "auto":
+        return
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+        raise ValueError(f"chunk_size={chunk_size!r} must be 'auto' (the backend's default) or an integer >= 1")

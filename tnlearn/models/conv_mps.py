@@ -23,10 +23,17 @@ import time
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from tnlearn.backend import check_chunk_size, get_backend, resolve_chunk_size
+from tnlearn.backend import get_backend, resolve_chunk_size
 from tnlearn.embeddings import get_feature_map
 from tnlearn.history import History, SweepRecord
-from tnlearn.models._validation import check_dtype, check_eval_set, check_features, check_positive_int, check_targets
+from tnlearn.models._validation import (
+    check_chunk_size,
+    check_dtype,
+    check_eval_set,
+    check_features,
+    check_positive_int,
+    check_targets,
+)
 from tnlearn.networks import LABEL_IND, head_to_quimb
 from tnlearn.solvers import SolverOptions
 from tnlearn.stage_sweeps import ConvSweepOptions, conv_half_sweep

@@ -8,11 +8,11 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.metaestimators import available_if
 
-from tnlearn.backend import check_chunk_size, get_backend, resolve_chunk_size
+from tnlearn.backend import get_backend, resolve_chunk_size
 from tnlearn.distributed import broadcast_cores, check_same_data, get_comm, make_shard, shard_bounds
 from tnlearn.embeddings import embed, get_feature_map
 from tnlearn.history import History, SweepRecord
-from tnlearn.models._validation import check_dtype, check_label_vector
+from tnlearn.models._validation import check_chunk_size, check_dtype, check_label_vector
 from tnlearn.solvers import LOSSES, SOLVERS, SolverOptions, softmax
 from tnlearn.stages.mps import MPSHead, init_cores, pca_init_cores
 from tnlearn.sweeps import SweepOptions, build_environments, center_outputs, full_sweep, training_loss
