@@ -277,6 +277,12 @@ def test_a_new_run_never_pairs_with_an_old_runs_model(tmp_path, monkeypatch, cap
     assert_one_line_error(capsys, main(["train", *RESUMABLE, "--sweeps", "1", "--out", str(out)]),
                           "already holds a trained run", f"--resume {out}", "--overwrite")
     assert (out / "model.npz").read_bytes() == before  # nothing lost
+    only_interrupted = tmp_path / "ctrl-c-before-the-first-sweep"
+    only_interrupted.mkdir()
+    (only_interrupted / "interrupted.npz").write_bytes(before)
+    assert_one_line_error(capsys, main(["train", *RESUMABLE, "--sweeps", "1", "--out", str(only_interrupted)]),
+                          "already holds a trained run (interrupted.npz)")
+    assert (only_interrupted / "interrupted.npz").read_bytes() == before
 
     class Killed(BaseException):
         pass

@@ -126,6 +126,9 @@ def _data_options(p, default_dataset):
 
 
 # ------------------------------------------------------------------------ train
+RUN_MODELS = ("model.npz", "interrupted.npz")  # what a run directory's training leaves: never replaced silently
+
+
 def _resume_options(args):
     """Fill ``args`` from the run directory's run.json for ``--resume``; returns the run directory."""
     run_dir = Path(args.resume)
@@ -227,8 +230,9 @@ def cmd_train(args):
         raise ValueError("say where the run goes: --out RUNDIR (new run) or --resume RUNDIR (continue one)")
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a directory")
-    if not args.resume and (out / "model.npz").exists() and not args.overwrite:
-        raise ValueError(f"--out {out} already holds a trained run (model.npz): continue it with "
+    held = [name for name in RUN_MODELS if (out / name).exists()]
+    if not args.resume and held and not args.overwrite:
+        raise ValueError(f"--out {out} already holds a trained run ({', '.join(held)}): continue it with "
                          f"`--resume {out}`, replace it with --overwrite, or choose another directory")
     _staged_model_checks(args)
     args.backend = args.backend or "numpy"
@@ -273,7 +277,7 @@ def cmd_train(args):
     if root:
         out.mkdir(parents=True, exist_ok=True)
         if not args.resume:  # --overwrite: the old run's files go, so no old model pairs with the new options
-            for stale in ("model.npz", "interrupted.npz", "history.json"):
+            for stale in (*RUN_MODELS, "history.json"):
                 (out / stale).unlink(missing_ok=True)
         # run.json first: a checkpoint (model.npz) then always has the options that --resume reads,
         # even when the process is killed between writing the model and the run's files
