@@ -39,13 +39,6 @@ class TransferLog:
     to_host_bytes: int = 0
     syncs: int = 0
 
-    def total(self):
-        """Every round trip that would stall the device: transfers both ways and scalar syncs."""
-        return self.to_device + self.to_host + self.syncs
-
-    def reset(self):
-        self.to_device = self.to_device_bytes = self.to_host = self.to_host_bytes = self.syncs = 0
-
 
 def _host_operand_error(what):
     return TypeError(
