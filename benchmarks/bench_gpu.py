@@ -78,6 +78,29 @@ def time_sweeps(bond, backend, sweeps, args, breakdown=False, cpu_threads=None):
     return times, (parts[-1] if parts else None)
 
 
+def device_memory(backend):
+    """``(pool high-water GiB, device GiB in use)`` of a cupy backend, or ``None`` on numpy.
+
+    cupy's default memory pool keeps every block it allocated until it is told
+    to free them, so after :func:`reset_device_memory` its total is the most
+    memory the runs since then held at once (plus fragmentation): their peak.
+    The second figure is what the whole device reports in use
+    (``cudaMemGetInfo``), the CUDA context included.
+    """
+    xp = backend.xp
+    if not hasattr(xp, "get_default_memory_pool"):
+        return None
+    free, total = xp.cuda.runtime.memGetInfo()
+    return xp.get_default_memory_pool().total_bytes() / 2**30, (total - free) / 2**30
+
+
+def reset_device_memory(backend):
+    """Return cupy's pooled blocks to the device, so that :func:`device_memory` measures what follows."""
+    xp = backend.xp
+    if hasattr(xp, "get_default_memory_pool"):
+        xp.get_default_memory_pool().free_all_blocks()
+
+
 def fractions(parts):
     """Shares of a sweep: host algebra, transfers, device passes, the rest.
 
@@ -153,12 +176,17 @@ def main(argv=None):
 
     for m in args.bonds:
         flops = sweep_flops(args.n_samples, args.n_sites, m, 2, 10)
+        reset_device_memory(gpu)
         gpu_times, _ = time_sweeps(m, "cupy", args.sweeps, args)
+        memory = device_memory(gpu)
         _, parts = time_sweeps(m, "cupy", 1, args, breakdown=True)
         best = min(gpu_times)
         print(f"\nm = {m}, n = {args.n_samples}, N = {args.n_sites} ({flops / 1e12:.2f} TFLOP per sweep, cost model)")
         print(f"  GPU (cupy)   : {', '.join(f'{t:.3f}' for t in gpu_times)} s per sweep; best {best:.3f} s "
               f"= {flops / best / 1e12:.2f} TFLOP/s")
+        if memory is not None:
+            print(f"  GPU memory   : peak {memory[0]:.2f} GiB in cupy's pool (data, environments, chunk "
+                  f"temporaries); {memory[1]:.2f} GiB in use on the device with the CUDA context")
         for threads in (args.cpu_threads if args.cpu_sweeps else []):
             cpu_times, _ = time_sweeps(m, "numpy", args.cpu_sweeps, args, cpu_threads=threads or None)
             cores = "all cores" if not threads else f"{threads} BLAS threads"
