@@ -186,3 +186,44 @@ def test_unpooled_28x28_images_train_in_float32_without_under_or_overflow(digits
     for row, got in zip(phi, scores):
         expected = (mps & product_state(row)).contract(output_inds=["label"])
         np.testing.assert_allclose(got, np.asarray(expected.data, dtype=np.float64), rtol=2e-3)
+
+
+@pytest.mark.parametrize("config", [{}, {"truncation": "svd"}, {"precondition": False, "truncation": "svd"}],
+                         ids=["default", "svd", "plain"])
+def test_float64_training_does_not_amplify_rounding(digits, config):
+    """Summing the samples in another order (chunk size) changes a float64 fit only at rounding level.
+
+    The digits have pixels that are 0 in every image, so the data's density
+    matrices are rank deficient: a start that depended on the eigensolver's
+    arbitrary choices (signs, vectors of zero eigenvalues) made two runs that
+    differ by one rounding end 1-40% apart, and a GPU could not reproduce the CPU.
+    """
+    X_train, X_test, y_train, _ = digits
+    fits = [MPSClassifier(max_bond=6, n_sweeps=2, dtype="float64", random_state=0, chunk_size=cs, **config)
+            .fit(X_train[:500], y_train[:500]).decision_function(X_test[:150]) for cs in (4096, 37)]
+    np.testing.assert_allclose(fits[1], fits[0], rtol=1e-8, atol=1e-8 * np.abs(fits[0]).max())
+
+
+def test_pca_start_reads_out_the_labels_by_least_squares(digits):
+    """The initial label site is the least-squares read-out of the one-hot targets (no random tensor)."""
+    from tnlearn.backend import get_backend
+    from tnlearn.embeddings import embed
+    from tnlearn.stages.mps import MPSHead, pca_init_cores
+
+    X_train, _, y_train, _ = digits
+    phi = np.ascontiguousarray(embed(X_train[:300], "trig", dtype=np.float64).transpose(1, 0, 2))
+    Y = np.eye(10)[y_train[:300]]
+    be = get_backend("numpy")
+    cores, log_norm = pca_init_cores(phi, 10, 8, np.random.default_rng(0), be, targets=Y)
+    head = MPSHead(cores, 0, log_norm, be)
+    f = head.decision_function(phi, normalized=True)
+    # the least-squares fit beats every rescaling of itself and a random read-out's best rescaling
+    err = np.sum((f - Y) ** 2)
+    for scale in (0.9, 1.1):
+        assert err < np.sum((scale * f - Y) ** 2)
+    rnd, _ = pca_init_cores(phi, 10, 8, np.random.default_rng(0), be)
+    g = MPSHead(rnd, 0, 0.0, be).decision_function(phi, normalized=True)
+    best = np.sum(g * Y) / np.sum(g * g)
+    assert err < 0.5 * np.sum((best * g - Y) ** 2)
+    # no bond wider than the data's rank: the first site's density matrix has rank <= d
+    assert cores[-1].shape[0] <= 2

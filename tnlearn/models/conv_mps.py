@@ -235,11 +235,11 @@ class ConvMPSClassifier(ClassifierMixin, BaseEstimator):
             net = pca_conv_cores(phi_patch, self.n_channels, conv_bond, rng, backend)
         self.conv_ = conv = ConvStage(net, self.patch, stride, image_shape, self.feature_map)
         v_sites = conv.features(phi_patch, n)
-        cores, log_norm = pca_init_cores(v_sites, len(classes), self.max_bond, rng, backend, chunk_size)
-        self.head_ = head = MPSHead(cores, 0, log_norm, backend)
         onehot = np.zeros((n, len(classes)), dtype=dtype)
         onehot[np.arange(n), y_idx] = 1
         Y = backend.asarray(onehot)
+        cores, log_norm = pca_init_cores(v_sites, len(classes), self.max_bond, rng, backend, chunk_size, targets=Y)
+        self.head_ = head = MPSHead(cores, 0, log_norm, backend)
         head_opts = SweepOptions(
             max_bond=self.max_bond, cutoff=self.cutoff,
             # the head's settings of the measured conv-mps runs (README tables): line search on

@@ -377,7 +377,7 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
                 raise RuntimeError("warm_start needs the label on site 0 (a finished sweep)")
         elif self.init == "pca":
             cores, log_norm = pca_init_cores(
-                phi_sites, len(classes), self.max_bond, rng, backend, chunk_size, shard=shard
+                phi_sites, len(classes), self.max_bond, rng, backend, chunk_size, shard=shard, targets=Y
             )
             head = MPSHead(cores, 0, log_norm, backend)
         else:

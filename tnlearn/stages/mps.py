@@ -59,6 +59,7 @@ def init_cores(n_sites, phys_dim, n_labels, bond_dim, rng, dtype=np.float32, noi
 
 def pca_init_cores(
     phi_sites, n_labels, bond_dim, rng, backend, chunk_size=4096, balance=0.0, max_weight=1e4, shard=None,
+    targets=None,
 ):
     """Data-driven initial cores: each right site keeps the principal subspace of the data.
 
@@ -70,7 +71,23 @@ def pca_init_cores(
     as in Stoudenmire 2018).  Environments then start out informative, so
     the first sweep only has to learn the label map; random tensors would give
     exponentially small, nearly random environments, and near-identity tensors
-    environments of rank one.  The label site 0 starts as a random unit tensor.
+    environments of rank one.
+
+    A bond keeps at most as many directions as the data has: eigenvalues below
+    ``width * eps(dtype) * max(eigenvalue)`` are rounding noise (pixels that
+    are constant over the training set, such as the border of handwritten
+    digits, give exactly rank-deficient density matrices), and an eigenvector
+    of a zero eigenvalue is an arbitrary choice that rounding makes
+    differently on every machine.  The sweeps grow such a bond where the data
+    support it.
+
+    With ``targets`` the label site 0 is the least-squares read-out of the
+    targets from ``phi_0 (x) R_1`` (minimum-norm solution, singular values
+    below ``1e-6`` of the largest dropped): a function of the data alone,
+    the same whatever signs or rotations the eigensolver picked for the
+    bases, so two machines that round differently start from the same
+    model.  Without ``targets`` it is a random unit tensor drawn from ``rng``
+    (for callers that replace it, such as the conv stage).
 
     Parameters
     ----------
@@ -83,16 +100,20 @@ def pca_init_cores(
     shard : tnlearn.distributed.Shard, optional
         In a data-parallel run ``phi_sites`` holds this rank's samples: the
         density matrices are summed over the ranks and rank 0's eigenvectors
-        broadcast (so that all ranks continue in the same basis).  The
+        broadcast (so that all ranks continue in the same basis).  A random
         label site comes from ``rng``: broadcast the head afterwards when the
         ranks' generators may differ.
+    targets : array, shape (n_samples, n_labels), optional
+        One-hot targets on ``backend`` (this rank's rows with a ``shard``):
+        the label site becomes their least-squares read-out.
 
     Returns
     -------
     cores : list of arrays (backend)
-        ``cores[0]`` has shape ``(1, d, L, D_1)``; the others are right-canonical.
+        ``cores[0]`` has shape ``(1, d, L, D_1)`` and unit norm; the others are
+        right-canonical.
     log_norm : float
-        Always 0.
+        The log norm of the read-out (0 for a random label site).
     """
     xp = backend.xp
     n_sites, n, d = phi_sites.shape
@@ -112,7 +133,8 @@ def pca_init_cores(
         if shard is not None:
             rho = shard.sum(rho)
         evals, evecs = np.linalg.eigh(backend.asnumpy(rho))
-        k = min(bond_dim, width)
+        rank = int(np.count_nonzero(evals > width * np.finfo(dtype).eps * max(evals[-1], 0.0)))
+        k = max(1, min(bond_dim, rank))
         V = evecs[:, ::-1][:, :k].astype(dtype)  # leading eigenvectors, shape (d * D_{j+1}, k)
         if shard is not None:  # eigenvector signs are arbitrary: take rank 0's
             V = shard.comm.bcast_arrays([V])[0]
@@ -124,9 +146,56 @@ def pca_init_cores(
             new_right[sl] = backend.row_outer(phi_sites[j, sl], right[sl]) @ Vb
         log_capture += _normalise_rows(new_right, xp)
         right = new_right
-    label = rng.standard_normal((1, d, n_labels, right.shape[1]))
-    cores[0] = backend.asarray((label / np.linalg.norm(label)).astype(dtype))
-    return cores, 0.0
+    if targets is None:
+        label = rng.standard_normal((1, d, n_labels, right.shape[1]))
+        cores[0] = backend.asarray((label / np.linalg.norm(label)).astype(dtype))
+        return cores, 0.0
+    label = least_squares_readout(phi_sites[0], right, targets, backend, chunk_size, shard)
+    nrm = float(np.linalg.norm(label))
+    if nrm == 0.0:  # targets orthogonal to every input (cannot happen with one-hot rows): any unit tensor
+        label, nrm = np.ones_like(label), float(np.sqrt(label.size))
+    cores[0] = backend.asarray((label / nrm).astype(dtype))
+    return cores, float(np.log(nrm))
+
+
+def least_squares_readout(phi_0, right, targets, backend, chunk_size=4096, shard=None, rcond=1e-6):
+    """Minimum-norm least-squares label site: ``argmin_W sum_n |(phi_0[n] (x) R[n]) W - y[n]|^2``.
+
+    Parameters
+    ----------
+    phi_0 : array, shape (n, d)
+    right : array, shape (n, D)
+        Right environments of site 0.
+    targets : array, shape (n, L)
+    backend : Backend
+    chunk_size : int
+    shard : tnlearn.distributed.Shard, optional
+        Sums over the samples of all ranks.
+    rcond : float
+        Singular values of the inputs below ``rcond`` times the largest are
+        treated as zero (squared: the eigenvalues of their Gram matrix), which
+        keeps the read-out off directions the data does not determine.
+
+    Returns
+    -------
+    ndarray, shape (1, d, L, D), float64 (host)
+    """
+    n, d = phi_0.shape
+    D, L = right.shape[1], targets.shape[1]
+    xp = backend.xp
+    gram = xp.zeros((d * D, d * D), dtype=np.float64)
+    cross = xp.zeros((d * D, L), dtype=np.float64)
+    for start in range(0, n, chunk_size):
+        sl = slice(start, start + chunk_size)
+        X = backend.row_outer(phi_0[sl], right[sl]).astype(np.float64)
+        gram += X.T @ X
+        cross += X.T @ targets[sl].astype(np.float64)
+    if shard is not None:
+        gram, cross = shard.sum(gram), shard.sum(cross)
+    w, V = np.linalg.eigh(backend.asnumpy(gram))
+    keep = w > rcond**2 * max(w[-1], 0.0)
+    W = V[:, keep] @ ((V[:, keep].T @ backend.asnumpy(cross)) / w[keep][:, None])  # (d D, L)
+    return W.reshape(d, D, L).transpose(0, 2, 1)[None]
 
 
 def right_canonicalize(cores):
