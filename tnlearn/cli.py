@@ -311,6 +311,9 @@ def cmd_train(args):
     except FloatingPointError as exc:
         raise FloatingPointError(f"{exc}; {_last_checkpoint(clf, out, args)} (the last good state)") from exc
     fit_seconds = time.perf_counter() - t_fit
+    if not clf.history_:
+        raise FloatingPointError("the first sweep diverged and was rolled back (see the warning above): nothing "
+                                 "was trained; try --dtype float64, --no-precondition or a smaller --bond-dim")
     if not root:
         return 0
     last = clf.history_[-1]

@@ -33,6 +33,13 @@ class SweepRecord:
         Per-stage diagnostics of multi-stage models, keyed by stage name
         (e.g. ``"conv"``): its ``bond_dims``, ``max_truncation_error``,
         ``loss_before`` / ``loss_after`` and ``seconds``; empty for a single MPS.
+    validation_accuracy : float or None
+        Accuracy on the held-out validation part (``early_stopping``).
+    rejected_updates : int
+        Bond updates of the sweep that the safeguard cut back or undone
+        because they would have raised the training objective.
+    data_loss : float or None
+        ``loss`` without the L2 penalty (equal to it when ``alpha = 0``).
     """
 
     sweep: int
@@ -45,20 +52,28 @@ class SweepRecord:
     seconds: float
     truncation_errors: list = field(default_factory=list)
     stages: dict = field(default_factory=dict)
+    validation_accuracy: float | None = None
+    rejected_updates: int = 0
+    data_loss: float | None = None
 
     @classmethod
-    def from_splits(cls, sweep, loss, train_accuracy, test_accuracy, errors, bond_dims, seconds, stages=None):
-        """A record whose truncation summary comes from every split's discarded weight ``errors``."""
+    def from_splits(cls, sweep, loss, train_accuracy, test_accuracy, errors, bond_dims, seconds, stages=None,
+                    **extra):
+        """A record whose truncation summary comes from every split's discarded weight ``errors``.
+
+        ``extra``: ``validation_accuracy``, ``rejected_updates``, ``data_loss``.
+        """
         return cls(
             sweep=sweep, loss=loss, train_accuracy=train_accuracy, test_accuracy=test_accuracy,
             max_truncation_error=float(max(errors)), mean_truncation_error=float(np.mean(errors)),
-            bond_dims=bond_dims, seconds=seconds, truncation_errors=errors, stages=stages or {},
+            bond_dims=bond_dims, seconds=seconds, truncation_errors=errors, stages=stages or {}, **extra,
         )
 
     def headline(self):
-        """``"sweep   k  loss ...  train acc ...  test acc ..."``: the start of a progress line."""
+        """``"sweep   k  loss ...  train acc ...  [val acc ...]  [test acc ...]"``: the start of a progress line."""
+        val = "" if self.validation_accuracy is None else f"  val acc {self.validation_accuracy:.4f}"
         test = "" if self.test_accuracy is None else f"  test acc {self.test_accuracy:.4f}"
-        return f"sweep {self.sweep:3d}  loss {self.loss:.5f}  train acc {self.train_accuracy:.4f}{test}"
+        return f"sweep {self.sweep:3d}  loss {self.loss:.5f}  train acc {self.train_accuracy:.4f}{val}{test}"
 
 
 @dataclass

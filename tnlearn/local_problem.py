@@ -5,10 +5,13 @@ merged block.  Written as a matrix ``Bm`` of shape ``(Dl * d * d, L * Dr)``::
 
     f[n, l] = g * s[n] * sum_{i, b} P[n, i] Bm[i, l * Dr + b] R[n, b]
 
-with ``P[n] = L[n] (x) phi_j[n] (x) phi_{j+1}[n]`` (length ``Dl d d``), ``R`` the
-right environment, ``s[n] = exp(logL[n] + logR[n] - c)`` the per-sample scale
-relative to the largest (``c``), and ``g = exp(c + log_norm)`` the global scale
-(with ``normalize_samples=True``: ``s[n] = 1`` and ``c = 0``).
+with ``P[n] = L[n] (x) phi_j[n] (x) phi_{j+1}[n]`` (length ``Dl d d``, from the
+normalised environments), ``R`` the right environment,
+``s[n] = exp(logL[n] + logR[n] - o[n] - c)`` the per-sample scale relative to
+the largest (``c``), and ``g = exp(c + log_norm)`` the global scale.  The
+fitted output is ``f(x_n) / exp(o[n])``, the model's output divided by a
+per-sample normaliser: the norms of the sample's environments at this bond
+(``normalize_samples``), a fixed offset, or 1 (raw outputs).
 All passes work on the *scaled* block ``Bs = g * Bm`` (so numbers stay O(1)
 whatever the chain length) and over chunks of samples, so every product is a
 large matrix multiply and intermediates stay in cache:
@@ -77,9 +80,12 @@ class LocalProblem:
     backend : Backend
     chunk_size : int
     normalize_samples : bool
-        When true the per-sample scales are dropped (``s[n] = 1``, ``c = 0``):
-        the block is fitted to the outputs of *normalised* environments, which
-        for classification give the same argmax (see ``MPSClassifier.sample_norm``).
+        Fit the outputs of the *normalised* environments: ``o[n] = logL[n] +
+        logR[n]`` (so ``s[n] = 1``, ``c = 0``), the output divided by the norm of
+        the sample's projection onto this bond's variational space (see
+        ``MPSClassifier.sample_norm``); ``sample_log_offset`` is then ignored.
+        The Gram matrices are then unweighted and depend on one environment
+        each (reused from the previous visit).
     shard : tnlearn.distributed.Shard, optional
         This rank's part of the samples in a data-parallel run (None: all
         samples are here).
@@ -88,9 +94,16 @@ class LocalProblem:
         from an earlier visit of the same environments (same ``gram_rows``;
         None for a half to compute).  Returned as they are by :meth:`grams`
         and the fused pass, which then skip that half's products.
+    sample_log_offset : array, shape (n,), optional
+        Without ``normalize_samples``: a fixed log normaliser ``o[n]`` of each
+        sample (float64, on the backend); 0 (the raw outputs) when None.
 
     Attributes
     ----------
+    log_normaliser : array, shape (n,), float64
+        ``o[n]``: the problem's outputs are the model's divided by
+        ``exp(o[n])``; outputs of another problem convert with
+        ``exp(o_other - o)``.
     n_samples : int
         Samples held here.
     n_total : int
@@ -99,7 +112,7 @@ class LocalProblem:
 
     def __init__(
         self, left, left_log, phi_a, phi_b, right, right_log, n_labels, backend, chunk_size=4096,
-        normalize_samples=False, shard=None, known_grams=None,
+        normalize_samples=False, shard=None, known_grams=None, sample_log_offset=None,
     ):
         xp = backend.xp
         self.backend = backend
@@ -115,15 +128,30 @@ class LocalProblem:
         self.n_total = self.n_samples if shard is None else shard.n_total
         self.known_grams = (None, None) if known_grams is None else tuple(known_grams)
         if normalize_samples:
+            self.log_normaliser = left_log + right_log
             self.log_shift = xp.zeros((), dtype=np.float64)
             self.scale = xp.ones(self.n_samples, dtype=self.dtype)
         else:
-            log_s = left_log + right_log
+            self.log_normaliser = (xp.zeros(self.n_samples, dtype=np.float64) if sample_log_offset is None
+                                   else sample_log_offset)
+            log_s = left_log + right_log - self.log_normaliser
             self.log_shift = xp.max(log_s)  # 0-d, stays on the device
             if shard is not None:  # one scale for the whole data set: the working block is shared
                 self.log_shift = shard.max(self.log_shift)
             self.scale = xp.exp(log_s - self.log_shift).astype(self.dtype)
         self.shape = (self.Dl * self.d * self.d, n_labels * self.Dr)
+
+    @property
+    def penalty_weight(self):
+        """``|W|^2 / |Bs|^2``: the squared norm of the network per squared norm of the working block (0-d, device).
+
+        The working block is the network's scaled by ``exp(c)`` (and the
+        centre block of a canonical network has its norm), so an L2 penalty
+        ``alpha / 2 * |W|^2`` on the network is ``alpha / 2 * penalty_weight
+        * |Bs|^2`` here, the same objective at every bond.
+        """
+        xp = self.backend.xp
+        return xp.exp(xp.asarray(-2.0 * self.log_shift, dtype=np.float64))
 
     # -- scaling between stored blocks and the well-conditioned working block --------
     def to_scaled(self, block, log_norm):
@@ -156,13 +184,13 @@ class LocalProblem:
         -------
         block : ndarray, shape (Dl, d, d, L, Dr), unit Frobenius norm (host)
         log_norm : float
-            ``log ||Bs|| - log_shift``; the shift is 0 with ``normalize_samples``
-            (read from the device otherwise).
+            ``log ||Bs|| - log_shift`` (the shift is 0 with ``normalize_samples``,
+            read from the device otherwise).
         """
         host = self.backend.asnumpy(Bs)
         nrm = np.linalg.norm(host)
         block = (host / nrm).reshape(self.Dl, self.d, self.d, self.n_labels, self.Dr)
-        shift = 0.0 if self.normalize_samples else float(self.log_shift)
+        shift = 0.0 if self.normalize_samples else float(self.log_shift)  # no device read when it is 0
         return block, float(np.log(nrm.astype(np.float64))) - shift
 
     # -- sums across ranks ----------------------------------------------------------

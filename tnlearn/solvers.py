@@ -5,7 +5,12 @@ outputs as a linear map), the current working block and the one-hot targets,
 and returns the updated block.  Losses, summed over samples:
 
 * ``"mse"``: ``C = 1/2 sum_n sum_l (f[n, l] - y[n, l])**2`` (Stoudenmire & Schwab);
-* ``"cross_entropy"``: ``C = -sum_n log softmax(f[n])[y_n]``.
+* ``"cross_entropy"``: ``C = -sum_n log softmax(f[n])[y_n]``;
+
+plus, with ``alpha > 0``, the L2 penalty ``alpha / 2 * |W|^2`` on the network
+(scikit-learn's ``alpha``: the penalty on the summed loss), which in the working
+block's units is ``alpha / 2 * problem.penalty_weight * |Bs|^2``: every solver
+minimises the penalised objective (:func:`local_objective`).
 
 Solvers (registry :data:`SOLVERS`):
 
@@ -67,6 +72,32 @@ def loss_value(f, y, loss, xp):
     return -xp.sum(logp * y)
 
 
+def local_objective(problem, f, Bs, y, opts):
+    """The training objective of a block: summed loss of its outputs plus the L2 penalty (0-d, device).
+
+    Parameters
+    ----------
+    problem : LocalProblem
+    f : array, shape (n, L)
+        The block's outputs on the samples held here.
+    Bs : array, shape (Dl * d * d, L * Dr)
+        The working block.
+    y : array, shape (n, L)
+    opts : SolverOptions
+
+    Returns
+    -------
+    0-d array (float64)
+        Summed over the samples of all ranks; the same value for the same
+        network at every bond (sweeps compare it across bonds).
+    """
+    xp = problem.backend.xp
+    value = problem.reduce_sum(loss_value(f, y, opts.loss, xp))
+    if opts.alpha:
+        value = value + 0.5 * opts.alpha * problem.penalty_weight * xp.sum(Bs.astype(np.float64) ** 2)
+    return value
+
+
 @dataclass(frozen=True)
 class SolverOptions:
     """Settings of the local update.
@@ -88,6 +119,8 @@ class SolverOptions:
     damping : float
         Relative Tikhonov damping of each Gram factor before inversion:
         ``G + damping * mean(eig(G)) * I``.
+    alpha : float
+        L2 penalty ``alpha / 2 * |W|^2`` on the network (module docstring).
     """
 
     solver: str = "gd"
@@ -98,6 +131,7 @@ class SolverOptions:
     precondition: bool = False
     damping: float = 0.3
     gram_samples: int | None = 16384
+    alpha: float = 0.0
 
 
 class KroneckerPreconditioner:
@@ -169,12 +203,16 @@ def gradient_descent(problem, Bs, y, opts, want_grams=False):
             f_before = f
         else:
             f, g = problem.forward_and_gradient(Bs, residual)
+        if opts.alpha:
+            g = g - (opts.alpha * problem.penalty_weight).astype(g.dtype) * Bs
         p = precondition(g)
         if opts.step_size == "auto":
             rows = opts.line_search_samples
             Ap = problem.forward(p, rows=rows)
             n_used = problem.global_rows(rows)  # Ap.shape[0] summed over the ranks
             curvature = kappa * problem.reduce_sum(xp.sum(Ap * Ap)) * (problem.n_total / n_used)
+            if opts.alpha:
+                curvature = curvature + opts.alpha * problem.penalty_weight * xp.sum(p * p)
             gp = xp.sum(g * p)
             step = xp.where(curvature > 0, gp / xp.where(curvature > 0, curvature, 1), 0)
         else:
@@ -197,6 +235,9 @@ def conjugate_gradient(problem, Bs, y, opts, want_grams=False):
     xp = problem.backend.xp
     f, s, grams, precondition = _first_pass(problem, Bs, TargetResidual("mse", y), opts, want_grams)
     f_before = f
+    lam = (opts.alpha * problem.penalty_weight).astype(Bs.dtype) if opts.alpha else None
+    if lam is not None:  # normal equations of the penalised loss: (A^T A + lam I) B = A^T y
+        s = s - lam * Bs
     r = y - f
     z = precondition(s)
     p = z
@@ -204,12 +245,16 @@ def conjugate_gradient(problem, Bs, y, opts, want_grams=False):
     for it in range(opts.n_iter):
         q = problem.forward(p)
         qq = problem.reduce_sum(xp.sum(q * q))
+        if lam is not None:
+            qq = qq + lam * xp.sum(p * p)
         alpha = xp.where(qq > 0, ss / xp.where(qq > 0, qq, 1), 0)
         Bs = Bs + alpha * p
         if it == opts.n_iter - 1:
             break
         r = r - alpha * q
         s = problem.gradient(r)
+        if lam is not None:
+            s = s - lam * Bs
         z = precondition(s)
         ss_new = xp.sum(s * z)
         beta = xp.where(ss > 0, ss_new / xp.where(ss > 0, ss, 1), 0)

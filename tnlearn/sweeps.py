@@ -24,7 +24,9 @@ import numpy as np
 from tnlearn.distributed import broadcast_cores
 from tnlearn.environments import EnvironmentCache
 from tnlearn.local_problem import LocalProblem
-from tnlearn.solvers import SolverOptions, loss_value, solve_local
+from tnlearn.solvers import SolverOptions, local_objective, loss_value, solve_local
+from tnlearn.stages.mps import block_matrix, matrix_to_block
+from tnlearn.truncation import truncated_svd
 
 
 @dataclass(frozen=True)
@@ -44,8 +46,13 @@ class SweepOptions:
         ``"data"``: the split that is optimal for the outputs on the training
         data (:func:`tnlearn.truncation.metric_truncated_split`).
     normalize_samples : bool
-        Fit each block to per-sample normalised outputs (see
-        :class:`~tnlearn.local_problem.LocalProblem`).
+        Gram matrices from the normalised environments (reused between
+        visits); see :class:`~tnlearn.local_problem.LocalProblem`.
+    safeguard : bool
+        Judge every bond update by the training objective of the network it
+        leaves (after the split's truncation, see :func:`sweep`): one that
+        raises it is compared with not updating the block, and the better of
+        the two is kept.
     """
 
     max_bond: int
@@ -55,16 +62,81 @@ class SweepOptions:
     chunk_size: int = 4096
     truncation: str = "data"
     normalize_samples: bool = True
+    safeguard: bool = True
 
 
 @dataclass
 class BondInfo:
-    """Result of one bond update: where, which way, what the split discarded."""
+    """Result of one bond update: where, which way, what the split discarded, whether it was taken.
+
+    Attributes
+    ----------
+    bond : int
+    direction : {"right", "left"}
+    kept : int
+        The new bond dimension.
+    discarded_weight : float
+        What the split threw away (relative, in the split's metric).
+    fraction : float
+        1 when the solver's update was kept, 0 when the block was kept as it
+        was (the update would have left a worse network, or was not finite).
+    forced_rise : float
+        How much the kept network's objective exceeds the one before the
+        update (0 when it did not rise): what carrying the label across a
+        capped bond cost even for the better of the two (see :func:`sweep`).
+    objective_before, objective_after : float
+        The bond's objective (summed over samples, in its own normalisation)
+        of the network before the update and of the one it left.
+    """
 
     bond: int
     direction: str
     kept: int
     discarded_weight: float
+    fraction: float = 1.0
+    forced_rise: float = 0.0
+    objective_before: float = float("nan")
+    objective_after: float = float("nan")
+
+
+@dataclass
+class SweepResult:
+    """What a safeguarded sweep did.
+
+    Attributes
+    ----------
+    infos : list of BondInfo
+        One per bond update, in sweep order.
+    outputs : array, shape (n, L)
+        Outputs of the samples held here after the sweep, from the
+        environments at the centre (normalised as the sweep's last bond
+        normalises them; their argmax is the prediction).
+    """
+
+    infos: list
+    outputs: object
+
+    @property
+    def objective(self):
+        """The sweep's objective: the mean over its bond updates of the bond objective after each.
+
+        Every bond lowers (or keeps) its own objective (``objective_after <=
+        objective_before`` up to rounding and forced label moves); with
+        per-sample normalisation by the bond's environments no single
+        function of the network is shared by all bonds, so the sweep is
+        summed up by this average (summed over samples).
+        """
+        return float(np.mean([i.objective_after for i in self.infos]))
+
+    @property
+    def n_rejected(self):
+        """Bond updates that were undone (the old block kept)."""
+        return sum(1 for i in self.infos if i.fraction < 1.0)
+
+    @property
+    def forced_rise(self):
+        """Sum of the bonds' forced rises of the objective (see :attr:`BondInfo.forced_rise`)."""
+        return float(sum(i.forced_rise for i in self.infos))
 
 
 def build_environments(head, phi_sites, opts):
@@ -99,72 +171,306 @@ def advance_past_bond(envs, phi_sites, cores, j, direction):
         envs.advance_right(j + 1, phi_sites[j + 1], cores[j + 1])
 
 
-def half_sweep(head, envs, phi_sites, y, direction, opts, on_bond=None, shard=None):
-    """Update every bond once, moving the label across the whole chain.
+def bond_sequence(n_sites, direction):
+    """The ``(bond, direction)`` visits of a half-sweep (``"right"`` / ``"left"``) or a full one (``"both"``)."""
+    right = [(j, "right") for j in range(n_sites - 1)]
+    left = [(j, "left") for j in range(n_sites - 2, -1, -1)]
+    return {"right": right, "left": left, "both": right + left}[direction]
+
+
+def objective_tolerance(value, dtype):
+    """How much a recomputed objective may exceed ``value`` by rounding alone.
+
+    Outputs are computed in the model's ``dtype`` (float32 by default) and
+    summed in float64; a few ulps of the outputs' precision relative to the
+    objective covers a recomputation of the same network from other
+    environments.
+    """
+    return 16 * np.finfo(dtype).eps * abs(value) + np.finfo(np.float64).tiny
+
+
+@dataclass
+class _PendingUpdate:
+    """A bond update whose effect is judged by the next pass over the samples.
+
+    The next bond's first pass (or the closing pass of the sweep) computes
+    the outputs of exactly the network this update left, so its objective
+    comes for free; only a rejection costs passes.
+    """
+
+    j: int
+    direction: str
+    problem: LocalProblem
+    start: object  # working block before the update (backend)
+    delta: object  # the solver's update (backend)
+    grams: object
+    before: float  # objective before the update
+    info: BondInfo = None
+    settled: bool = False  # the old block replaced a rejected update: its objective is final
+
+
+class _Sweeper:
+    """State of one sweep: the head, its environments, the data and the pending update."""
+
+    def __init__(self, head, envs, phi_sites, y, opts, shard, sample_log_offset):
+        self.head, self.envs, self.phi_sites, self.y = head, envs, phi_sites, y
+        self.opts, self.shard, self.offset = opts, shard, sample_log_offset
+        self.dtype = phi_sites.dtype
+
+    def problem(self, j):
+        envs, opts = self.envs, self.opts
+        left, left_log = envs.get(j)
+        right, right_log = envs.get(j + 2)
+        reuse = opts.normalize_samples
+        return LocalProblem(
+            left, left_log, self.phi_sites[j], self.phi_sites[j + 1], right, right_log,
+            self.head.n_labels, self.head.backend, opts.chunk_size, opts.normalize_samples, self.shard,
+            known_grams=envs.cached_grams(j, opts.solver.gram_samples) if reuse else None,
+            sample_log_offset=self.offset,
+        )
+
+    def solve(self, j):
+        """Local update at bond ``j``: ``(problem, start block, update, grams, objective now, outputs now)``.
+
+        The objective and outputs are those of the network as it is, in bond
+        ``j``'s normalisation (``problem.log_normaliser``).
+        """
+        opts = self.opts
+        problem = self.problem(j)
+        start = problem.to_scaled(self.head.merge(j), self.head.log_norm)
+        new, f, grams = solve_local(problem, start, self.y, opts.solver, want_grams=opts.truncation == "data")
+        value = local_objective(problem, f, start, self.y, opts.solver)  # 0-d, on the device: read later
+        return problem, start, new - start, grams, value, f
+
+    def objective(self, f, log_normaliser, target):
+        """Summed loss of outputs ``f`` (normalised by ``exp(log_normaliser)``) in the normalisation ``target``.
+
+        Bonds that normalise samples by their own environments fit differently
+        normalised outputs of the same network: ``f * exp(log_normaliser -
+        target)`` are the outputs the bond with normaliser ``target`` sees.
+        A 0-d device array, without the penalty (:meth:`penalty` adds it on the host).
+        """
+        xp = self.head.backend.xp
+        if log_normaliser is not target:
+            f = f.astype(np.float64) * xp.exp(log_normaliser - target)[:, None]
+        value = loss_value(f, self.y.astype(np.float64), self.opts.solver.loss, xp)
+        if self.shard is not None:
+            value = self.shard.sum(value)
+        return value
+
+    def penalty(self):
+        """The L2 penalty of the network as it is: ``alpha / 2 * exp(2 log_norm)`` (the centre has unit norm)."""
+        if not self.opts.solver.alpha:
+            return 0.0
+        return 0.5 * self.opts.solver.alpha * float(np.exp(2.0 * self.head.log_norm))
+
+    def read(self, *values):
+        """Device scalars as host floats, in one transfer."""
+        be = self.head.backend
+        return [float(v) for v in be.asnumpy(be.xp.stack([v.astype(np.float64) for v in values]))]
+
+    def apply(self, upd, fraction):
+        """Split ``start + fraction * delta`` at the update's bond and move the environments; a BondInfo.
+
+        A fraction of 0 keeps the old block exactly (a plain SVD at the old
+        bond dimension).  A candidate with NaN or inf entries is not split: the
+        old block is kept instead, and the fraction recorded as 0.
+        """
+        head, opts = self.head, self.opts
+        xp = head.backend.xp
+        j, direction = upd.j, upd.direction
+        Bs = upd.start if fraction == 0 else upd.start + fraction * upd.delta
+        if fraction != 0 and self.shard is not None:
+            # every rank holds the same candidate (sums over samples are reduced): the same verdict
+            if not np.isfinite(float(xp.sum(xp.abs(Bs)))):
+                fraction, Bs = 0.0, upd.start
+        tinfo = None
+        if self.shard is None or self.shard.is_root:  # the split is small dense algebra on the host
+            block, log_norm = upd.problem.from_scaled(Bs)
+            if fraction != 0 and not (np.isfinite(log_norm) and np.all(np.isfinite(block))):
+                fraction = 0.0
+                block, log_norm = upd.problem.from_scaled(upd.start)
+            if fraction == 0:
+                tinfo = head.split(j, block, log_norm, direction, opts.max_bond, 0.0, opts.cutoff_mode)
+            else:
+                grams = upd.grams if opts.truncation == "data" else None
+                tinfo = head.split(j, block, log_norm, direction, opts.max_bond, opts.cutoff, opts.cutoff_mode, grams)
+        if self.shard is not None:
+            tinfo = broadcast_cores(self.shard, head, (j, j + 1), tinfo)
+        advance_past_bond(self.envs, self.phi_sites, head.cores, j, direction)
+        return BondInfo(j, direction, tinfo.kept, tinfo.discarded_weight, float(fraction))
+
+    def accepts(self, upd, value):
+        """Whether the network after ``upd`` (objective ``value``) may stay: not above ``upd.before`` beyond rounding."""
+        if not self.opts.safeguard:
+            return True
+        return bool(value <= upd.before + objective_tolerance(upd.before, self.dtype))
+
+    def judge(self, upd, value):
+        """Settle ``upd`` given the objective ``value`` of the network it currently leaves.
+
+        Returns True when that network stays.  An update that raised the
+        objective is compared with the old block (both carried across the
+        bond by the split, on the first ``line_search_samples`` samples); when
+        the old block does better it replaces the update and False is
+        returned: the caller recomputes the objective and calls again.
+        """
+        if upd.settled or self.accepts(upd, value) or upd.info.fraction == 0 or not self.old_block_is_better(upd):
+            upd.info.forced_rise = max(0.0, value - upd.before)
+            upd.info.objective_before, upd.info.objective_after = upd.before, value
+            return True
+        upd.info = self.apply(upd, 0.0)
+        upd.settled = True
+        return False
+
+    def old_block_is_better(self, upd):
+        """Whether the old block, split at ``max_bond``, fits better than the update the head now holds.
+
+        Both are evaluated in the update's own problem (its environments are
+        still in the cache when the next bond is solved) on the first
+        ``line_search_samples`` training samples (all of them when None): two
+        forward passes over a subsample and an SVD, paid only when an update
+        raised the objective.
+        """
+        head, opts, problem = self.head, self.opts, upd.problem
+        be = head.backend
+        rows = opts.solver.line_search_samples
+        now = problem.to_scaled(head.merge(upd.j), head.log_norm)
+        block, log_norm = problem.from_scaled(upd.start)
+        if not np.isfinite(log_norm):
+            return False
+        shape = block.shape
+        U, s, Vh, _ = truncated_svd(block_matrix(block, upd.direction), opts.max_bond, 0.0, opts.cutoff_mode)
+        old = matrix_to_block((U * s) @ Vh, shape, upd.direction).reshape(problem.shape)
+        old = problem.to_scaled(be.asarray(old.astype(block.dtype)).reshape(shape), log_norm)
+        values = []
+        for candidate in (now, old):
+            f = problem.forward(candidate, rows=rows)  # this rank's samples inside the global prefix
+            values.append(local_objective(problem, f, candidate, self.y[: f.shape[0]], opts.solver))
+        new_value, old_value = self.read(*values)
+        return bool(old_value < new_value)
+
+    def centre_outputs(self):
+        """``(outputs, log normaliser)`` of the network from the environments at its centre.
+
+        The normaliser is the sweep's fixed offset (or 0), or with
+        ``normalize_samples`` the norms of the environments at the centre
+        site (the recorded loss's normalisation, that of ``predict_proba``).
+        """
+        head, opts, xp = self.head, self.opts, self.head.backend.xp
+        c = head.center
+        if opts.normalize_samples:
+            log_normaliser = self.envs.get(c)[1] + self.envs.get(c + 1)[1]
+        elif self.offset is not None:
+            log_normaliser = self.offset
+        else:
+            log_normaliser = xp.zeros(self.phi_sites.shape[1], dtype=np.float64)
+        f = center_outputs(head, self.envs, self.phi_sites, opts.chunk_size, log_normaliser=log_normaliser)
+        return f, log_normaliser
+
+
+def sweep(head, envs, phi_sites, y, opts, direction="both", on_bond=None, shard=None, sample_log_offset=None):
+    """Update every bond once in each direction asked for, never raising the training objective.
+
+    Each bond merges its two sites, takes the solver's update of the block
+    (:func:`tnlearn.solvers.solve_local`), splits the block again (truncation
+    included) and moves the environments on.  The objective of the network
+    the update left is what the next pass over the samples computes first
+    (the next bond's outputs come from exactly that network), so every
+    update is judged after its truncation at no extra cost.  An update that
+    raised the objective beyond rounding is undone and retried with the
+    fractions ``opts.backtrack`` of it, then dropped (the old block kept):
+    with ``opts.safeguard`` the objective after a sweep is at most what it
+    was before, up to rounding, whatever the solver, preconditioner or
+    truncation did.
 
     Parameters
     ----------
     head : MPSHead
-        Centre at site 0 for ``direction="right"``, at site ``N - 1`` for ``"left"``.
+        Centre at site 0 for ``"right"`` and ``"both"``, at ``N - 1`` for ``"left"``.
     envs : EnvironmentCache
     phi_sites : array, shape (N, n_samples, d)
     y : array, shape (n_samples, L)
-    direction : {"right", "left"}
     opts : SweepOptions
+    direction : {"both", "right", "left"}
     on_bond : callable, optional
-        Called with a :class:`BondInfo` after every bond.
+        Called with each :class:`BondInfo` once its update is settled.
     shard : tnlearn.distributed.Shard, optional
         This rank's samples in a data-parallel run (``phi_sites``, ``y`` and
         ``envs`` then hold only them); None in one process.
+    sample_log_offset : array, shape (n_samples,), optional
+        Per-sample log normaliser of the fitted outputs (see
+        :class:`~tnlearn.local_problem.LocalProblem`); None: raw outputs.
+
+    Returns
+    -------
+    SweepResult
+    """
+    state = _Sweeper(head, envs, phi_sites, y, opts, shard, sample_log_offset)
+    infos, pending = [], None
+
+    def settle(upd):
+        infos.append(upd.info)
+        if on_bond is not None:
+            on_bond(upd.info)
+
+    def after_pending(f, log_normaliser, value=None):
+        """The pending update's objective after it, and ``value`` (this bond's, before its update) read with it."""
+        if value is not None and log_normaliser is pending.problem.log_normaliser:  # one normalisation
+            v = state.read(value)[0]  # the penalty is in it
+            return v, v
+        after = state.objective(f, log_normaliser, pending.problem.log_normaliser)
+        if value is None:
+            return state.read(after)[0] + state.penalty(), None
+        after, before = state.read(after, value)
+        return after + state.penalty(), before
+
+    for j, way in bond_sequence(head.n_sites, direction):
+        while True:
+            problem, start, delta, grams, value, f = state.solve(j)
+            if pending is None:
+                value = state.read(value)[0]
+                break
+            after, before = after_pending(f, problem.log_normaliser, value)
+            if state.judge(pending, after):
+                value = before
+                break  # else the previous bond was re-split: the environments changed, solve bond j again
+        if pending is not None:
+            settle(pending)
+        if grams is not None and opts.normalize_samples:
+            envs.keep_grams(j, opts.solver.gram_samples, grams)
+        pending = _PendingUpdate(j, way, problem, start, delta, grams, value)
+        pending.info = state.apply(pending, 1.0)
+    f, log_normaliser = state.centre_outputs()
+    while pending is not None and not state.judge(pending, after_pending(f, log_normaliser)[0]):
+        f, log_normaliser = state.centre_outputs()
+    if pending is not None:
+        settle(pending)
+    return SweepResult(infos, f)
+
+
+def half_sweep(head, envs, phi_sites, y, direction, opts, on_bond=None, shard=None, sample_log_offset=None):
+    """Update every bond once, moving the label across the whole chain (:func:`sweep` in one direction).
 
     Returns
     -------
     list of BondInfo
     """
-    n_sites = head.n_sites
-    bonds = range(n_sites - 1) if direction == "right" else range(n_sites - 2, -1, -1)
-    # Gram matrices of a half-block are reused from the previous visit while its environment
-    # is unchanged; with per-sample scales (normalize_samples=False) a Gram also depends on
-    # the other environment's norms, so they are recomputed every time
-    gram_key = opts.solver.gram_samples
-    reuse_grams = opts.normalize_samples
-    infos = []
-    for j in bonds:
-        left, left_log = envs.get(j)
-        right, right_log = envs.get(j + 2)
-        problem = LocalProblem(
-            left, left_log, phi_sites[j], phi_sites[j + 1], right, right_log,
-            head.n_labels, head.backend, opts.chunk_size, opts.normalize_samples, shard,
-            known_grams=envs.cached_grams(j, gram_key) if reuse_grams else None,
-        )
-        Bs = problem.to_scaled(head.merge(j), head.log_norm)
-        Bs, _, grams = solve_local(problem, Bs, y, opts.solver, want_grams=opts.truncation == "data")
-        if grams is not None and reuse_grams:
-            envs.keep_grams(j, gram_key, grams)
-        if opts.truncation != "data":
-            grams = None
-        tinfo = None
-        if shard is None or shard.is_root:  # the split is small dense algebra on the host
-            block, log_norm = problem.from_scaled(Bs)
-            tinfo = head.split(j, block, log_norm, direction, opts.max_bond, opts.cutoff, opts.cutoff_mode, grams)
-        if shard is not None:
-            tinfo = broadcast_cores(shard, head, (j, j + 1), tinfo)
-        advance_past_bond(envs, phi_sites, head.cores, j, direction)
-        info = BondInfo(j, direction, tinfo.kept, tinfo.discarded_weight)
-        infos.append(info)
-        if on_bond is not None:
-            on_bond(info)
-    return infos
+    return sweep(head, envs, phi_sites, y, opts, direction, on_bond, shard, sample_log_offset).infos
 
 
-def full_sweep(head, envs, phi_sites, y, opts, on_bond=None, shard=None):
-    """A right half-sweep then a left one (centre at site 0 before and after)."""
-    infos = half_sweep(head, envs, phi_sites, y, "right", opts, on_bond, shard)
-    infos += half_sweep(head, envs, phi_sites, y, "left", opts, on_bond, shard)
-    return infos
+def full_sweep(head, envs, phi_sites, y, opts, on_bond=None, shard=None, sample_log_offset=None):
+    """A right half-sweep then a left one (centre at site 0 before and after); see :func:`sweep`.
+
+    Returns
+    -------
+    list of BondInfo
+    """
+    return sweep(head, envs, phi_sites, y, opts, "both", on_bond, shard, sample_log_offset).infos
 
 
-def center_outputs(head, envs, phi_sites, chunk_size=4096, normalized=False):
+def center_outputs(head, envs, phi_sites, chunk_size=4096, normalized=False, sample_log_offset=None,
+                   log_normaliser=None):
     """Outputs of every training sample from the cached environments of the centre site.
 
     Parameters
@@ -176,7 +482,10 @@ def center_outputs(head, envs, phi_sites, chunk_size=4096, normalized=False):
     chunk_size : int
     normalized : bool
         Divide each sample's outputs by the norms of its environments at the
-        centre (what ``normalize_samples`` training fits).
+        centre.
+    sample_log_offset, log_normaliser : array, shape (n_samples,), optional
+        Divide each sample's outputs by ``exp(...)`` instead (the fitted
+        outputs of a sweep with that per-sample normaliser).
 
     Returns
     -------
@@ -196,10 +505,15 @@ def center_outputs(head, envs, phi_sites, chunk_size=4096, normalized=False):
         sl = slice(start, start + chunk_size)
         T = xp.matmul(be.row_outer(left[sl], phi_sites[c, sl]), mat)
         out[sl] = be.row_contract(T.reshape(-1, L, Dr), right[sl])
+    if log_normaliser is None and sample_log_offset is not None:
+        log_normaliser = sample_log_offset
     if normalized:
         out *= np.exp(head.log_norm)
     else:
-        out *= xp.exp(left_log + right_log + head.log_norm)[:, None]
+        log_s = left_log + right_log + head.log_norm
+        if log_normaliser is not None:
+            log_s = log_s - log_normaliser
+        out *= xp.exp(log_s)[:, None]
     return out
 
 

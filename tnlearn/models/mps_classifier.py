@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -12,10 +13,13 @@ from tnlearn.backend import get_backend, resolve_chunk_size
 from tnlearn.distributed import broadcast_cores, check_same_data, get_comm, make_shard, shard_bounds
 from tnlearn.embeddings import embed, get_feature_map
 from tnlearn.history import History, SweepRecord
+from tnlearn.models._training import (
+    EarlyStopping, HeadSnapshot, divergence, validation_split, warn_diverged,
+)
 from tnlearn.models._validation import check_chunk_size, check_dtype, check_label_vector
 from tnlearn.solvers import LOSSES, SOLVERS, SolverOptions, softmax
 from tnlearn.stages.mps import MPSHead, init_cores, pca_init_cores
-from tnlearn.sweeps import SweepOptions, build_environments, center_outputs, full_sweep, training_loss
+from tnlearn.sweeps import SweepOptions, build_environments, objective_tolerance, sweep
 from tnlearn.truncation import check_truncation_args
 
 _INITS = ("pca", "identity")
@@ -107,17 +111,20 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
         See :mod:`tnlearn.embeddings`.
     dtype : {"float32", "float64"}, default="float32"
     sample_norm : bool, default=True
-        Fit every block to the outputs of *per-sample normalised* environments,
-        ``f(x) / (|L(x)| |R(x)|)``, instead of the raw ``f(x)``.  The two differ
-        by a positive factor per sample, so the predicted class is the same,
-        but the raw outputs of an ``N``-site chain span many orders of
-        magnitude across samples (how well the isometries capture each
-        sample's product state compounds over the sites), and the raw loss
-        ignores every poorly captured sample.  On 14x14 Fashion-MNIST (2,000
-        samples, m = 20, 2 sweeps) this lifts test accuracy from 72% to 78%.
-        ``False`` gives the paper's raw squared loss.  ``decision_function``
-        always returns the raw ``f(x)`` (what quimb's contraction gives);
-        ``predict_proba`` and the recorded loss use the normalised outputs when true.
+        Fit ``f(x_n) / c_n`` instead of the raw ``f(x_n)``, with ``c_n`` a
+        fixed normaliser of each training sample set at the start of ``fit``:
+        the norm of the sample's product state projected onto the initial
+        network's right subspace (relative to their geometric mean).  The raw
+        outputs of an ``N``-site chain span many orders of magnitude across
+        samples (how well the isometries capture each sample compounds over
+        the sites), and the raw loss ignores every poorly captured sample;
+        dividing by ``c_n`` weighs them alike.  As ``c_n`` does not change
+        during the fit, every bond of every sweep lowers the same objective,
+        which is the recorded ``loss``.  The predicted class is the same
+        (``c_n > 0``).  ``False`` gives the paper's raw squared loss.
+        ``decision_function`` always returns the raw ``f(x)`` (what quimb's
+        contraction gives); ``predict_proba`` divides by the same normaliser
+        computed from the fitted network.
     init : {"pca", "identity"}, default="pca"
         ``"pca"`` builds the initial sites from the training data's principal
         subspaces (see :func:`tnlearn.stages.mps.pca_init_cores`), at bond
@@ -165,11 +172,42 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
         each keeps a contiguous shard of the shuffled samples, and all end
         with the same model (see :mod:`tnlearn.distributed`).  ``fit(...,
         comm=...)`` takes an explicit communicator instead.
+    alpha : float, default=0.0
+        L2 penalty ``alpha / 2 * |W|^2`` on the network, added to the summed
+        training loss (scikit-learn's ``alpha``; ``W`` in the units of the
+        normalised outputs, see ``sample_norm``).  Every local update minimises
+        the penalised objective; the recorded ``loss`` includes it.
+    early_stopping : bool, default=False
+        Hold out ``validation_fraction`` of the training data (stratified),
+        score it after every sweep, stop when the validation accuracy has not
+        improved by more than ``tol`` for ``n_iter_no_change`` sweeps, and end
+        with the network of the best sweep (as ``MLPClassifier`` does).
+        ``n_sweeps`` is then the most sweeps run.
+    validation_fraction : float, default=0.1
+        Share of the training data held out when ``early_stopping``.
+    n_iter_no_change : int, default=2
+        Sweeps without improvement before early stopping ends the fit.
+    tol : float, default=1e-4
+        Smallest gain of validation accuracy that counts as an improvement.
     random_state : int, Generator or None, default=None
     warm_start : bool, default=False
-        Continue from the fitted network instead of starting anew.
+        Continue from the fitted network instead of starting anew (the
+        sample normalisers ``c_n`` are computed afresh from it).
     verbose : int, default=0
         1 prints a line per sweep; 2 also shows a progress bar over bonds.
+
+    Notes
+    -----
+    **Every sweep lowers the training objective or leaves it as it was.**
+    The objective is ``sum_n loss(f(x_n) / c_n, y_n) + alpha / 2 * |W|^2``;
+    a bond update (solver step, then the truncated split) is kept only if
+    the network it leaves does not raise it beyond rounding, else it is cut
+    back to a quarter and then undone (:func:`tnlearn.sweeps.sweep`; the
+    check costs nothing as the next bond's pass computes it anyway).  The
+    recorded per-sweep ``loss`` is this objective divided by the number of
+    training samples.  A sweep whose loss still rises by more than 1% or
+    turns non-finite is rolled back, with a
+    :class:`~tnlearn.models._training.DivergenceWarning`, and training stops.
 
     Attributes
     ----------
@@ -207,6 +245,11 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
         chunk_size="auto",
         backend="numpy",
         distributed=None,
+        alpha=0.0,
+        early_stopping=False,
+        validation_fraction=0.1,
+        n_iter_no_change=2,
+        tol=1e-4,
         random_state=None,
         warm_start=False,
         verbose=0,
@@ -232,6 +275,11 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
         self.chunk_size = chunk_size
         self.backend = backend
         self.distributed = distributed
+        self.alpha = alpha
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.tol = tol
         self.random_state = random_state
         self.warm_start = warm_start
         self.verbose = verbose
@@ -252,7 +300,7 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
         ):
             raise ValueError(f"gram_samples={self.gram_samples!r} must be None (all samples) or an integer >= 1")
         check_chunk_size(self.chunk_size)
-        for name in ("n_sweeps", "n_iter", "init_bond"):
+        for name in ("n_sweeps", "n_iter", "init_bond", "n_iter_no_change"):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name}={value!r} must be an integer >= 1")
@@ -260,6 +308,16 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(f"step_size={self.step_size!r} must be 'auto' or a positive number")
         if not (isinstance(self.damping, (int, float)) and self.damping > 0):
             raise ValueError(f"damping={self.damping!r} must be a positive number (e.g. 1e-3)")
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not (self.alpha >= 0) \
+                or not np.isfinite(self.alpha):
+            raise ValueError(f"alpha={self.alpha!r} must be a finite number >= 0 (the L2 penalty; 0 disables it)")
+        if not isinstance(self.early_stopping, (bool, np.bool_)):
+            raise ValueError(f"early_stopping={self.early_stopping!r} must be True or False")
+        if isinstance(self.validation_fraction, bool) or not isinstance(self.validation_fraction, (int, float)) \
+                or not 0 < self.validation_fraction < 1:
+            raise ValueError(f"validation_fraction={self.validation_fraction!r} must be a number in (0, 1), e.g. 0.1")
+        if isinstance(self.tol, bool) or not isinstance(self.tol, (int, float)) or not self.tol >= 0:
+            raise ValueError(f"tol={self.tol!r} must be a number >= 0 (the smallest validation gain that counts)")
         if self.truncation not in _TRUNCATIONS:
             raise ValueError(f"truncation={self.truncation!r} is not known; choose one of {_TRUNCATIONS}")
         if self.distributed not in (None, "mpi"):
@@ -358,11 +416,19 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
         dtype = np.dtype(self.dtype)
         comm = get_comm(self.distributed if comm is None else comm)
 
+        if comm.size > 1:
+            check_same_data(comm, X, y)
+        stopper = val_data = None
+        if self.early_stopping:  # rank 0's split on every rank
+            train_idx, val_idx = validation_split(len(X), y_idx, float(self.validation_fraction), rng)
+            train_idx, val_idx = comm.bcast_arrays([train_idx, val_idx])
+            val_data = (self._embed(X[val_idx], backend, "clip"), y_idx[val_idx])
+            X, y_idx = X[train_idx], y_idx[train_idx]
+            stopper = EarlyStopping(int(self.n_iter_no_change), float(self.tol))
         # shuffle once: the line search uses the first rows as a random subset
         order = rng.permutation(len(X))
         shard = None
         if comm.size > 1:  # every rank takes its contiguous part of rank 0's shuffled order
-            check_same_data(comm, X, y)
             order = comm.bcast_arrays([order])[0]
             shard = make_shard(comm, len(X), backend)
             order = order[shard.start : shard.stop]
@@ -415,13 +481,34 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
                 start, stop = shard_bounds(len(X_eval), comm.size, comm.rank)
                 X_eval, y_eval = X_eval[start:stop], y_eval[start:stop]
             eval_data = (self._embed(X_eval, backend, "clip"), y_eval, len(eval_set[1]))
+        if solver_alpha := float(self.alpha):
+            opts = replace(opts, solver=replace(opts.solver, alpha=solver_alpha))
+        self.validation_scores_ = [] if stopper is not None else None
+        loss = None
         for _ in range(self.n_sweeps):
-            self._run_one_sweep(head, envs, phi_sites, Y, y_idx[order], opts, eval_data, backend, shard)
+            before = HeadSnapshot.of(head)
+            record = self._run_one_sweep(head, envs, phi_sites, Y, y_idx[order], opts, eval_data, backend, shard,
+                                         val_data, loss)
+            if record is None:  # rolled back to `before`
+                before.restore(head)
+                break
+            loss = record.loss
+            if stopper is not None:
+                self.validation_scores_.append(record.validation_accuracy)
+                stop = stopper.update(record.validation_accuracy, head, record.sweep)
             if on_sweep is not None:
                 on_sweep(self)
+            if stopper is not None and stop:
+                break
+        if stopper is not None and stopper.best is not None:
+            stopper.best.restore(head)
+            self.best_validation_score_ = stopper.best_score
+            self.best_sweep_ = stopper.best_sweep
         return self
 
-    def _run_one_sweep(self, head, envs, phi_sites, Y, y_idx, opts, eval_data, backend, shard=None):
+    def _run_one_sweep(self, head, envs, phi_sites, Y, y_idx, opts, eval_data, backend, shard=None,
+                       val_data=None, loss_before=None):
+        """One safeguarded sweep and its record; None when it raised the loss (the caller rolls it back)."""
         xp = backend.xp
         bar = None
         verbose = self.verbose if shard is None or shard.is_root else 0
@@ -439,34 +526,58 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
                 interrupt.requested = shard.comm.any(interrupt.requested)
             interrupt.check()
 
+        n_total = phi_sites.shape[1] if shard is None else shard.n_total
+        number = len(self.history_) + 1
         try:
             with interrupt:
-                infos = full_sweep(head, envs, phi_sites, Y, opts, on_bond=on_bond, shard=shard)
+                result = sweep(head, envs, phi_sites, Y, opts, on_bond=on_bond, shard=shard)
+        except FloatingPointError as exc:
+            result = exc
         finally:
             if bar is not None:
                 bar.close()
-        f = center_outputs(head, envs, phi_sites, opts.chunk_size, normalized=bool(opts.normalize_samples))
         seconds = time.perf_counter() - t0
-        loss = training_loss(f, Y, self.loss, xp, shard)
-        if not np.isfinite(loss):
-            raise FloatingPointError(
-                f"the training loss became {loss} in sweep {len(self.history_) + 1}: the sweep diverged; "
-                "use step_size='auto' or a smaller step_size, or dtype='float64'"
+        if isinstance(result, FloatingPointError):
+            warn_diverged(type(self).__name__, number, str(result))
+            return None
+        loss = result.objective / n_total
+        reason = divergence(loss_before, loss)
+        if reason is not None:
+            warn_diverged(type(self).__name__, number, reason)
+            return None
+        if loss_before is not None and loss > loss_before + objective_tolerance(loss_before, phi_sites.dtype):
+            # a small rise: what moving the label across capped bonds costs once the sweeps have
+            # converged; the previous network is kept and training ends
+            self.history_.meta["stopped"] = (
+                f"sweep {number} would have raised the training loss from {loss_before:.6g} to {loss:.6g}; "
+                f"kept the network of sweep {number - 1} (converged at max_bond={self.max_bond})"
             )
+            if verbose:
+                print(f"sweep {number:3d}  loss {loss:.5f} > {loss_before:.5f}: converged, keeping sweep "
+                      f"{number - 1}'s network", flush=True)
+            return None
+        f = result.outputs
         n_train = None if shard is None else shard.n_total
         train_acc = _accuracy(backend.asnumpy(xp.argmax(f, axis=1)) == y_idx, shard, n_train)
-        test_acc = None
+        test_acc = val_acc = None
         if eval_data is not None:
             scores = head.decision_function(eval_data[0], opts.chunk_size)
             test_acc = _accuracy(self.classes_[np.argmax(scores, axis=1)] == eval_data[1], shard, eval_data[2])
+        if val_data is not None:  # every rank holds the whole validation set: the same score everywhere
+            val_acc = float(np.mean(np.argmax(head.decision_function(val_data[0], opts.chunk_size), axis=1)
+                                    == val_data[1]))
+        infos = result.infos
         errors = [i.discarded_weight for i in infos]
         record = SweepRecord.from_splits(
-            len(self.history_) + 1, loss, train_acc, test_acc, errors, head.bond_dims, seconds
+            number, loss, train_acc, test_acc, errors, head.bond_dims, seconds,
+            validation_accuracy=val_acc, rejected_updates=result.n_rejected,
+            data_loss=loss - (0.5 * opts.solver.alpha * float(np.exp(2 * head.log_norm)) / n_total),
         )
         self.history_.append(record)
         if verbose:
             print(f"{record.headline()}  max bond {max(record.bond_dims)}  "
                   f"max trunc err {record.max_truncation_error:.2e}  {seconds:.2f} s", flush=True)
+        return record
 
     # -- prediction ---------------------------------------------------------------
     def _check_fitted(self):
