@@ -179,7 +179,8 @@ def _staged_model_checks(args):
     if model == "conv-mps" and args.order != "row":
         raise ValueError(f"--order {args.order} would scramble the image patches: --model conv-mps reads the "
                          "image in row order (drop --order)")
-    head_only = {"loss": "mse", "solver": "gd", "truncation": "data", "precondition": None}
+    head_only = {"loss": None, "solver": "gd", "truncation": "data", "precondition": None, "alpha": None,
+                 "early_stopping": False, "validation_fraction": None, "n_iter_no_change": None}
     if model == "tt-net":
         head_only.update({"n_iter": 1, "damping": None})
     changed = [f"--{k.replace('_', '-')}" for k, default in head_only.items() if getattr(args, k) != default]
@@ -190,6 +191,17 @@ def _staged_model_checks(args):
                     "--epochs-per-bond)")
         raise ValueError(f"{', '.join(changed)} only appl{'ies' if one else 'y'} to --model mps; {how}: "
                          f"drop {'it' if one else 'them'}")
+
+
+def _non_negative_float(text):
+    """argparse type: a finite float >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number >= 0")
+    return value
 
 
 def _new_model(args, ds, verbose):
@@ -207,9 +219,12 @@ def _new_model(args, ds, verbose):
                                n_sweeps=args.sweeps, epochs_per_bond=args.epochs_per_bond,
                                learning_rate=args.learning_rate, lr_decay=args.lr_decay, dtype=args.dtype,
                                backend=args.backend, random_state=args.seed, verbose=verbose)
-    extra = {k: getattr(args, k) for k in ("precondition", "damping") if getattr(args, k) is not None}
+    extra = {k: getattr(args, k, None) for k in ("precondition", "damping", "loss", "alpha", "validation_fraction",
+                                                 "n_iter_no_change")}
+    extra = {k: v for k, v in extra.items() if v is not None}
     return MPSClassifier(max_bond=args.bond_dim, cutoff=args.cutoff, n_sweeps=args.sweeps, solver=args.solver,
-                         n_iter=args.n_iter, loss=args.loss, truncation=args.truncation, dtype=args.dtype,
+                         n_iter=args.n_iter, truncation=args.truncation, dtype=args.dtype,
+                         early_stopping=bool(getattr(args, "early_stopping", False)),
                          backend=args.backend, random_state=args.seed, verbose=verbose, **extra)
 
 
@@ -431,7 +446,8 @@ def build_parser():
                    help="max bond dimension of the MPS (head) (default: 16)")
     p.add_argument("--sweeps", type=_positive_int, default=4, metavar="S", help="full sweeps (default: 4)")
     p.add_argument("--cutoff", type=float, default=1e-10, metavar="C", help="SVD cutoff (default: 1e-10)")
-    p.add_argument("--loss", choices=("mse", "cross_entropy"), default="mse", help="loss (default: mse)")
+    p.add_argument("--loss", choices=("mse", "cross_entropy"), default=None,
+                   help="loss (default: the estimator's, mse)")
     p.add_argument("--solver", choices=("gd", "cg"), default="gd", help="local solver (default: gd)")
     p.add_argument("--n-iter", type=_positive_int, default=1, metavar="K",
                    help="solver iterations per bond (default: 1)")
@@ -441,6 +457,15 @@ def build_parser():
                    help="relative damping of the preconditioner (default: the estimator's)")
     p.add_argument("--truncation", choices=("data", "svd"), default="data",
                    help="split: data-metric SVD or plain SVD (default: data)")
+    p.add_argument("--alpha", type=_non_negative_float, default=None, metavar="A",
+                   help="L2 penalty alpha/2 |W|^2 on the network (default: the estimator's, 0)")
+    p.add_argument("--early-stopping", action="store_true",
+                   help="hold out --validation-fraction of the training images, stop when their accuracy has not "
+                        "improved for --n-iter-no-change sweeps and keep the best sweep's network (mps model)")
+    p.add_argument("--validation-fraction", type=float, default=None, metavar="F",
+                   help="share held out by --early-stopping (default: 0.1)")
+    p.add_argument("--n-iter-no-change", type=_positive_int, default=None, metavar="K",
+                   help="sweeps without validation gain before --early-stopping stops (default: 2)")
     p.add_argument("--n-train", type=_positive_int, metavar="N", help="random training subset of N images")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="(default: float32)")
     p.add_argument("--backend", choices=("numpy", "cupy"), default=None,

@@ -3,9 +3,11 @@
 * :class:`HeadSnapshot` — the network as it was (cores are replaced, never
   written in place, by a split, so a snapshot is a list of references).
 * :func:`divergence` — whether a sweep's training loss rose past the
-  threshold or stopped being finite; the estimator then restores the
+  threshold (10%) or stopped being finite; the estimator then restores the
   snapshot taken before that sweep, warns with :class:`DivergenceWarning`
-  and stops, so a diverged network is never the result of a fit.
+  and stops, so a diverged network is never the result of a fit.  A sweep
+  that raised the loss by less is rolled back too, without a warning: the
+  sweeps have converged (the fit's ``history_.meta["stopped"]`` says so).
 * :class:`EarlyStopping` — scikit-learn's ``early_stopping`` /
   ``validation_fraction`` / ``n_iter_no_change`` / ``tol`` (as in
   ``MLPClassifier``): the validation accuracy after every sweep, the best
@@ -19,8 +21,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-#: A sweep whose mean training loss rises by more than this fraction is rolled back.
-DIVERGENCE_RISE = 0.01
+#: A sweep whose mean training loss rises by more than this fraction has diverged: it is rolled back with a
+#: DivergenceWarning.  (A smaller rise is rolled back too, quietly: the sweeps have converged.)
+DIVERGENCE_RISE = 0.1
 
 
 class DivergenceWarning(UserWarning):

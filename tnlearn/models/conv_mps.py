@@ -36,6 +36,7 @@ from tnlearn.models._validation import (
 )
 from tnlearn.networks import LABEL_IND, head_to_quimb
 from tnlearn.solvers import SolverOptions
+from tnlearn.models._training import HeadSnapshot, divergence, warn_diverged
 from tnlearn.stage_sweeps import ConvSweepOptions, conv_half_sweep
 from tnlearn.stages.conv import ConvStage, extract_patches, patch_grid, patch_sites, pca_conv_cores, pooled_conv_cores
 from tnlearn.stages.mps import MPSHead, pca_init_cores
@@ -256,8 +257,10 @@ class ConvMPSClassifier(ClassifierMixin, BaseEstimator):
                                       "n_channels": self.n_channels, "grid": list(conv.grid)})
         steps = {}
         envs = build_environments(head, v_sites, head_opts)
+        loss_before = None
         for sweep in range(1, self.n_sweeps + 1):
             t0 = time.perf_counter()
+            snapshot = (HeadSnapshot.of(head), HeadSnapshot.of(net), v_sites)
             infos = full_sweep(head, envs, v_sites, Y, head_opts)  # leaves the right environments valid
             conv_record = {}
             if sweep >= self.conv_start:
@@ -278,18 +281,27 @@ class ConvMPSClassifier(ClassifierMixin, BaseEstimator):
                     "loss_after": float(losses[-1][1]),
                     "seconds": time.perf_counter() - t1,
                 }
-            self._record(sweep, head, envs, v_sites, Y, y_idx, infos, conv_record, head_opts, eval_patches,
-                         time.perf_counter() - t0)
+            record = self._record(sweep, head, envs, v_sites, Y, y_idx, infos, conv_record, head_opts, eval_patches,
+                                  time.perf_counter() - t0, loss_before)
+            if record is None:  # diverged: both stages back to where the sweep started
+                snapshot[0].restore(head)
+                snapshot[1].restore(net)
+                break
+            loss_before = record.loss
             if on_sweep is not None:
                 on_sweep(self)
         return self
 
-    def _record(self, sweep, head, envs, v_sites, Y, y_idx, infos, conv_record, head_opts, eval_patches, seconds):
+    def _record(self, sweep, head, envs, v_sites, Y, y_idx, infos, conv_record, head_opts, eval_patches, seconds,
+                loss_before=None):
+        """Append the sweep's record and return it; None (after a warning) when the sweep diverged."""
         xp = head.backend.xp
         f = center_outputs(head, envs, v_sites, head_opts.chunk_size, normalized=True)
         loss = training_loss(f, Y, "mse", xp)
-        if not np.isfinite(loss):
-            raise FloatingPointError(f"the training loss became {loss} in sweep {sweep}; use dtype='float64'")
+        reason = divergence(loss_before, loss)
+        if reason is not None:
+            warn_diverged(type(self).__name__, sweep, reason)
+            return None
         train_acc = float(np.mean(head.backend.asnumpy(xp.argmax(f, axis=1)) == y_idx))
         test_acc = None
         if eval_patches is not None:
@@ -306,6 +318,7 @@ class ConvMPSClassifier(ClassifierMixin, BaseEstimator):
             if conv_record:
                 conv = f"  conv loss {conv_record['loss_before']:.5f} -> {conv_record['loss_after']:.5f}"
             print(f"{record.headline()}{conv}  max bond {max(record.bond_dims)}  {seconds:.2f} s", flush=True)
+        return record
 
     # -- prediction -------------------------------------------------------------------
     def _check_fitted(self):

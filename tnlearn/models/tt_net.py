@@ -38,6 +38,7 @@ from tnlearn.models._validation import (
 from tnlearn.optim import Adam
 from tnlearn.solvers import softmax
 from tnlearn.stages.tt import TTMatrix, check_tt_shapes, factorize
+from tnlearn.models._training import divergence, warn_diverged
 from tnlearn.sweeps import training_loss
 from tnlearn.truncation import check_truncation_args
 
@@ -239,7 +240,9 @@ class TTNetClassifier(ClassifierMixin, BaseEstimator):
         adam = Adam(self.learning_rate, xp=xp)
         n_bonds = self.tt_.n_cores - 1
         schedule = [(j, "right") for j in range(n_bonds)] + [(j, "left") for j in range(n_bonds - 1, -1, -1)]
+        loss_before = None
         for sweep in range(self.n_sweeps):
+            snapshot = ([c.copy() for c in self.tt_.cores], self.b1_.copy(), self.V_.copy(), self.b2_.copy())
             adam.learning_rate = self.learning_rate * self.lr_decay**sweep
             t0 = time.perf_counter()
             bar = None
@@ -257,19 +260,25 @@ class TTNetClassifier(ClassifierMixin, BaseEstimator):
             if bar is not None:
                 bar.close()
             seconds = time.perf_counter() - t0
-            self._record(Xp, Y, y_idx, eval_data, errors, seconds)
+            record = self._record(Xp, Y, y_idx, eval_data, errors, seconds, loss_before)
+            if record is None:  # diverged: back to the network before this sweep
+                cores, self.b1_, self.V_, self.b2_ = snapshot
+                self.tt_.cores = cores
+                break
+            loss_before = record.loss
             if on_sweep is not None:
                 on_sweep(self)
         return self
 
-    def _record(self, Xp, Y, y_idx, eval_data, errors, seconds):
+    def _record(self, Xp, Y, y_idx, eval_data, errors, seconds, loss_before=None):
+        """Append the sweep's record and return it; None (after a warning) when the sweep diverged."""
         xp = self._backend.xp
         f = self._decision(Xp)
         loss = training_loss(f, Y, "cross_entropy", xp)
-        if not np.isfinite(loss):
-            raise FloatingPointError(
-                f"the training loss became {loss} in sweep {len(self.history_) + 1}; lower learning_rate"
-            )
+        reason = divergence(loss_before, loss)
+        if reason is not None:
+            warn_diverged(type(self).__name__, len(self.history_) + 1, f"{reason}; lower learning_rate")
+            return None
         train_acc = float(np.mean(self._backend.asnumpy(xp.argmax(f, axis=1)) == y_idx))
         test_acc = None
         if eval_data is not None:
@@ -282,6 +291,7 @@ class TTNetClassifier(ClassifierMixin, BaseEstimator):
         if self.verbose:
             print(f"{record.headline()}  TT-ranks {self.tt_.ranks}  "
                   f"max trunc err {record.max_truncation_error:.2e}  {seconds:.2f} s", flush=True)
+        return record
 
     # -- prediction -------------------------------------------------------------------------------
     def _check_fitted(self):
