@@ -82,8 +82,8 @@ def pca_init_cores(
     support it.
 
     With ``targets`` the label site 0 is the least-squares read-out of the
-    targets from ``phi_0 (x) R_1`` (minimum-norm solution, singular values
-    below ``1e-6`` of the largest dropped): a function of the data alone,
+    targets from ``phi_0 (x) R_1`` (lightly ridge-regularised, see
+    :func:`least_squares_readout`): a function of the data alone,
     the same whatever signs or rotations the eigensolver picked for the
     bases, so two machines that round differently start from the same
     model.  Without ``targets`` it is a random unit tensor drawn from ``rng``
@@ -158,8 +158,8 @@ def pca_init_cores(
     return cores, float(np.log(nrm))
 
 
-def least_squares_readout(phi_0, right, targets, backend, chunk_size=4096, shard=None, rcond=1e-6):
-    """Minimum-norm least-squares label site: ``argmin_W sum_n |(phi_0[n] (x) R[n]) W - y[n]|^2``.
+def least_squares_readout(phi_0, right, targets, backend, chunk_size=4096, shard=None, ridge=1e-3):
+    """Ridge least-squares label site: ``argmin_W sum_n |(phi_0[n] (x) R[n]) W - y[n]|^2 + lam |W|^2``.
 
     Parameters
     ----------
@@ -171,10 +171,14 @@ def least_squares_readout(phi_0, right, targets, backend, chunk_size=4096, shard
     chunk_size : int
     shard : tnlearn.distributed.Shard, optional
         Sums over the samples of all ranks.
-    rcond : float
-        Singular values of the inputs below ``rcond`` times the largest are
-        treated as zero (squared: the eigenvalues of their Gram matrix), which
-        keeps the read-out off directions the data does not determine.
+    ridge : float
+        ``lam = ridge * (largest eigenvalue of the inputs' Gram matrix)``.  The
+        inputs' Gram matrix is ill-conditioned (directions a few samples
+        populate); an unregularised read-out then has a norm in the thousands
+        (Fashion-MNIST, m = 20: e^10) for the same fit (train accuracy 66.0%
+        against 65.9% with the ridge, norm e^3.4), and such weights make the
+        first sweep's normalised outputs blow up on the samples that populate
+        those directions.
 
     Returns
     -------
@@ -193,8 +197,9 @@ def least_squares_readout(phi_0, right, targets, backend, chunk_size=4096, shard
     if shard is not None:
         gram, cross = shard.sum(gram), shard.sum(cross)
     w, V = np.linalg.eigh(backend.asnumpy(gram))
-    keep = w > rcond**2 * max(w[-1], 0.0)
-    W = V[:, keep] @ ((V[:, keep].T @ backend.asnumpy(cross)) / w[keep][:, None])  # (d D, L)
+    w = np.maximum(w, 0.0)
+    lam = max(ridge * w[-1], np.finfo(np.float64).tiny)
+    W = V @ ((V.T @ backend.asnumpy(cross)) / (w + lam)[:, None])  # (d D, L)
     return W.reshape(d, D, L).transpose(0, 2, 1)[None]
 
 
