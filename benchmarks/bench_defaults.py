@@ -59,6 +59,9 @@ CANDIDATES = {
     "cg": {"solver": "cg", "n_iter": 2, "loss": "mse"},
     "identity-init": {"init": "identity"},
     "raw": {"sample_norm": False},
+    "damp1": {"damping": 1.0},
+    "damp3": {"damping": 3.0},
+    "damp10": {"damping": 10.0},
 }
 
 DEFAULT_SWEEPS = {"fashion60k": 5}

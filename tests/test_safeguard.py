@@ -166,3 +166,44 @@ def test_the_l2_penalty_shrinks_the_network_and_is_in_the_loss(digits):
     assert plain.loss == pytest.approx(plain.data_loss)
     expected = 0.5 * 30.0 * np.exp(2 * fits[30.0].head_.log_norm) / len(X)
     assert penalised.loss - penalised.data_loss == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize("shape", [(12, 40), (40, 12), (9, 9)])
+def test_rank_truncated_is_the_truncated_svd(rng, shape):
+    from tnlearn.sweeps import rank_truncated
+    from tnlearn.truncation import truncated_svd
+
+    M = rng.standard_normal(shape)
+    U, s, Vh, _ = truncated_svd(M, max_bond=5)
+    np.testing.assert_allclose(rank_truncated(M, 5), (U * s) @ Vh, atol=1e-10)
+    np.testing.assert_array_equal(rank_truncated(M, 20), M)
+
+
+def test_a_rise_above_check_rise_is_compared_with_the_old_block(monkeypatch):
+    """Updates that raise their bond's objective by more than check_rise, and only those, meet the old block."""
+    import tnlearn.sweeps as sw
+
+    phi, Y = _problem(5, n=200, n_features=8, n_classes=4)
+    be = get_backend("numpy")
+    seen = []
+    real = sw._Sweeper.old_block_is_better
+
+    def spy(self, upd):
+        verdict = real(self, upd)
+        seen.append(verdict)
+        return verdict
+
+    monkeypatch.setattr(sw._Sweeper, "old_block_is_better", spy)
+    for check_rise, capped in ((1e-3, 3), (np.inf, 3)):
+        cores, log_norm = pca_init_cores(phi, Y.shape[1], capped, np.random.default_rng(0), be, targets=Y)
+        head = MPSHead(cores, 0, log_norm, be)
+        opts = SweepOptions(max_bond=capped, check_rise=check_rise, solver=SolverOptions(precondition=True))
+        envs = build_environments(head, phi, opts)
+        n_before = len(seen)
+        infos = sweep(head, envs, phi, Y, opts).infos
+        if np.isinf(check_rise):
+            assert len(seen) == n_before
+        else:  # a bond of 3 cannot carry 4 labels: some updates rise and are checked, the kept one is finite
+            assert len(seen) - n_before >= 1
+            assert all(np.isfinite(i.objective_after) for i in infos)
+            assert all(i.fraction in (0.0, 1.0) for i in infos)

@@ -26,7 +26,6 @@ from tnlearn.environments import EnvironmentCache
 from tnlearn.local_problem import LocalProblem
 from tnlearn.solvers import SolverOptions, local_objective, loss_value, solve_local
 from tnlearn.stages.mps import block_matrix, matrix_to_block
-from tnlearn.truncation import truncated_svd
 
 
 @dataclass(frozen=True)
@@ -51,8 +50,14 @@ class SweepOptions:
     safeguard : bool
         Judge every bond update by the training objective of the network it
         leaves (after the split's truncation, see :func:`sweep`): one that
-        raises it is compared with not updating the block, and the better of
-        the two is kept.
+        raises it by more than ``check_rise`` is compared with not updating
+        the block, and the better of the two is kept.
+    check_rise : float
+        Relative rise of a bond's objective below which an update is kept
+        without comparing it with the old block: carrying the label index
+        across a bond capped at ``max_bond`` costs that much even for the old
+        block (in the defaults protocol the update was the better of the two
+        at every such bond).
     """
 
     max_bond: int
@@ -63,6 +68,7 @@ class SweepOptions:
     truncation: str = "data"
     normalize_samples: bool = True
     safeguard: bool = True
+    check_rise: float = 1e-3
 
 
 @dataclass
@@ -310,12 +316,14 @@ class _Sweeper:
         """Settle ``upd`` given the objective ``value`` of the network it currently leaves.
 
         Returns True when that network stays.  An update that raised the
-        objective is compared with the old block (both carried across the
-        bond by the split, on the first ``line_search_samples`` samples); when
-        the old block does better it replaces the update and False is
-        returned: the caller recomputes the objective and calls again.
+        objective by more than ``opts.check_rise`` is compared with the old
+        block (both carried across the bond by the split, on the first
+        ``line_search_samples`` samples); when the old block does better it
+        replaces the update and False is returned: the caller recomputes the
+        objective and calls again.
         """
-        if upd.settled or self.accepts(upd, value) or upd.info.fraction == 0 or not self.old_block_is_better(upd):
+        small = value <= upd.before + self.opts.check_rise * abs(upd.before)
+        if upd.settled or self.accepts(upd, value) or upd.info.fraction == 0 or small or not self.old_block_is_better(upd):
             upd.info.forced_rise = max(0.0, value - upd.before)
             upd.info.objective_before, upd.info.objective_after = upd.before, value
             return True
@@ -340,9 +348,8 @@ class _Sweeper:
         if not np.isfinite(log_norm):
             return False
         shape = block.shape
-        U, s, Vh, _ = truncated_svd(block_matrix(block, upd.direction), opts.max_bond, 0.0, opts.cutoff_mode)
-        old = matrix_to_block((U * s) @ Vh, shape, upd.direction).reshape(problem.shape)
-        old = problem.to_scaled(be.asarray(old.astype(block.dtype)).reshape(shape), log_norm)
+        old = matrix_to_block(rank_truncated(block_matrix(block, upd.direction), opts.max_bond), shape, upd.direction)
+        old = problem.to_scaled(be.asarray(np.ascontiguousarray(old).astype(block.dtype)), log_norm)
         values = []
         for candidate in (now, old):
             f = problem.forward(candidate, rows=rows)  # this rank's samples inside the global prefix
@@ -369,20 +376,59 @@ class _Sweeper:
         return f, log_normaliser
 
 
+def rank_truncated(matrix, max_bond):
+    """The best rank-``max_bond`` approximation of ``matrix`` (host), from the eigenvectors of its smaller Gram.
+
+    What a plain truncated-SVD split leaves of a block, without the SVD: the
+    projection onto the leading left (or right) singular vectors, found by
+    ``eigh`` of ``M M^T`` (or ``M^T M``), a ``min(m, n)``-square problem.
+
+    Parameters
+    ----------
+    matrix : ndarray, shape (m, n)
+    max_bond : int
+
+    Returns
+    -------
+    ndarray, shape (m, n)
+    """
+    m, n = matrix.shape
+    if max_bond >= min(m, n):
+        return matrix
+    a = matrix.astype(np.float64, copy=False)
+    if m <= n:
+        U = np.linalg.eigh(a @ a.T)[1][:, -max_bond:]
+        return U @ (U.T @ a)
+    V = np.linalg.eigh(a.T @ a)[1][:, -max_bond:]
+    return (a @ V) @ V.T
+
+
 def sweep(head, envs, phi_sites, y, opts, direction="both", on_bond=None, shard=None, sample_log_offset=None):
-    """Update every bond once in each direction asked for, never raising the training objective.
+    """Update every bond once in each direction asked for; no update leaves a worse network than keeping the block.
 
     Each bond merges its two sites, takes the solver's update of the block
     (:func:`tnlearn.solvers.solve_local`), splits the block again (truncation
-    included) and moves the environments on.  The objective of the network
-    the update left is what the next pass over the samples computes first
-    (the next bond's outputs come from exactly that network), so every
-    update is judged after its truncation at no extra cost.  An update that
-    raised the objective beyond rounding is undone and retried with the
-    fractions ``opts.backtrack`` of it, then dropped (the old block kept):
-    with ``opts.safeguard`` the objective after a sweep is at most what it
-    was before, up to rounding, whatever the solver, preconditioner or
-    truncation did.
+    included) and moves the environments on.  Bond ``j``'s objective ``J_j``
+    is the loss of its outputs (normalised per sample by the bond's
+    environments with ``opts.normalize_samples``, else by a fixed
+    ``sample_log_offset`` or not at all) plus the L2 penalty.  The next pass
+    over the samples computes the outputs of exactly the network the update
+    left (the next bond's, or the closing pass at the centre), and rescaled
+    to bond ``j``'s normalisation they give ``J_j`` after the update at no
+    extra cost.  With ``opts.safeguard``:
+
+    * an update whose result is not finite is undone (the old block kept);
+    * an update that raised ``J_j`` by more than ``opts.check_rise`` is
+      compared with carrying the old block across the bond (both truncated
+      by the split, on the first ``line_search_samples`` samples) and the
+      better is kept;
+    * otherwise it is kept.  Its rise, if any, is what moving the label
+      index across a bond capped at ``max_bond`` costs (the old block pays
+      it too); with ``max_bond`` at least the data's rank no update raises
+      its objective (``tests/test_safeguard.py``).
+
+    Each :class:`BondInfo` records ``objective_before`` / ``objective_after``
+    and the ``forced_rise``.
 
     Parameters
     ----------

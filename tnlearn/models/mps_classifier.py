@@ -204,7 +204,7 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
     environments; 1 with ``sample_norm=False``).  Every update is judged by
     ``J_j`` of the network it leaves, after the split's truncation (free: the
     next bond's pass computes those outputs anyway, see
-    :func:`tnlearn.sweeps.sweep`); an update that raised it is compared with
+    :func:`tnlearn.sweeps.sweep`); an update that raised it by more than 0.1% is compared with
     carrying the old block across the bond, and the better of the two is
     kept, so the only rises left are what moving the label index across a
     bond capped at ``max_bond`` costs anyway; an update with NaN or inf is
