@@ -241,7 +241,13 @@ def test_kill_during_training_then_resume_completes(tmp_path):
     assert (out / "model.npz").exists()
     assert main(["train", "--resume", str(out), "--sweeps", "6", "--quiet"]) == 0
     history = json.loads((out / "history.json").read_text())
-    assert [r["sweep"] for r in history] == [1, 2, 3, 4, 5, 6]
+    # the run ends where an uninterrupted one ends: after 6 sweeps, or earlier once a sweep would
+    # have raised the loss (converged)
+    ref = tmp_path / "uninterrupted"
+    assert main(["train", "--dataset", "digits", "--bond-dim", "8", "--sweeps", "6", "--quiet", "--out", str(ref)]) == 0
+    reference = json.loads((ref / "history.json").read_text())
+    assert [r["sweep"] for r in history] == [r["sweep"] for r in reference]
+    assert [r["loss"] for r in history] == [r["loss"] for r in reference]
 
 
 def test_killed_right_after_the_first_model_write_still_resumes(tmp_path, monkeypatch):

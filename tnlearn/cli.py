@@ -458,7 +458,7 @@ def build_parser():
     p.add_argument("--truncation", choices=("data", "svd"), default="data",
                    help="split: data-metric SVD or plain SVD (default: data)")
     p.add_argument("--alpha", type=_non_negative_float, default=None, metavar="A",
-                   help="L2 penalty alpha/2 |W|^2 on the network (default: the estimator's, 0)")
+                   help="L2 penalty alpha/2 |W|^2 on the network (default: the estimator's, auto: 3 (M/64)^2)")
     p.add_argument("--early-stopping", action="store_true",
                    help="hold out --validation-fraction of the training images, stop when their accuracy has not "
                         "improved for --n-iter-no-change sweeps and keep the best sweep's network (mps model)")

@@ -79,7 +79,7 @@ def warn_diverged(model_name, sweep, reason):
     """Emit the :class:`DivergenceWarning` of a rolled-back sweep (names what happened and what to try)."""
     warnings.warn(
         f"{model_name}: sweep {sweep} diverged ({reason}); the network was rolled back to the one "
-        f"before that sweep and training stopped. Try dtype='float64', step_size='auto' or a smaller "
+        f"before that sweep and training stopped. Try dtype='float64', truncation='data', step_size='auto' or a smaller "
         f"step_size, precondition=False, a smaller max_bond, or alpha > 0",
         DivergenceWarning,
         stacklevel=3,
