@@ -76,7 +76,7 @@ def test_model_from_a_quimb_mps_predicts_what_quimb_computes(fitted, center):
 
     phi = embed(X[:5], dtype=np.float64)
     expected = np.array([(mps & product_state(row)).contract(output_inds=["label"]).data for row in phi])
-    np.testing.assert_allclose(model.decision_function(X[:5]), expected, rtol=1e-9)
+    np.testing.assert_allclose(model.outputs(X[:5]), expected, rtol=1e-9)
     assert model.head_.center == 0 and list(model.classes_) == ["a", "b", "c"]
     # and it trains on from there
     y = np.array(["a", "b", "c"])[(X[:, :3].sum(axis=1) * 1.7).astype(int) % 3]

@@ -314,7 +314,7 @@ def cmd_train(args):
         if not root:  # every rank stops after the same bond; rank 0 reports
             return 130
         saved = ""
-        if hasattr(clf, "head_") and type(clf).__name__ == "MPSClassifier":  # the bond in progress was finished
+        if clf.saves_mid_sweep and hasattr(clf, "head_"):  # the bond in progress was finished
             save_model(clf, out / "interrupted.npz")
             saved = f"; the network as it was mid-sweep (label on site {clf.head_.center}) is in {out}/interrupted.npz"
         if getattr(args, "model", "mps") == "mps":
@@ -334,8 +334,7 @@ def cmd_train(args):
     last = clf.history_[-1]
     run.update({"status": "finished", "final_train_accuracy": last.train_accuracy,
                 "final_test_accuracy": last.test_accuracy, "fit_seconds": fit_seconds})
-    m = clf.max_rank if hasattr(clf, "max_rank") else clf.max_bond
-    size = f"TT-rank {m}" if hasattr(clf, "max_rank") else f"m={m}"
+    size = clf.size_label
     plots = write_run_plots([clf.history_], [size], out)
     run["total_seconds"] = time.perf_counter() - t0
     _write_json(out / "run.json", run)

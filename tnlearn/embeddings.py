@@ -157,35 +157,22 @@ def embed(X, feature_map="trig", dtype=np.float32, out_of_domain="raise"):
     Raises
     ------
     ValueError
-        When ``X`` has NaN/inf values, or values outside the map's domain and
-        ``out_of_domain="raise"``.
-    TypeError
-        When ``X`` is complex.
+        When ``X`` is complex, has NaN/inf values, or values outside the map's
+        domain and ``out_of_domain="raise"``.
     """
     fmap = get_feature_map(feature_map)
     X = np.asarray(X)
     if X.ndim != 2:
         raise ValueError(f"X must have shape (n_samples, n_sites), got shape {X.shape}")
-    if np.iscomplexobj(X):
-        raise TypeError(
-            f"X has complex dtype {X.dtype}; feature maps take real values: pass X.real or np.abs(X)"
-        )
-    finite = np.isfinite(X)
-    if not finite.all():
-        # columns, not rows: the estimators may embed a shuffled copy of X
-        cols = np.flatnonzero(~finite.all(axis=0))
-        shown = ", ".join(str(j) for j in cols[:5]) + (", ..." if len(cols) > 5 else "")
-        raise ValueError(
-            f"X contains {int((~finite).sum())} NaN or infinite value(s), in column(s) {shown}; "
-            "remove or impute them (e.g. sklearn.impute.SimpleImputer) before fit or predict"
-        )
+    check_real_finite(X)
     if fmap.domain is not None and X.size:
         lo, hi = fmap.domain
         xmin, xmax = float(X.min()), float(X.max())
         tol = 1e-6
         if xmin < lo - tol or xmax > hi + tol:
+            negative = "Negative values in data: " if xmin < 0 <= lo else ""  # scikit-learn's words
             msg = (
-                f"feature_map={fmap.name!r} expects values in [{lo}, {hi}] but X has values in "
+                f"{negative}feature_map={fmap.name!r} expects values in [{lo}, {hi}] but X has values in "
                 f"[{xmin:g}, {xmax:g}]; rescale the data first (e.g. pixels / 255, or "
                 "sklearn.preprocessing.MinMaxScaler)"
             )
@@ -199,3 +186,26 @@ def embed(X, feature_map="trig", dtype=np.float32, out_of_domain="raise"):
     if Phi.shape[:2] != X.shape:
         raise ValueError(f"feature map {fmap.name!r} returned shape {Phi.shape} for X of shape {X.shape}")
     return Phi
+
+
+def check_real_finite(X, what="X"):
+    """Refuse complex arrays and NaN / inf values, naming the columns and the fix.
+
+    Raises
+    ------
+    ValueError
+        ``"Complex data not supported"`` (scikit-learn's words) for a complex
+        array; the count and columns of non-finite values otherwise.
+    """
+    if np.iscomplexobj(X):
+        raise ValueError(f"Complex data not supported: {what} has complex dtype {X.dtype}; the models take real "
+                         "values: pass X.real or np.abs(X)")
+    finite = np.isfinite(X)
+    if not finite.all():
+        # columns, not rows: the estimators may embed a shuffled copy of X
+        cols = np.flatnonzero(~finite.all(axis=0))
+        shown = ", ".join(str(j) for j in cols[:5]) + (", ..." if len(cols) > 5 else "")
+        raise ValueError(
+            f"{what} contains {int((~finite).sum())} NaN or infinite value(s), in column(s) {shown}; "
+            "remove or impute them (e.g. sklearn.impute.SimpleImputer) before fit or predict"
+        )

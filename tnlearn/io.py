@@ -5,18 +5,20 @@ File layout (``numpy.savez`` archive, read back with ``allow_pickle=False``):
 ``header``
     UTF-8 JSON as a ``uint8`` array: ``format`` (``"tnlearn-model"``),
     ``format_version``, ``tnlearn_version``, ``model_class``, ``params``
-    (the estimator's hyperparameters), ``n_features_in``, ``center`` (site of
-    the label index), ``log_norm``, ``index_names`` and ``history``.
+    (the estimator's hyperparameters), ``n_features_in``, ``feature_names_in``
+    (when fitted on a DataFrame), ``history`` and the model's own fields.
 ``classes``
     The class labels (numbers or strings; never objects).
-``core_0`` ... ``core_{N-1}``
-    Site tensors in the engine's layout (``(Dl, d, Dr)``; ``(Dl, d, L, Dr)`` on
-    the centre).
 
-Multi-stage models add their own entries: ``TTNetClassifier`` stores
-``tt_core_0`` ... (``(r, n, m, r')``), ``b1``, ``V``, ``b2`` and ``input_mean``;
-``ConvMPSClassifier`` stores the head as above plus ``conv_core_0`` ... (the
-conv MPS, channel index on site ``conv_center``).
+The rest is the model's state, which the model itself describes
+(``model._get_state()`` gives header fields and arrays, ``_set_state``
+validates and restores them; this module never looks at a model's class):
+``MPSClassifier`` stores ``core_0`` ... ``core_{N-1}``, the site tensors in the
+engine's layout (``(Dl, d, Dr)``; ``(Dl, d, L, Dr)`` on the label site
+``center``) and ``log_norm``; ``TTNetClassifier`` stores ``tt_core_0`` ...
+(``(r, n, m, r')``), ``b1``, ``V``, ``b2`` and ``input_mean``;
+``ConvMPSClassifier`` stores the head as the MPS classifier does plus
+``conv_core_0`` ... (the conv MPS, channel index on site ``conv_center``).
 
 Writes are atomic: the archive goes to a temporary file in the target
 directory and is renamed over the destination, so a crash never leaves a
@@ -111,63 +113,31 @@ def save_model(model, path):
         Fitted, with a named (not callable) feature map.
     path : str or path-like
         Destination, conventionally ending in ``.npz``.
+
+    Raises
+    ------
+    sklearn.exceptions.NotFittedError
+        For an unfitted model.
+    ValueError
+        For a callable feature map or class labels that are neither all
+        numbers nor all strings (nothing is written).
     """
-    from tnlearn.networks import BOND_IND_ID, LABEL_IND, SITE_IND_ID, SITE_TAG_ID
+    from tnlearn.models._state import labels_for_saving
 
     model._check_fitted()
-    name = type(model).__name__
-    if name == "TTNetClassifier":
-        return _save_tt_net(model, path)
     params = _json_params(model)
-    if not isinstance(params.get("feature_map"), str):
+    if "feature_map" in params and not isinstance(params["feature_map"], str):
         raise ValueError(
             "only models with a named feature map (e.g. 'trig') can be saved: a callable cannot be "
             "stored without pickling code; save the cores yourself via model.mps_"
         )
-    classes = np.asarray(model.classes_)
-    if classes.dtype == object:
-        raise ValueError("class labels must be numbers or strings to be saved (got objects)")
-    head = model.head_
     header = _common_header(model, params)
-    header.update({
-        "n_sites": head.n_sites,
-        "center": head.center,
-        "log_norm": head.log_norm,
-        "index_names": {
-            "site_ind_id": SITE_IND_ID,
-            "site_tag_id": SITE_TAG_ID,
-            "bond_ind_id": BOND_IND_ID,
-            "label": LABEL_IND,
-        },
-    })
-    arrays = {"classes": classes}
-    for i, core in enumerate(head.cores):
-        arrays[f"core_{i}"] = head.backend.asnumpy(core)
-    if name == "ConvMPSClassifier":
-        conv = model.conv_
-        header.update({
-            "conv_n_sites": conv.net.n_sites, "conv_center": conv.net.center, "conv_log_norm": conv.net.log_norm,
-            "conv_stride": conv.stride, "image_shape": list(conv.image_shape),
-        })
-        for i, core in enumerate(conv.net.cores):
-            arrays[f"conv_core_{i}"] = conv.net.backend.asnumpy(core)
-    arrays["header"] = _header_bytes(header)
-    atomic_savez(path, arrays)
-
-
-def _save_tt_net(model, path):
-    be = model._backend
-    classes = np.asarray(model.classes_)
-    if classes.dtype == object:
-        raise ValueError("class labels must be numbers or strings to be saved (got objects)")
-    header = _common_header(model, _json_params(model))
-    header.update({"n_tt_cores": model.tt_.n_cores, "input_scale": float(model.input_scale_)})
-    arrays = {
-        "header": _header_bytes(header), "classes": classes, "input_mean": np.asarray(model.input_mean_),
-        "b1": be.asnumpy(model.b1_), "V": be.asnumpy(model.V_), "b2": be.asnumpy(model.b2_),
-    }
-    for i, core in enumerate(model.tt_.cores):
-        arrays[f"tt_core_{i}"] = be.asnumpy(core)
+    names = getattr(model, "feature_names_in_", None)
+    if names is not None:
+        header["feature_names_in"] = [str(name) for name in names]
+    state, arrays = model._get_state()
+    header.update(state)
+    arrays = dict(arrays, classes=labels_for_saving(model.classes_), header=_header_bytes(header))
     atomic_savez(path, arrays)
 
 
@@ -234,79 +204,14 @@ def _check_header(path, archive):
     return header
 
 
-def _header_int(header, key):
-    value = header[key]
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"header field {key!r} must be an integer, got {value!r}")
-    return value
-
-
-def _check_classes(classes):
-    if classes.ndim != 1 or len(classes) < 2 or classes.dtype.kind not in "biufUS":
-        raise ValueError(f"classes must be a 1-D array of >= 2 numbers or strings, got {classes.dtype} {classes.shape}")
-    if np.any(classes[1:] <= classes[:-1]):
-        raise ValueError(f"classes must be sorted and unique (as np.unique gives), got {classes.tolist()}")
-
-
-def _check_finite_floats(name, array, ndim):
-    if array.dtype.kind != "f" or array.ndim != ndim:
-        raise ValueError(f"{name} is {array.dtype} with {array.ndim} axes; expected real floats with {ndim}")
-    if not np.all(np.isfinite(array)):
-        raise ValueError(f"{name} has NaN or infinite values")
-
-
-def _check_dtype(name, array, dtype):
-    if array.dtype != dtype:
-        raise ValueError(f"{name} is {array.dtype} but the model's dtype is {dtype}")
-
-
-def _check_arrays(cores, classes, center, log_norm, n_features, model, d=None, n_labels=None, prefix="core"):
-    """Structural checks of a loaded MPS (ValueError on the first inconsistency).
-
-    ``n_features`` is the expected number of sites; ``d`` the physical
-    dimension (default: the model's feature map); ``n_labels`` the size of the
-    centre's extra index (default: the number of classes).
-    """
-    from tnlearn.embeddings import get_feature_map
-
-    n_sites = len(cores)
-    if n_sites < 2 or n_sites != n_features:
-        raise ValueError(f"{n_sites} cores for n_features_in={n_features}")
-    if not 0 <= center < n_sites:
-        raise ValueError(f"centre site {center} is outside the chain of {n_sites} sites")
-    if not np.isfinite(log_norm):
-        raise ValueError(f"log_norm={log_norm} is not finite")
-    _check_classes(classes)
-    d = get_feature_map(model.feature_map).dim if d is None else d
-    if n_labels is None:
-        n_labels, what = len(classes), f"labels but there are {len(classes)} classes"
-    else:
-        what = f"channels but the model has {n_labels}"
-    left = 1
-    for i, core in enumerate(cores):
-        want = 4 if i == center else 3
-        if core.dtype.kind != "f" or core.ndim != want:
-            raise ValueError(f"{prefix}_{i} is {core.dtype} with {core.ndim} axes; expected real floats with {want}")
-        if core.shape[0] != left or core.shape[1] != d:
-            raise ValueError(
-                f"{prefix}_{i} has shape {core.shape}: its left bond must be {left} (the previous core's "
-                f"right bond) and its physical dimension {d}"
-            )
-        if i == center and core.shape[2] != n_labels:
-            raise ValueError(f"the centre core has {core.shape[2]} {what}")
-        if not np.all(np.isfinite(core)):
-            raise ValueError(f"{prefix}_{i} has NaN or infinite values")
-        left = core.shape[-1]
-    if left != 1:
-        raise ValueError(f"the last core's right bond is {left}, expected 1")
-
-
 def load_model(path, backend=None):
     """Load a model saved by :func:`save_model`; never executes code from the file.
 
     Parameters
     ----------
     path : str or path-like
+        A model file, or a run directory written by ``tnlearn train`` (its
+        ``model.npz`` is loaded).
     backend : {"numpy", "cupy"}, optional
         Overrides the saved backend.
 
@@ -317,17 +222,25 @@ def load_model(path, backend=None):
 
     Raises
     ------
+    FileNotFoundError
+        When ``path`` (or a run directory's ``model.npz``) does not exist.
     ModelFormatError
         For a foreign, tampered or unsupported file: unreadable header, other
-        format version, invalid hyperparameters, or cores that do not form a
-        finite MPS matching ``n_features_in`` and ``classes``.
+        format version, invalid hyperparameters, or arrays that do not form
+        the saved model.
     """
     from tnlearn.backend import get_backend
     from tnlearn.history import History
-    from tnlearn.models import MPSClassifier
-    from tnlearn.stages.mps import MPSHead
+    from tnlearn.models import ESTIMATORS
+    from tnlearn.models._state import check_classes, header_int
 
     path = os.fspath(path)
+    if os.path.isdir(path):  # a run directory
+        model_path = os.path.join(path, "model.npz")
+        if not os.path.isfile(model_path):
+            raise FileNotFoundError(f"{path} is a directory without model.npz: pass a model file or the run "
+                                    "directory `tnlearn train --out` wrote")
+        path = model_path
     if backend is not None:
         get_backend(backend)  # a bad override is the caller's error: raised before the file is read
     header, archive = _open(path)
@@ -335,27 +248,23 @@ def load_model(path, backend=None):
         if backend is None:  # the saved backend, or numpy where it cannot run
             backend = _usable_backend(dict(header["params"]).get("backend", "numpy"))
         model_class = header.get("model_class")
-        if model_class == "TTNetClassifier":
-            return _load_tt_net(header, archive, backend)
-        if model_class == "ConvMPSClassifier":
-            return _load_conv_mps(header, archive, backend)
-        if model_class != "MPSClassifier":
+        if model_class not in ESTIMATORS:
             raise ModelFormatError(
-                f"{path}: unknown model class {model_class!r}; this tnlearn reads MPSClassifier, "
-                "ConvMPSClassifier and TTNetClassifier"
+                f"{path}: unknown model class {model_class!r}; this tnlearn reads {', '.join(sorted(ESTIMATORS))}"
             )
-        params = _saved_params(header, backend)
-        model = MPSClassifier(**params)
-        model._check_params()
-        n_sites = _header_int(header, "n_sites")
-        n_features = _header_int(header, "n_features_in")
-        center = _header_int(header, "center")
-        log_norm = float(header["log_norm"])
-        cores = [archive[f"core_{i}"] for i in range(n_sites)]
+        params = dict(header["params"], backend=backend)
+        model = ESTIMATORS[model_class](**params)
         classes = archive["classes"]
-        _check_arrays(cores, classes, center, log_norm, n_features, model)
-        head = MPSHead(cores, center, log_norm, get_backend(params["backend"]))
-        history = History.from_json(header["history"])
+        check_classes(classes)
+        model.classes_ = classes
+        model.n_features_in_ = header_int(header, "n_features_in")
+        if header.get("feature_names_in") is not None:
+            names = np.asarray(header["feature_names_in"], dtype=object)
+            if names.shape != (model.n_features_in_,) or not all(isinstance(n, str) for n in names):
+                raise ValueError(f"feature_names_in must list {model.n_features_in_} column names")
+            model.feature_names_in_ = names
+        model._set_state(header, archive, get_backend(backend))
+        model.history_ = History.from_json(header["history"])
     except ModelFormatError:
         raise
     except (KeyError, TypeError, ValueError) as exc:
@@ -367,10 +276,6 @@ def load_model(path, backend=None):
         raise _corrupt(path, exc) from exc
     finally:
         archive.close()
-    model.head_ = head
-    model.classes_ = classes
-    model.n_features_in_ = n_features
-    model.history_ = history
     return model
 
 
@@ -394,109 +299,3 @@ def _usable_backend(name):
         )
         return "numpy"
     return name
-
-
-def _saved_params(header, backend, tuple_keys=()):
-    """The estimator's hyperparameters from a header (JSON lists back to tuples), backend overridden."""
-    params = dict(header["params"])
-    if backend is not None:
-        params["backend"] = backend
-    for key in tuple_keys:
-        if params.get(key) is not None:
-            params[key] = tuple(params[key])
-    return params
-
-
-def _load_tt_net(header, archive, backend):
-    from tnlearn.backend import get_backend
-    from tnlearn.history import History
-    from tnlearn.models.tt_net import TTNetClassifier
-    from tnlearn.stages.tt import TTMatrix
-
-    params = _saved_params(header, backend, tuple_keys=("in_shape", "hidden_shape"))
-    model = TTNetClassifier(**params)
-    model._check_params()
-    n_features = _header_int(header, "n_features_in")
-    n_cores = _header_int(header, "n_tt_cores")
-    scale = float(header["input_scale"])
-    if not (np.isfinite(scale) and scale > 0):
-        raise ValueError(f"input_scale={scale} must be a positive finite number")
-    classes = archive["classes"]
-    _check_classes(classes)
-    dtype = np.dtype(model.dtype)
-    cores = [archive[f"tt_core_{i}"] for i in range(n_cores)]
-    for i, core in enumerate(cores):
-        _check_finite_floats(f"tt_core_{i}", core, 4)
-        _check_dtype(f"tt_core_{i}", core, dtype)
-    be = get_backend(params["backend"])
-    tt = TTMatrix(cores, be)  # checks that the cores connect
-    b1, V, b2, mean = archive["b1"], archive["V"], archive["b2"], archive["input_mean"]
-    for name, array, ndim in (("b1", b1, 1), ("V", V, 2), ("b2", b2, 1), ("input_mean", mean, 1)):
-        _check_finite_floats(name, array, ndim)
-        if name != "input_mean":
-            _check_dtype(name, array, dtype)
-    H, L = tt.out_features, len(classes)
-    if b1.shape != (H,) or V.shape != (H, L) or b2.shape != (L,) or mean.shape != (n_features,):
-        raise ValueError(
-            f"dense parameters of shapes b1 {b1.shape}, V {V.shape}, b2 {b2.shape}, input_mean {mean.shape} "
-            f"do not fit a TT layer of {H} outputs, {L} classes and {n_features} features"
-        )
-    if tt.in_features < n_features:
-        raise ValueError(f"the TT layer takes {tt.in_features} inputs, fewer than n_features_in={n_features}")
-    for key, got in (("in_shape", tt.in_shape), ("hidden_shape", tt.out_shape)):
-        if params.get(key) is not None and tuple(params[key]) != got:
-            raise ValueError(f"the TT cores have {key} {got} but the saved parameters say {tuple(params[key])}")
-    model._backend = be
-    model.tt_, model.classes_, model.n_features_in_ = tt, classes, n_features
-    model.b1_, model.V_, model.b2_ = be.asarray(b1), be.asarray(V), be.asarray(b2)
-    model.input_mean_, model.input_scale_ = mean, scale
-    model.history_ = History.from_json(header["history"])
-    return model
-
-
-def _load_conv_mps(header, archive, backend):
-    from tnlearn.backend import get_backend
-    from tnlearn.embeddings import get_feature_map
-    from tnlearn.history import History
-    from tnlearn.models.conv_mps import ConvMPSClassifier, _image_shape
-    from tnlearn.stages.conv import ConvStage
-    from tnlearn.stages.mps import MPSHead
-
-    params = _saved_params(header, backend, tuple_keys=("image_shape",))
-    model = ConvMPSClassifier(**params)
-    n_features = _header_int(header, "n_features_in")
-    model._check_params(n_features)
-    image_shape = tuple(int(s) for s in header["image_shape"])
-    stride = _header_int(header, "conv_stride")
-    want_shape = _image_shape(n_features, params.get("image_shape"))
-    if image_shape != want_shape:
-        raise ValueError(f"image_shape {image_shape} disagrees with n_features_in={n_features} and the "
-                         f"parameters ({want_shape})")
-    if stride != (model.stride or model.patch):
-        raise ValueError(f"conv_stride {stride} disagrees with the parameters (stride={model.stride}, "
-                         f"patch={model.patch})")
-    dtype = np.dtype(model.dtype)
-    be = get_backend(params["backend"])
-    classes = archive["classes"]
-    d = get_feature_map(model.feature_map).dim
-    conv_sites = _header_int(header, "conv_n_sites")
-    conv_center = _header_int(header, "conv_center")
-    conv_log = float(header["conv_log_norm"])
-    conv_cores = [archive[f"conv_core_{i}"] for i in range(conv_sites)]
-    _check_arrays(conv_cores, classes, conv_center, conv_log, model.patch**2, model, d=d,
-                  n_labels=model.n_channels, prefix="conv_core")
-    for i, core in enumerate(conv_cores):
-        _check_dtype(f"conv_core_{i}", core, dtype)
-    conv = ConvStage(MPSHead(conv_cores, conv_center, conv_log, be), model.patch, stride, image_shape,
-                     model.feature_map)
-    n_sites = _header_int(header, "n_sites")
-    center = _header_int(header, "center")
-    log_norm = float(header["log_norm"])
-    cores = [archive[f"core_{i}"] for i in range(n_sites)]
-    _check_arrays(cores, classes, center, log_norm, conv.n_patches, model, d=model.n_channels)
-    for i, core in enumerate(cores):
-        _check_dtype(f"core_{i}", core, dtype)
-    model.conv_, model.head_ = conv, MPSHead(cores, center, log_norm, be)
-    model.classes_, model.n_features_in_ = classes, n_features
-    model.history_ = History.from_json(header["history"])
-    return model

@@ -4,4 +4,7 @@ from tnlearn.models.conv_mps import ConvMPSClassifier
 from tnlearn.models.mps_classifier import MPSClassifier
 from tnlearn.models.tt_net import TTNetClassifier
 
-__all__ = ["ConvMPSClassifier", "MPSClassifier", "TTNetClassifier"]
+#: every estimator by class name (what a model file's header records)
+ESTIMATORS = {cls.__name__: cls for cls in (MPSClassifier, ConvMPSClassifier, TTNetClassifier)}
+
+__all__ = ["ConvMPSClassifier", "ESTIMATORS", "MPSClassifier", "TTNetClassifier"]

@@ -52,6 +52,10 @@ class HeadSnapshot:
         head.center = self.center
         head.log_norm = self.log_norm
 
+    def restore_into(self, head):
+        """A callable that restores the snapshot into ``head`` (for the sweep loop's roll-back)."""
+        return lambda: self.restore(head)
+
 
 def divergence(before, after, rise=DIVERGENCE_RISE):
     """Why a sweep that moved the mean training loss from ``before`` to ``after`` must be undone, or None.

@@ -21,19 +21,13 @@ import math
 import time
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin
 
 from tnlearn.backend import get_backend, resolve_chunk_size
 from tnlearn.embeddings import get_feature_map
 from tnlearn.history import History, SweepRecord
-from tnlearn.models._validation import (
-    check_chunk_size,
-    check_dtype,
-    check_eval_set,
-    check_features,
-    check_positive_int,
-    check_targets,
-)
+from tnlearn.models._base import TNClassifier
+from tnlearn.models._state import check_mps_cores, header_float, header_int
+from tnlearn.models._validation import check_chunk_size, check_dtype, check_positive_int
 from tnlearn.networks import LABEL_IND, head_to_quimb
 from tnlearn.solvers import SolverOptions
 from tnlearn.models._training import HeadSnapshot, divergence, warn_diverged
@@ -71,7 +65,7 @@ def _image_shape(n_features, image_shape):
     return side, side
 
 
-class ConvMPSClassifier(ClassifierMixin, BaseEstimator):
+class ConvMPSClassifier(TNClassifier):
     """A conv MPS shared over image patches feeding an MPS classifier head.
 
     Parameters
@@ -212,10 +206,9 @@ class ConvMPSClassifier(ClassifierMixin, BaseEstimator):
         -------
         self
         """
-        X = check_features(X, min_features=4)
+        X, classes, y_idx = self._validate_Xy(X, y)
         image_shape, stride = self._check_params(X.shape[1])
-        classes, y_idx = check_targets(X, y)
-        eval_set = check_eval_set(eval_set, X.shape[1])
+        eval_set = self._validate_eval_set(eval_set)
         rng = np.random.default_rng(self.random_state)
         backend = get_backend(self.backend)
         chunk_size = resolve_chunk_size(self.chunk_size, backend)
@@ -256,23 +249,23 @@ class ConvMPSClassifier(ClassifierMixin, BaseEstimator):
         self.history_ = History(meta={"model": "conv-mps", "patch": self.patch, "stride": stride,
                                       "n_channels": self.n_channels, "grid": list(conv.grid)})
         steps = {}
-        envs = build_environments(head, v_sites, head_opts)
-        loss_before = None
-        for sweep in range(1, self.n_sweeps + 1):
+        state = {"envs": build_environments(head, v_sites, head_opts), "v_sites": v_sites, "loss": None}
+
+        def one_sweep():
+            sweep = len(self.history_) + 1
             t0 = time.perf_counter()
-            snapshot = (HeadSnapshot.of(head), HeadSnapshot.of(net), v_sites)
-            infos = full_sweep(head, envs, v_sites, Y, head_opts)  # leaves the right environments valid
+            infos = full_sweep(head, state["envs"], state["v_sites"], Y, head_opts)  # leaves the right envs valid
             conv_record = {}
             if sweep >= self.conv_start:
-                envs = None  # stale once the conv stage moves; free them while it sweeps
+                state["envs"] = None  # stale once the conv stage moves; free them while it sweeps
                 t1 = time.perf_counter()
                 cenvs = build_environments(net, phi_patch, SweepOptions(max_bond=conv_width, chunk_size=conv_opts.chunk_size))
                 cinfos, losses = conv_half_sweep(conv, cenvs, phi_patch, head, Y, head_opts, conv_opts, "right", steps)
                 more, more_losses = conv_half_sweep(conv, cenvs, phi_patch, head, Y, head_opts, conv_opts, "left", steps)
                 del cenvs
                 cinfos, losses = cinfos + more, losses + more_losses
-                v_sites = conv.features(phi_patch, n)
-                envs = build_environments(head, v_sites, head_opts)
+                state["v_sites"] = conv.features(phi_patch, n)
+                state["envs"] = build_environments(head, state["v_sites"], head_opts)
                 errors = [i.discarded_weight for i in cinfos]
                 conv_record = {
                     "bond_dims": net.bond_dims,
@@ -281,15 +274,22 @@ class ConvMPSClassifier(ClassifierMixin, BaseEstimator):
                     "loss_after": float(losses[-1][1]),
                     "seconds": time.perf_counter() - t1,
                 }
-            record = self._record(sweep, head, envs, v_sites, Y, y_idx, infos, conv_record, head_opts, eval_patches,
-                                  time.perf_counter() - t0, loss_before)
-            if record is None:  # diverged: both stages back to where the sweep started
-                snapshot[0].restore(head)
-                snapshot[1].restore(net)
-                break
-            loss_before = record.loss
-            if on_sweep is not None:
-                on_sweep(self)
+            record = self._record(sweep, head, state["envs"], state["v_sites"], Y, y_idx, infos, conv_record,
+                                  head_opts, eval_patches, time.perf_counter() - t0, state["loss"])
+            if record is not None:
+                state["loss"] = record.loss
+            return record
+
+        def snapshot():  # both stages as they were before the sweep
+            head_before, net_before, v_before = HeadSnapshot.of(head), HeadSnapshot.of(net), state["v_sites"]
+
+            def restore():
+                head_before.restore(head)
+                net_before.restore(net)
+                state["v_sites"] = v_before
+            return restore
+
+        self._sweep_loop(self.n_sweeps, one_sweep, snapshot, on_sweep)
         return self
 
     def _record(self, sweep, head, envs, v_sites, Y, y_idx, infos, conv_record, head_opts, eval_patches, seconds,
@@ -305,7 +305,7 @@ class ConvMPSClassifier(ClassifierMixin, BaseEstimator):
         train_acc = float(np.mean(head.backend.asnumpy(xp.argmax(f, axis=1)) == y_idx))
         test_acc = None
         if eval_patches is not None:
-            scores = self._scores(eval_patches[0], len(eval_patches[1]))
+            scores = self._patch_scores(eval_patches[0], len(eval_patches[1]))
             test_acc = float(np.mean(self.classes_[np.argmax(scores, axis=1)] == eval_patches[1]))
         errors = [i.discarded_weight for i in infos]
         record = SweepRecord.from_splits(
@@ -321,25 +321,57 @@ class ConvMPSClassifier(ClassifierMixin, BaseEstimator):
         return record
 
     # -- prediction -------------------------------------------------------------------
-    def _check_fitted(self):
-        if not hasattr(self, "head_"):
-            from sklearn.exceptions import NotFittedError
+    def _scores(self, X):
+        """The head's normalised outputs (what the sweeps fit), shape (n_samples, n_classes), float64."""
+        return self._patch_scores(self._patches(X, self.head_.backend, "clip"), len(X))
 
-            raise NotFittedError("this ConvMPSClassifier is not fitted yet; call fit(X, y) first")
-
-    def _scores(self, phi_patch, n):
+    def _patch_scores(self, phi_patch, n):
         v_sites = self.conv_.features(phi_patch, n)
-        return self.head_.decision_function(v_sites, resolve_chunk_size(self.chunk_size, self.head_.backend))
+        return self.head_.decision_function(v_sites, resolve_chunk_size(self.chunk_size, self.head_.backend),
+                                            normalized=True)
 
-    def decision_function(self, X):
-        """Class scores, shape (n_samples, n_classes), float64 (host)."""
-        self._check_fitted()
-        X = check_features(X, self.n_features_in_)
-        return self._scores(self._patches(X, self.head_.backend, "clip"), len(X))
+    # -- model files -------------------------------------------------------------------
+    @property
+    def size_label(self):
+        """``"m=<max_bond>"`` (the head's bond dimension)."""
+        return f"m={self.max_bond}"
 
-    def predict(self, X):
-        """Predicted class labels, shape (n_samples,)."""
-        return self.classes_[np.argmax(self.decision_function(X), axis=1)]
+    def _get_state(self):
+        """The head (as :class:`MPSClassifier` saves it) and the conv MPS ``conv_core_0 ..`` with its geometry."""
+        head, conv = self.head_, self.conv_
+        header = {
+            "n_sites": head.n_sites, "center": head.center, "log_norm": head.log_norm,
+            "conv_n_sites": conv.net.n_sites, "conv_center": conv.net.center, "conv_log_norm": conv.net.log_norm,
+            "conv_stride": conv.stride, "image_shape": list(conv.image_shape),
+        }
+        arrays = {f"core_{i}": head.backend.asnumpy(c) for i, c in enumerate(head.cores)}
+        arrays.update({f"conv_core_{i}": conv.net.backend.asnumpy(c) for i, c in enumerate(conv.net.cores)})
+        return header, arrays
+
+    def _set_state(self, header, arrays, backend):
+        if self.image_shape is not None:  # a JSON list back to a tuple
+            self.image_shape = tuple(self.image_shape)
+        n_features = self.n_features_in_
+        want_shape, want_stride = self._check_params(n_features)
+        image_shape = tuple(int(s) for s in header["image_shape"])
+        stride = header_int(header, "conv_stride")
+        if image_shape != want_shape:
+            raise ValueError(f"image_shape {image_shape} disagrees with n_features_in={n_features} and the "
+                             f"parameters ({want_shape})")
+        if stride != want_stride:
+            raise ValueError(f"conv_stride {stride} disagrees with the parameters (stride={self.stride}, "
+                             f"patch={self.patch})")
+        dtype = np.dtype(self.dtype)
+        d = get_feature_map(self.feature_map).dim
+        conv_center, conv_log = header_int(header, "conv_center"), header_float(header, "conv_log_norm")
+        conv_cores = [arrays[f"conv_core_{i}"] for i in range(header_int(header, "conv_n_sites"))]
+        check_mps_cores(conv_cores, conv_center, conv_log, self.patch**2, d, self.n_channels, "conv_core", dtype)
+        conv = ConvStage(MPSHead(conv_cores, conv_center, conv_log, backend), self.patch, stride, image_shape,
+                         self.feature_map)
+        center, log_norm = header_int(header, "center"), header_float(header, "log_norm")
+        cores = [arrays[f"core_{i}"] for i in range(header_int(header, "n_sites"))]
+        check_mps_cores(cores, center, log_norm, conv.n_patches, self.n_channels, len(self.classes_), dtype=dtype)
+        self.conv_, self.head_ = conv, MPSHead(cores, center, log_norm, backend)
 
     @property
     def mps_(self):

@@ -6,17 +6,18 @@ import time
 from dataclasses import replace
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.metaestimators import available_if
 
 from tnlearn.backend import get_backend, resolve_chunk_size
 from tnlearn.distributed import broadcast_cores, check_same_data, get_comm, make_shard, shard_bounds
 from tnlearn.embeddings import embed, get_feature_map
 from tnlearn.history import History, SweepRecord
+from tnlearn.models._base import TNClassifier
+from tnlearn.models._state import check_mps_cores
 from tnlearn.models._training import (
     EarlyStopping, HeadSnapshot, divergence, validation_split, warn_diverged,
 )
-from tnlearn.models._validation import check_chunk_size, check_dtype, check_label_vector
+from tnlearn.models._validation import check_chunk_size, check_dtype
 from tnlearn.solvers import LOSSES, SOLVERS, SolverOptions, softmax
 from tnlearn.stages.mps import MPSHead, init_cores, pca_init_cores
 from tnlearn.sweeps import SweepOptions, build_environments, objective_tolerance, sweep
@@ -72,7 +73,7 @@ def _accuracy(hits, shard, n_total):
     return float(shard.comm.allreduce_sum(np.sum(hits, dtype=np.int64))) / n_total
 
 
-class MPSClassifier(ClassifierMixin, BaseEstimator):
+class MPSClassifier(TNClassifier):
     """Matrix-product-state classifier (Stoudenmire & Schwab 2016) trained by DMRG sweeps.
 
     Each feature ``x_j`` (e.g. a pixel, in ``[0, 1]``) is embedded by a local
@@ -123,9 +124,10 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
         (``benchmarks/README.md``) it is worth several points: Fashion-MNIST
         (8,000 images, m = 20) 82.8% against 78.8% raw, digits at m = 6 92.7%
         against 70%.  The normaliser is the bond's own (see Notes).  ``False``
-        gives the paper's raw squared loss.  ``decision_function`` always
-        returns the raw ``f(x)`` (what quimb's contraction gives);
-        ``predict_proba`` normalises by the label site's environments.
+        gives the paper's raw squared loss.  ``decision_function`` and
+        ``predict_proba`` use the outputs the network was trained on
+        (normalised by the label site's environments when ``True``);
+        :meth:`outputs` gives the raw ``f(x)`` (what quimb's contraction gives).
     init : {"pca", "identity"}, default="pca"
         ``"pca"`` builds the initial sites from the training data's principal
         subspaces (see :func:`tnlearn.stages.mps.pca_init_cores`), at bond
@@ -236,11 +238,16 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
         indices ``"k{i}"``, the label index ``"label"`` on the centre site.
     classes_ : ndarray, shape (n_classes,)
     n_features_in_ : int
+    feature_names_in_ : ndarray of str, shape (n_features_in_,)
+        The column names, when ``fit`` was given a DataFrame with string
+        column names; prediction then checks them.
     history_ : History
         One :class:`~tnlearn.history.SweepRecord` per sweep.
     head_ : MPSHead
         The network as the engine holds it (backend arrays).
     """
+
+    saves_mid_sweep = True  # the network is consistent after every bond (the CLI saves it on Ctrl-C)
 
     def __init__(
         self,
@@ -351,25 +358,6 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
         """The L2 penalty in use: ``alpha``, or for ``"auto"`` ``3 (max_bond / 64)^2``."""
         return AUTO_ALPHA * (self.max_bond / 64) ** 2 if self.alpha == "auto" else float(self.alpha)
 
-    def _check_X(self, X, fitting):
-        X = np.asarray(X)
-        if X.dtype == object or not np.issubdtype(X.dtype, np.number):
-            raise TypeError(f"X must be numeric, got dtype {X.dtype}")
-        if X.ndim != 2:
-            hints = {1: " (one sample: X.reshape(1, -1))", 3: " (flatten images first: X.reshape(len(X), -1))"}
-            hint = hints.get(X.ndim, "")
-            raise ValueError(f"X must be 2-D with shape (n_samples, n_features), got shape {X.shape}{hint}")
-        if X.shape[0] == 0:
-            raise ValueError("X has no samples (shape {}); pass at least one".format(X.shape))
-        if fitting and X.shape[1] < 2:
-            raise ValueError(f"an MPS needs at least 2 features (sites); X has {X.shape[1]}")
-        if not fitting and X.shape[1] != self.n_features_in_:
-            raise ValueError(
-                f"X has {X.shape[1]} features but the model was fitted with {self.n_features_in_}; "
-                "use the same image size and pooling as in training"
-            )
-        return X
-
     def _embed(self, X, backend, out_of_domain="raise"):
         Phi = embed(X, self.feature_map, dtype=np.dtype(self.dtype), out_of_domain=out_of_domain)
         return backend.asarray(np.ascontiguousarray(Phi.transpose(1, 0, 2)))
@@ -406,35 +394,19 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
         self
         """
         self._check_params()
-        X = self._check_X(X, fitting=True)
-        y = check_label_vector(X, y)
-        if eval_set is not None:
-            if not (isinstance(eval_set, (tuple, list)) and len(eval_set) == 2):
-                raise ValueError(f"eval_set must be a pair (X_test, y_test) of the same length, got {type(eval_set).__name__}")
-            if len(eval_set[0]) != len(eval_set[1]):
-                raise ValueError(
-                    f"eval_set must be a pair (X_test, y_test) of the same length, got {len(eval_set[0])} "
-                    f"samples and {len(eval_set[1])} labels"
-                )
-            if np.ndim(eval_set[0]) != 2 or np.shape(eval_set[0])[1] != X.shape[1]:
-                raise ValueError(
-                    f"eval_set X_test has shape {np.shape(eval_set[0])} but X has {X.shape[1]} features; "
-                    "prepare both the same way"
-                )
         continuing = self.warm_start and hasattr(self, "head_")
+        fitted_features, fitted_classes = getattr(self, "n_features_in_", None), getattr(self, "classes_", None)
+        X, classes, y_idx = self._validate_Xy(X, y)
         if continuing:
-            if X.shape[1] != self.n_features_in_:
-                raise ValueError(f"warm_start: X has {X.shape[1]} features, the model {self.n_features_in_}")
-            unknown = np.setdiff1d(np.unique(y), self.classes_)
+            if X.shape[1] != fitted_features:
+                raise ValueError(f"warm_start: X has {X.shape[1]} features, the model {fitted_features}")
+            unknown = np.setdiff1d(classes, fitted_classes)
             if unknown.size:
                 raise ValueError(f"warm_start: y has classes {unknown.tolist()} unseen in the first fit; "
                                  "refit with warm_start=False to learn a new set of classes")
-            classes = self.classes_
-        else:
-            classes = np.unique(y)
-            if len(classes) < 2:
-                raise ValueError(f"y has a single class ({classes[0]!r}); a classifier needs at least 2")
-        y_idx = np.searchsorted(classes, y)
+            y_idx = np.searchsorted(fitted_classes, classes[y_idx])
+            classes = fitted_classes
+        eval_set = self._validate_eval_set(eval_set)
         rng = np.random.default_rng(self.random_state)
         backend = get_backend(self.backend)
         chunk_size = resolve_chunk_size(self.chunk_size, backend)
@@ -500,8 +472,7 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
         envs = build_environments(head, phi_sites, opts)
         eval_data = None
         if eval_set is not None:
-            X_eval = self._check_X(eval_set[0], fitting=False)
-            y_eval = np.asarray(eval_set[1])
+            X_eval, y_eval = eval_set
             if shard is not None:  # each rank scores a contiguous part of the test set
                 start, stop = shard_bounds(len(X_eval), comm.size, comm.rank)
                 X_eval, y_eval = X_eval[start:stop], y_eval[start:stop]
@@ -510,22 +481,25 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
             opts = replace(opts, solver=replace(opts.solver, alpha=solver_alpha))
         self.validation_scores_ = [] if stopper is not None else None
         # a continued fit is guarded against the last recorded sweep, as an uninterrupted one would be
-        loss = self.history_[-1].loss if continuing and len(self.history_) else None
-        for _ in range(self.n_sweeps):
-            before = HeadSnapshot.of(head)
+        last = {"loss": self.history_[-1].loss if continuing and len(self.history_) else None}
+
+        def one_sweep():
             record = self._run_one_sweep(head, envs, phi_sites, Y, y_idx[order], opts, eval_data, backend, shard,
-                                         val_data, loss)
-            if record is None:  # rolled back to `before`
-                before.restore(head)
-                break
-            loss = record.loss
-            if stopper is not None:
-                self.validation_scores_.append(record.validation_accuracy)
-                stop = stopper.update(record.validation_accuracy, head, record.sweep)
-            if on_sweep is not None:
-                on_sweep(self)
-            if stopper is not None and stop:
-                break
+                                         val_data, last["loss"])
+            if record is not None:
+                last["loss"] = record.loss
+            return record
+
+        def snapshot():
+            return HeadSnapshot.of(head).restore_into(head)
+
+        def early_stop(record):
+            if stopper is None:
+                return False
+            self.validation_scores_.append(record.validation_accuracy)
+            return stopper.update(record.validation_accuracy, head, record.sweep)
+
+        self._sweep_loop(self.n_sweeps, one_sweep, snapshot, on_sweep, early_stop)
         if stopper is not None and stopper.best is not None:
             stopper.best.restore(head)
             self.best_validation_score_ = stopper.best_score
@@ -606,35 +580,39 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
         return record
 
     # -- prediction ---------------------------------------------------------------
-    def _check_fitted(self):
-        if not hasattr(self, "head_"):
-            from sklearn.exceptions import NotFittedError
+    def _scores(self, X):
+        """The outputs the network was trained on: normalised (``sample_norm``) or raw, (n, L) float64."""
+        return self._outputs(X, normalized=bool(self.sample_norm))
 
-            raise NotFittedError(
-                "this MPSClassifier is not fitted yet: call fit(X, y) first, or load a saved model "
-                "with tnlearn.io.load_model"
-            )
+    def _outputs(self, X, normalized):
+        backend = self.head_.backend
+        phi = self._embed(X, backend, "clip")
+        return self.head_.decision_function(phi, resolve_chunk_size(self.chunk_size, backend), normalized=normalized)
 
-    def decision_function(self, X):
-        """Raw model outputs ``f^l(x)``.
+    def outputs(self, X, normalized=False):
+        """The network's outputs ``f^l(x)`` for every label value ``l``.
+
+        ``normalized=False`` gives exactly what quimb's contraction of
+        :attr:`mps_` with the sample's product state gives (``(clf.mps_ &
+        product_state(embed(x))) ^ all``).  The raw outputs of a long chain
+        span many orders of magnitude across samples and can overflow float64
+        (e.g. 400 unscaled features with ``feature_map="linear"``);
+        ``normalized=True`` divides each sample's outputs by the norms of its
+        environments at the label site (the outputs ``sample_norm`` training
+        fits; same argmax; always finite).  :meth:`decision_function` gives
+        the outputs the network was trained on.
 
         Parameters
         ----------
         X : array-like, shape (n_samples, n_features)
+        normalized : bool, default=False
 
         Returns
         -------
         ndarray, shape (n_samples, n_classes), float64
         """
         self._check_fitted()
-        X = self._check_X(X, fitting=False)
-        backend = self.head_.backend
-        return self.head_.decision_function(self._embed(X, backend, "clip"), resolve_chunk_size(self.chunk_size, backend))
-
-    def predict(self, X):
-        """Class with the largest output, shape (n_samples,)."""
-        self._check_fitted()
-        return self.classes_[np.argmax(self.decision_function(X), axis=1)]
+        return self._outputs(self._validate_X(X, reset=False), normalized)
 
     def _is_cross_entropy(self):
         return self.loss == "cross_entropy"
@@ -643,10 +621,7 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X):
         """Softmax of the outputs (models trained with ``loss="cross_entropy"``), shape (n_samples, n_classes)."""
         self._check_fitted()
-        X = self._check_X(X, fitting=False)
-        phi = self._embed(X, self.head_.backend, "clip")
-        chunk_size = resolve_chunk_size(self.chunk_size, self.head_.backend)
-        return softmax(self.head_.decision_function(phi, chunk_size, normalized=bool(self.sample_norm)), np)
+        return softmax(self._scores(self._validate_X(X, reset=False)), np)
 
     @property
     def mps_(self):
@@ -655,6 +630,35 @@ class MPSClassifier(ClassifierMixin, BaseEstimator):
         from tnlearn.networks import head_to_quimb
 
         return head_to_quimb(self.head_)
+
+    # -- model files ----------------------------------------------------------------
+    @property
+    def size_label(self):
+        """``"m=<max_bond>"``: the model's size in plots and logs."""
+        return f"m={self.max_bond}"
+
+    def _get_state(self):
+        """The network: ``core_0 ..`` (``(Dl, d, Dr)``, ``(Dl, d, L, Dr)`` on the label site) and its placement."""
+        from tnlearn.networks import BOND_IND_ID, LABEL_IND, SITE_IND_ID, SITE_TAG_ID
+
+        head = self.head_
+        header = {
+            "n_sites": head.n_sites, "center": head.center, "log_norm": head.log_norm,
+            "index_names": {"site_ind_id": SITE_IND_ID, "site_tag_id": SITE_TAG_ID, "bond_ind_id": BOND_IND_ID,
+                            "label": LABEL_IND},
+        }
+        return header, {f"core_{i}": head.backend.asnumpy(core) for i, core in enumerate(head.cores)}
+
+    def _set_state(self, header, arrays, backend):
+        from tnlearn.models._state import header_float, header_int
+
+        self._check_params()
+        n_sites, center = header_int(header, "n_sites"), header_int(header, "center")
+        log_norm = header_float(header, "log_norm")
+        cores = [arrays[f"core_{i}"] for i in range(n_sites)]
+        check_mps_cores(cores, center, log_norm, self.n_features_in_, get_feature_map(self.feature_map).dim,
+                        len(self.classes_))
+        self.head_ = MPSHead(cores, center, log_norm, backend)
 
     @classmethod
     def from_quimb(cls, mps, classes=None, label_ind="label", **params):

@@ -23,18 +23,12 @@ import math
 import time
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin
 
 from tnlearn.backend import get_backend
 from tnlearn.history import History, SweepRecord
-from tnlearn.models._validation import (
-    check_dtype,
-    check_eval_set,
-    check_features,
-    check_positive_float,
-    check_positive_int,
-    check_targets,
-)
+from tnlearn.models._base import TNClassifier
+from tnlearn.models._state import check_finite_floats, header_float, header_int
+from tnlearn.models._validation import check_dtype, check_positive_float, check_positive_int
 from tnlearn.optim import Adam
 from tnlearn.solvers import softmax
 from tnlearn.stages.tt import TTMatrix, check_tt_shapes, factorize
@@ -43,7 +37,7 @@ from tnlearn.sweeps import training_loss
 from tnlearn.truncation import check_truncation_args
 
 
-class TTNetClassifier(ClassifierMixin, BaseEstimator):
+class TTNetClassifier(TNClassifier):
     """A TT dense layer, ReLU, dense output; trained by DMRG-style sweeps over the TT cores.
 
     Parameters
@@ -147,9 +141,9 @@ class TTNetClassifier(ClassifierMixin, BaseEstimator):
             )
         return in_shape, hidden
 
-    def _prepare(self, X, xp):
+    def _prepare(self, X, xp, dtype=None):
         """Centre, scale and zero-pad a batch of raw features to ``(n, prod(in_shape))``."""
-        dtype = self.tt_.dtype  # the fitted dtype, whatever set_params did since
+        dtype = self.tt_.dtype if dtype is None else dtype  # the fitted dtype, whatever set_params did since
         Xc = (np.asarray(X, dtype=np.float64) - self.input_mean_) / self.input_scale_
         out = np.zeros((len(X), self.tt_.in_features), dtype=dtype)
         out[:, : Xc.shape[1]] = Xc
@@ -216,9 +210,8 @@ class TTNetClassifier(ClassifierMixin, BaseEstimator):
         self
         """
         self._check_params()
-        X = check_features(X, min_features=2)
-        classes, y_idx = check_targets(X, y)
-        eval_set = check_eval_set(eval_set, X.shape[1])
+        X, classes, y_idx = self._validate_Xy(X, y)
+        eval_set = self._validate_eval_set(eval_set)
         in_shape, hidden = self._shapes(X.shape[1])
         rng = np.random.default_rng(self.random_state)
         backend = self._backend = get_backend(self.backend)
@@ -240,10 +233,10 @@ class TTNetClassifier(ClassifierMixin, BaseEstimator):
         adam = Adam(self.learning_rate, xp=xp)
         n_bonds = self.tt_.n_cores - 1
         schedule = [(j, "right") for j in range(n_bonds)] + [(j, "left") for j in range(n_bonds - 1, -1, -1)]
-        loss_before = None
-        for sweep in range(self.n_sweeps):
-            snapshot = ([c.copy() for c in self.tt_.cores], self.b1_.copy(), self.V_.copy(), self.b2_.copy())
-            adam.learning_rate = self.learning_rate * self.lr_decay**sweep
+        last = {"loss": None}
+
+        def one_sweep():
+            adam.learning_rate = self.learning_rate * self.lr_decay ** len(self.history_)
             t0 = time.perf_counter()
             bar = None
             if self.verbose >= 2:
@@ -259,15 +252,20 @@ class TTNetClassifier(ClassifierMixin, BaseEstimator):
                     bar.update()
             if bar is not None:
                 bar.close()
-            seconds = time.perf_counter() - t0
-            record = self._record(Xp, Y, y_idx, eval_data, errors, seconds, loss_before)
-            if record is None:  # diverged: back to the network before this sweep
-                cores, self.b1_, self.V_, self.b2_ = snapshot
+            record = self._record(Xp, Y, y_idx, eval_data, errors, time.perf_counter() - t0, last["loss"])
+            if record is not None:
+                last["loss"] = record.loss
+            return record
+
+        def snapshot():  # the TT cores and the dense layers as they were before the sweep
+            cores, b1, V, b2 = list(self.tt_.cores), self.b1_.copy(), self.V_.copy(), self.b2_.copy()
+
+            def restore():
                 self.tt_.cores = cores
-                break
-            loss_before = record.loss
-            if on_sweep is not None:
-                on_sweep(self)
+                self.b1_, self.V_, self.b2_ = b1, V, b2
+            return restore
+
+        self._sweep_loop(self.n_sweeps, one_sweep, snapshot, on_sweep)
         return self
 
     def _record(self, Xp, Y, y_idx, eval_data, errors, seconds, loss_before=None):
@@ -294,12 +292,6 @@ class TTNetClassifier(ClassifierMixin, BaseEstimator):
         return record
 
     # -- prediction -------------------------------------------------------------------------------
-    def _check_fitted(self):
-        if not hasattr(self, "tt_"):
-            from sklearn.exceptions import NotFittedError
-
-            raise NotFittedError("this TTNetClassifier is not fitted yet; call fit(X, y) first")
-
     def _decision(self, Xp, chunk=8192):
         xp = self._backend.xp
         out = xp.empty((Xp.shape[0], len(self.classes_)), dtype=Xp.dtype)
@@ -307,20 +299,75 @@ class TTNetClassifier(ClassifierMixin, BaseEstimator):
             out[start : start + chunk] = self._logits(Xp[start : start + chunk])[2]
         return out
 
-    def decision_function(self, X):
-        """Logits, shape (n_samples, n_classes), float64 (host)."""
-        self._check_fitted()
-        X = check_features(X, self.n_features_in_)
-        return self._backend.asnumpy(self._decision(self._prepare(X, self._backend.xp))).astype(np.float64)
+    def _scores(self, X, chunk=8192):
+        """Logits, shape (n_samples, n_classes), float64 (host).
+
+        Computed in float64 whatever the training dtype, so that a sample's
+        scores do not depend on the batch it comes in (float32 products over
+        a batch round differently with its size and order).
+        """
+        be = self._backend
+        tt = TTMatrix([c.astype(np.float64) for c in self.tt_.cores], be)
+        b1, V, b2 = (p.astype(np.float64) for p in (self.b1_, self.V_, self.b2_))
+        Xp = self._prepare(X, be.xp, np.float64)
+        out = np.empty((len(X), len(self.classes_)))
+        for start in range(0, len(X), chunk):
+            h = be.xp.maximum(tt.forward(Xp[start : start + chunk]) + b1, 0)
+            out[start : start + chunk] = be.asnumpy(h @ V + b2)
+        return out
 
     def predict_proba(self, X):
         """Softmax of the logits, shape (n_samples, n_classes)."""
-        return softmax(self.decision_function(X), np)
-
-    def predict(self, X):
-        """Predicted class labels, shape (n_samples,)."""
         self._check_fitted()
-        return self.classes_[np.argmax(self.decision_function(X), axis=1)]
+        return softmax(self._scores(self._validate_X(X, reset=False)), np)
+
+    # -- model files ------------------------------------------------------------------------------
+    @property
+    def size_label(self):
+        """``"TT-rank <max_rank>"``."""
+        return f"TT-rank {self.max_rank}"
+
+    def _get_state(self):
+        """TT cores ``tt_core_0 ..`` (``(r, n, m, r')``), ``b1``, ``V``, ``b2``, the input centring."""
+        be = self._backend
+        arrays = {"input_mean": np.asarray(self.input_mean_), "b1": be.asnumpy(self.b1_), "V": be.asnumpy(self.V_),
+                  "b2": be.asnumpy(self.b2_)}
+        arrays.update({f"tt_core_{i}": be.asnumpy(c) for i, c in enumerate(self.tt_.cores)})
+        return {"n_tt_cores": self.tt_.n_cores, "input_scale": float(self.input_scale_)}, arrays
+
+    def _set_state(self, header, arrays, backend):
+        for key in ("in_shape", "hidden_shape"):  # JSON lists back to tuples
+            if getattr(self, key) is not None:
+                setattr(self, key, tuple(getattr(self, key)))
+        self._check_params()
+        n_features = self.n_features_in_
+        scale = header_float(header, "input_scale")
+        if not scale > 0:
+            raise ValueError(f"input_scale={scale} must be a positive finite number")
+        dtype = np.dtype(self.dtype)
+        cores = [arrays[f"tt_core_{i}"] for i in range(header_int(header, "n_tt_cores"))]
+        for i, core in enumerate(cores):
+            check_finite_floats(f"tt_core_{i}", core, 4, dtype)
+        tt = TTMatrix(cores, backend)  # checks that the cores connect
+        b1, V, b2, mean = arrays["b1"], arrays["V"], arrays["b2"], arrays["input_mean"]
+        for name, array, ndim in (("b1", b1, 1), ("V", V, 2), ("b2", b2, 1)):
+            check_finite_floats(name, array, ndim, dtype)
+        check_finite_floats("input_mean", mean, 1)
+        H, L = tt.out_features, len(self.classes_)
+        if b1.shape != (H,) or V.shape != (H, L) or b2.shape != (L,) or mean.shape != (n_features,):
+            raise ValueError(
+                f"dense parameters of shapes b1 {b1.shape}, V {V.shape}, b2 {b2.shape}, input_mean {mean.shape} "
+                f"do not fit a TT layer of {H} outputs, {L} classes and {n_features} features"
+            )
+        if tt.in_features < n_features:
+            raise ValueError(f"the TT layer takes {tt.in_features} inputs, fewer than n_features_in={n_features}")
+        for key, got in (("in_shape", tt.in_shape), ("hidden_shape", tt.out_shape)):
+            if getattr(self, key) is not None and tuple(getattr(self, key)) != got:
+                raise ValueError(f"the TT cores have {key} {got} but the saved parameters say {getattr(self, key)}")
+        self._backend = backend
+        self.tt_ = tt
+        self.b1_, self.V_, self.b2_ = backend.asarray(b1), backend.asarray(V), backend.asarray(b2)
+        self.input_mean_, self.input_scale_ = mean, scale
 
     # -- size ------------------------------------------------------------------------------------
     @property
