@@ -34,7 +34,8 @@ def load_or_train(path):
 def main(argv=None):
     p = argparse.ArgumentParser(description="entanglement of a trained MPS classifier")
     p.add_argument("model", nargs="?", help="model.npz written by tnlearn (default: train on digits)")
-    p.add_argument("--out", default="figures/entanglement.png")
+    p.add_argument("--out", default="runs/physics_interop/entanglement.png",
+                   help="figure to write (default: runs/physics_interop/entanglement.png)")
     args = p.parse_args(argv)
 
     clf, name = load_or_train(args.model)

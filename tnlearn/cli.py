@@ -235,6 +235,8 @@ def cmd_train(args):
     from tnlearn.plotting import write_run_plots
 
     t0 = time.perf_counter()
+    if not args.resume:  # what the model cannot do is said before any MPI or data set-up
+        _staged_model_checks(args)
     comm = _train_comm(args.distributed)
     root = comm.rank == 0
     if args.resume:
@@ -249,7 +251,8 @@ def cmd_train(args):
     if not args.resume and held and not args.overwrite:
         raise ValueError(f"--out {out} already holds a trained run ({', '.join(held)}): continue it with "
                          f"`--resume {out}`, replace it with --overwrite, or choose another directory")
-    _staged_model_checks(args)
+    if args.resume:
+        _staged_model_checks(args)
     args.backend = args.backend or "numpy"
     try:  # a backend this machine cannot run fails here, before any data is loaded
         get_backend(args.backend)

@@ -74,7 +74,7 @@ class ConvMPSClassifier(TNClassifier):
         Patch side ``p``; the conv MPS has ``p * p`` sites.
     stride : int, optional
         Default ``patch`` (non-overlapping patches).
-    n_channels : int, default=2
+    n_channels : int, default=4
         Output channels ``c`` of the conv stage = physical dimension of the head.
     conv_bond : int, optional
         Maximum conv bond dimension (default: exact, :func:`exact_conv_bond`:
@@ -123,7 +123,7 @@ class ConvMPSClassifier(TNClassifier):
         self,
         patch=2,
         stride=None,
-        n_channels=2,
+        n_channels=4,
         conv_bond=None,
         max_bond=16,
         cutoff=1e-10,

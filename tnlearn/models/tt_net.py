@@ -54,9 +54,9 @@ class TTNetClassifier(TNClassifier):
         Maximum TT-rank (the ``max_bond`` of every split).
     cutoff : float, default=0.0
         Relative discarded weight allowed at each split (``cutoff_mode="rsum2"``).
-    n_sweeps : int, default=2
+    n_sweeps : int, default=4
         Full sweeps (right then left over the ``n_cores - 1`` bonds).
-    epochs_per_bond : float, default=1.0
+    epochs_per_bond : float, default=0.5
         Passes of minibatch Adam over the training set at every bond.
     batch_size : int, default=128
     learning_rate : float, default=2e-3
@@ -86,8 +86,8 @@ class TTNetClassifier(TNClassifier):
         hidden_shape=None,
         max_rank=4,
         cutoff=0.0,
-        n_sweeps=2,
-        epochs_per_bond=1.0,
+        n_sweeps=4,
+        epochs_per_bond=0.5,
         batch_size=128,
         learning_rate=2e-3,
         lr_decay=1.0,
