@@ -87,3 +87,53 @@ def test_model_from_a_quimb_mps_predicts_what_quimb_computes(fitted, center):
 def test_from_quimb_rejects_a_feature_map_of_the_wrong_dimension(fitted):
     with pytest.raises(ValueError, match="physical dimension 2 but feature_map='poly2'"):
         MPSClassifier.from_quimb(fitted[0].mps_, feature_map="poly2")
+
+
+def _label_mps(n=6, center=3, bond=3, L=3, seed=0, dtype=float):
+    rng = np.random.default_rng(seed)
+    tensors = []
+    for i in range(n):
+        shape = ([bond] if i > 0 else []) + ([bond] if i < n - 1 else []) + [2] + ([L] if i == center else [])
+        inds = ([f"b{i - 1}"] if i > 0 else []) + ([f"b{i}"] if i < n - 1 else []) + [f"k{i}"]
+        inds += ["label"] if i == center else []
+        tensors.append(qtn.Tensor(rng.standard_normal(shape).astype(dtype), inds=inds, tags={f"I{i}"}))
+    return qtn.TensorNetwork(tensors).view_as_(qtn.MatrixProductState, L=n, site_tag_id="I{}", site_ind_id="k{}",
+                                               cyclic=False)
+
+
+def test_from_quimb_refuses_complex_entries_and_takes_real_complex_dtype():
+    mps = _label_mps()
+    X = np.random.default_rng(1).random((4, 6))
+    real = MPSClassifier.from_quimb(mps, dtype="float64").outputs(X)
+    as_complex = MPSClassifier.from_quimb(mps.astype("complex128"), dtype="float64").outputs(X)
+    np.testing.assert_allclose(as_complex, real, rtol=1e-12)  # complex dtype, zero imaginary parts: fine
+    bumped = mps.copy()
+    bumped[bumped.site_tag(2)].modify(data=bumped[bumped.site_tag(2)].data * (1 + 0.5j))
+    with pytest.raises(ValueError, match="site 2 has complex entries"):
+        MPSClassifier.from_quimb(bumped)
+
+
+def test_from_quimb_refuses_a_periodic_mps():
+    mps = qtn.MPS_rand_state(6, bond_dim=3, cyclic=True, dtype="float64")
+    with pytest.raises(ValueError, match="periodic"):
+        MPSClassifier.from_quimb(mps)
+
+
+def test_from_quimb_drops_exact_zero_singular_values_when_moving_the_label():
+    """Bonds of dimension 8 whose rank is 2: the label's moves must not keep the zero directions.
+
+    Carrying the 3-valued label across a bond of rank 2 needs rank 2 * 3 = 6, not 8 * 3."""
+    mps = _label_mps(n=6, center=4, bond=2)
+    padded = mps.copy()
+    padded.expand_bond_dimension(8, inplace=True)  # zero padding: same network, bonds of 8
+    assert max(padded.bond_sizes()) == 8
+    model = MPSClassifier.from_quimb(padded, max_bond=6, dtype="float64")
+    assert model.head_.center == 0 and max(model.head_.bond_dims[:4]) <= 6
+    X = np.random.default_rng(2).random((4, 6))
+    np.testing.assert_allclose(model.outputs(X), MPSClassifier.from_quimb(mps, dtype="float64").outputs(X),
+                               rtol=1e-9)
+
+
+def test_from_quimb_names_a_bond_wider_than_max_bond():
+    with pytest.raises(ValueError, match=r"bond of dimension \d+ > max_bond=2: pass max_bond >= "):
+        MPSClassifier.from_quimb(_label_mps(bond=5), max_bond=2)

@@ -90,3 +90,17 @@ def test_row_basis_from_the_row_gram_equals_the_svd(rng, shape):
     M[0, 0] = np.nan
     with pytest.raises(FloatingPointError, match="NaN"):
         truncated_row_basis(M)
+
+
+@pytest.mark.parametrize("scale", [1e-170, 1.0, 1e150])
+def test_cutoff_is_scale_free(scale):
+    """Squared singular values of tiny (or huge) matrices under/overflow: the cut must not depend on the scale."""
+    from tnlearn.truncation import truncated_row_basis
+
+    U, s, Vh, info = truncated_svd(np.eye(5) * scale, cutoff=1e-10)
+    assert len(s) == 5 and info.discarded_weight == 0.0
+    U, s, Vh, info = truncated_svd(np.diag([3.0, 2.0, 1.0]) * scale, max_bond=2, cutoff=1e-10)
+    assert len(s) == 2 and info.discarded_weight == pytest.approx(1 / 14)
+    U, s, info = truncated_row_basis(np.diag([3.0, 2.0, 1.0]) * scale, max_bond=2)
+    np.testing.assert_allclose(s, np.array([3.0, 2.0]) * scale, rtol=1e-12)
+    assert info.discarded_weight == pytest.approx(1 / 14)

@@ -193,3 +193,17 @@ def test_minibatches_cover_every_sample_once_per_epoch(digits_split, monkeypatch
     assert sizes[:3] == [128, 128, 44]  # one epoch of 300 samples, the last batch short
     first_epoch = np.concatenate(seen[:3])
     assert len(np.unique(first_epoch.round(6), axis=0)) == len(np.unique(X.round(6), axis=0))
+
+
+@pytest.mark.parametrize("scale", [1e-170, 1e150])
+def test_tt_svd_is_scale_free(scale):
+    """W * 1e-170 once gave ranks [1, 1] with a reported error of 0 (actual 0.99)."""
+    W = np.random.default_rng(0).standard_normal((64, 64))
+    ref, ref_info = tt_from_dense(W, (4, 4, 4), (4, 4, 4), max_bond=4)
+    tt, info = tt_from_dense(W * scale, (4, 4, 4), (4, 4, 4), max_bond=4)
+    assert tt.ranks == ref.ranks == [4, 4]
+    assert info["relative_error"] == pytest.approx(ref_info["relative_error"], rel=1e-9)
+    assert info["error_bound"] == pytest.approx(ref_info["error_bound"], rel=1e-9)
+    np.testing.assert_allclose(tt.to_dense() / scale, ref.to_dense(), rtol=1e-9, atol=1e-12)
+    exact, exact_info = tt_from_dense(W * scale, (4, 4, 4), (4, 4, 4))
+    assert exact.ranks == [16, 16] and exact_info["relative_error"] < 1e-12

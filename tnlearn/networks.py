@@ -87,6 +87,9 @@ def quimb_to_cores(mps, label_ind=LABEL_IND):
     log_scale : float
         Natural log of the network's ``exponent`` factor.
     """
+    if getattr(mps, "cyclic", False):
+        raise ValueError("the MPS is periodic (cyclic=True); a classifier is an open chain: pass an open-boundary "
+                         "MatrixProductState")
     n = mps.L
     cores, center = [], None
     for i in range(n):
@@ -99,6 +102,11 @@ def quimb_to_cores(mps, label_ind=LABEL_IND):
         if extra:
             raise ValueError(f"site {i} has unexpected indices {sorted(extra)}; expected bonds, {phys!r} and {label_ind!r}")
         data = np.asarray(t.transpose(*order).data)
+        if np.iscomplexobj(data):
+            if np.any(data.imag):
+                raise ValueError(f"site {i} has complex entries; the classifiers are real networks: pass a real "
+                                 "MPS (e.g. mps.astype('float64') when the imaginary parts are negligible)")
+            data = data.real
         if label_ind in t.inds:
             if center is not None:
                 raise ValueError(f"index {label_ind!r} appears on sites {center} and {i}; it must be on one site")

@@ -37,8 +37,15 @@ class TruncationInfo:
     singular_values: np.ndarray
 
 
+def _relative_squares(s):
+    """``(s / s[0])**2`` in float64: the squared weights, free of the matrix's scale (no under/overflow)."""
+    s = np.asarray(s, dtype=np.float64)
+    top = float(s[0]) if s.size else 0.0
+    return (s / top) ** 2 if top > 0 else np.zeros_like(s)
+
+
 def _n_keep(s, max_bond, cutoff, cutoff_mode):
-    s2 = s * s
+    s2 = _relative_squares(s)
     total = float(s2.sum())
     if total == 0.0:
         return 1
@@ -134,7 +141,7 @@ def _finite(matrix):
 def _truncation(s, max_bond, cutoff, cutoff_mode):
     """What a split keeps of the singular values ``s`` (largest first) and what it discards."""
     k = _n_keep(s, max_bond, cutoff, cutoff_mode)
-    s2 = s.astype(np.float64) ** 2
+    s2 = _relative_squares(s)
     total = s2.sum()
     discarded = float(s2[k:].sum() / total) if total > 0 else 0.0
     return TruncationInfo(kept=k, discarded_weight=discarded, singular_values=s)
@@ -169,9 +176,11 @@ def truncated_row_basis(matrix, max_bond=None, cutoff=0.0, cutoff_mode="rsum2"):
     if m > n:
         U, s, _, info = truncated_svd(matrix, max_bond, cutoff, cutoff_mode)
         return U, s, info
-    m64 = matrix.astype(np.float64, copy=False)
+    scale = float(np.max(np.abs(matrix))) if matrix.size else 0.0
+    scale = scale if scale > 0 else 1.0
+    m64 = matrix.astype(np.float64) / scale  # scale free: the Gram of tiny or huge entries would under/overflow
     w, V = np.linalg.eigh(m64 @ m64.T)
-    s = np.sqrt(np.maximum(w[::-1], 0.0))
+    s = np.sqrt(np.maximum(w[::-1], 0.0)) * scale
     info = _truncation(s, max_bond, cutoff, cutoff_mode)
     k = info.kept
     return np.ascontiguousarray(V[:, ::-1][:, :k]), s[:k], info

@@ -681,6 +681,15 @@ class MPSClassifier(TNClassifier):
         **params
             Hyperparameters (e.g. ``feature_map``, ``max_bond``); the feature
             map's dimension must equal the physical dimension of the sites.
+            ``max_bond`` defaults to the larger of 16 and the network's widest
+            bond (after exact zeros are dropped).
+
+        Raises
+        ------
+        ValueError
+            For a periodic MPS, complex entries, a label index on no site or
+            on several, a physical dimension the feature map does not give, or
+            a bond wider than an explicit ``max_bond``.
 
         Returns
         -------
@@ -705,8 +714,14 @@ class MPSClassifier(TNClassifier):
         dtype = np.dtype(model.dtype)
         cores, log_norm = canonicalize_around([np.asarray(c, dtype=np.float64) for c in cores], center)
         head = MPSHead(cores, center, log_norm + log_scale, get_backend("numpy"))
-        for j in range(center - 1, -1, -1):  # move the label to site 0, exactly
-            head.split(j, head.merge(j), head.log_norm, "left", max_bond=None, cutoff=0.0, cutoff_mode="abs")
+        for j in range(center - 1, -1, -1):  # move the label to site 0, exactly (zero singular values dropped)
+            head.split(j, head.merge(j), head.log_norm, "left", max_bond=None, cutoff=1e-14, cutoff_mode="rel")
+        widest = max(head.bond_dims)
+        if "max_bond" not in params:
+            model.max_bond = max(model.max_bond, widest)
+        elif widest > model.max_bond:
+            raise ValueError(f"the MPS has a bond of dimension {widest} > max_bond={model.max_bond}: pass "
+                             f"max_bond >= {widest} (or compress the MPS first, e.g. mps.compress(max_bond=...))")
         backend = get_backend(model.backend)
         model.head_ = MPSHead([c.astype(dtype) for c in head.cores], 0, head.log_norm, backend)
         model.classes_ = classes

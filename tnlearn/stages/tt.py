@@ -405,7 +405,11 @@ def tt_from_dense(W, in_shape, out_shape, max_bond=None, cutoff=0.0, cutoff_mode
     if dtype.kind != "f":
         raise ValueError(f"dtype={dtype} is not a floating type; TT cores need float32 or float64")
     d = len(in_shape)
-    work = W.astype(np.float64).reshape(in_shape + out_shape)
+    # scale free: the TT-SVD runs on W / max|W| (squares of tiny or huge entries would under- or
+    # overflow), and the first core carries the scale back
+    scale = float(np.max(np.abs(W))) if W.size else 0.0
+    scale = scale if scale > 0 else 1.0
+    work = (W.astype(np.float64) / scale).reshape(in_shape + out_shape)
     # interleave to (n_1, m_1, n_2, m_2, ...)
     work = work.transpose([ax for k in range(d) for ax in (k, d + k)])
     total = float(np.sum(work * work))
@@ -424,9 +428,10 @@ def tt_from_dense(W, in_shape, out_shape, max_bond=None, cutoff=0.0, cutoff_mode
         rest = s[:, None] * Vh
         rank = kept
     cores.append(rest.reshape(rank, in_shape[-1], out_shape[-1], 1))
+    cores[0] = cores[0] * scale
     tt = TTMatrix([c.astype(dtype) for c in cores], backend)
-    approx = tt.to_dense().astype(np.float64)
-    err = float(np.linalg.norm(approx - W) / np.linalg.norm(W)) if total > 0 else 0.0
+    approx = tt.to_dense().astype(np.float64) / scale
+    err = float(np.linalg.norm(approx - W / scale) / np.linalg.norm(W / scale)) if total > 0 else 0.0
     info = {
         "relative_error": err,
         "error_bound": float(np.sqrt(sum(discarded))),
