@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from tnlearn.backend import get_backend
-from tnlearn.backprop import head_input_gradient, output_loss
+from tnlearn.stages.conv_sweeps import head_input_gradient, output_loss
 from tnlearn.stages.mps import MPSHead, right_canonicalize
 from tnlearn.sweeps import SweepOptions, build_environments
 

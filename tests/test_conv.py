@@ -151,7 +151,7 @@ def test_default_conv_bond_never_truncates(n_channels, digits_split):
 @pytest.mark.parametrize("conv_bond", [1, 2])
 def test_capped_conv_bond_is_honoured_and_the_recorded_loss_is_the_true_one(conv_bond, digits_split):
     """A capped conv bond: each conv step is judged after the split's truncation."""
-    from tnlearn.stage_sweeps import head_loss
+    from tnlearn.stages.conv_sweeps import head_loss
 
     X_tr, _, y_tr, _ = digits_split
     X, y = X_tr[:300], y_tr[:300]

@@ -11,6 +11,7 @@ from tnlearn.local_problem import LocalProblem
 from tnlearn.networks import head_to_quimb, product_state
 from tnlearn.solvers import SolverOptions, loss_value
 from tnlearn.sweeps import SweepOptions, build_environments, center_outputs, full_sweep, half_sweep
+from tnlearn.truncation import Truncation
 
 NP = get_backend("numpy")
 
@@ -41,7 +42,7 @@ def test_cached_environment_forward_equals_full_contraction(rng, j):
     envs = build_environments(head, phi_sites, SweepOptions(max_bond=64))
     # move the centre to j with exact (untruncated) splits, updating left environments
     for i in range(j):
-        head.split(i, head.merge(i), head.log_norm, "right", None, 0.0, "rsum2")
+        head.split(i, head.merge(i), "right", Truncation())
         envs.advance_left(i, phi_sites[i], head.cores[i])
     left, left_log = envs.get(j)
     right, right_log = envs.get(j + 2)
@@ -134,7 +135,7 @@ def test_split_truncation_error_is_the_discarded_weight(rng):
     block = head.merge(1)
     Dl, d, _, L, Dr = block.shape
     s = np.linalg.svd(block.reshape(Dl * d, -1), compute_uv=False)
-    info = head.split(1, block, head.log_norm, "right", 2, 0.0, "rsum2")
+    info = head.split(1, block, "right", Truncation(max_bond=2))
     assert info.kept == 2 and head.center == 2
     assert info.discarded_weight == pytest.approx((s[2:] ** 2).sum() / (s**2).sum(), rel=1e-10)
 

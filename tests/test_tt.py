@@ -7,6 +7,7 @@ import pytest
 
 from tnlearn.models.tt_net import TTNetClassifier
 from tnlearn.stages.tt import TTMatrix, factorize, tt_from_dense
+from tnlearn.truncation import Truncation
 
 SHAPES = [((2, 3, 4), (3, 2, 2)), ((4, 4), (2, 5)), ((2, 2, 2, 2), (2, 2, 2, 2)), ((6,), (5,))]
 
@@ -74,7 +75,7 @@ def test_split_respects_max_bond_and_reports_discarded_weight(rng):
     tt = TTMatrix.random((4, 4, 4), (4, 4, 4), 8, rng, dtype=np.float64)
     block = rng.standard_normal(tt.merge(1).shape)
     s = np.linalg.svd(block.reshape(np.prod(block.shape[:3]), -1), compute_uv=False)
-    info = tt.split(1, block, "left", max_bond=3)
+    info = tt.split(1, block, "left", Truncation(max_bond=3))
     assert tt.ranks[1] == info.kept == 3
     assert info.discarded_weight == pytest.approx(np.sum(s[3:] ** 2) / np.sum(s**2))
     core = tt.cores[2]  # left split: the right core is right-orthonormal

@@ -12,6 +12,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from tnlearn.rows import log_normalise_rows
+
 BACKENDS = ("numpy", "cupy")
 
 
@@ -127,9 +129,7 @@ def array_module_kernels(xp):
         return out
 
     def row_normalise(env):
-        norms = xp.sqrt(xp.einsum("ij,ij->i", env, env, dtype=np.float64))
-        env /= xp.where(norms > 0, norms, 1).astype(env.dtype)[:, None]
-        return xp.log(xp.maximum(norms, 1e-300))
+        return log_normalise_rows(env, xp)
 
     def row_residual_outer(t, r, y, scale, loss, f_out):
         check_fused_loss(loss)

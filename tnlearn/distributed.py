@@ -437,10 +437,7 @@ def broadcast_cores(shard, head, sites, info=None):
         return info
     arrays = shard.comm.bcast_arrays([])
     meta = arrays[0]
-    for i, core in zip(sites, arrays[1:]):
-        head.cores[i] = be.xp.ascontiguousarray(be.asarray(core))
-    head.center = int(meta[0])
-    head.log_norm = float(meta[1])
+    head.assign(dict(zip(sites, arrays[1:])), int(meta[0]), float(meta[1]))
     if len(meta) > 2:
         return TruncationInfo(kept=int(meta[2]), discarded_weight=float(meta[3]), singular_values=arrays[-1])
     return None

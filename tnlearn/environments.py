@@ -23,17 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-_TINY = 1e-300
-
-
-def _normalise_rows(env, xp):
-    """Divide each row by its norm; return the log norms (float64)."""
-    norms = xp.sqrt(xp.einsum("ij,ij->i", env, env, dtype=env.dtype))
-    norms64 = norms.astype(np.float64)
-    safe = xp.where(norms > 0, norms, 1)
-    env /= safe[:, None]
-    return xp.log(xp.maximum(norms64, _TINY))
-
+from tnlearn.rows import log_normalise_rows
 
 def left_step(env, phi, core, backend, out=None):
     """Advance left environments through one site.

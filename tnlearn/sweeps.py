@@ -26,6 +26,7 @@ from tnlearn.environments import EnvironmentCache
 from tnlearn.local_problem import LocalProblem
 from tnlearn.solvers import SolverOptions, local_objective, loss_value, solve_local
 from tnlearn.stages.mps import block_matrix, matrix_to_block
+from tnlearn.truncation import Truncation
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,10 @@ class SweepOptions:
     normalize_samples: bool = True
     safeguard: bool = True
     check_rise: float = 1e-3
+
+    def bond_truncation(self, cutoff=None):
+        """The :class:`~tnlearn.truncation.Truncation` of a split (``cutoff`` overrides the option's)."""
+        return Truncation(self.max_bond, self.cutoff if cutoff is None else cutoff, self.cutoff_mode)
 
 
 @dataclass
@@ -297,10 +302,10 @@ class _Sweeper:
                 fraction = 0.0
                 block, log_norm = upd.problem.from_scaled(upd.start)
             if fraction == 0:
-                tinfo = head.split(j, block, log_norm, direction, opts.max_bond, 0.0, opts.cutoff_mode)
+                tinfo = head.split(j, block, direction, opts.bond_truncation(cutoff=0.0), log_norm)
             else:
                 grams = upd.grams if opts.truncation == "data" else None
-                tinfo = head.split(j, block, log_norm, direction, opts.max_bond, opts.cutoff, opts.cutoff_mode, grams)
+                tinfo = head.split(j, block, direction, opts.bond_truncation(), log_norm, grams)
         if self.shard is not None:
             tinfo = broadcast_cores(self.shard, head, (j, j + 1), tinfo)
         advance_past_bond(self.envs, self.phi_sites, head.cores, j, direction)

@@ -64,6 +64,55 @@ def _n_keep(s, max_bond, cutoff, cutoff_mode):
     return max(k, 1)
 
 
+@dataclass(frozen=True)
+class Truncation:
+    """How a split truncates, in quimb's vocabulary (checked on construction).
+
+    Attributes
+    ----------
+    max_bond : int or None
+        Keep at most this many singular values (None: no cap).
+    cutoff : float
+        Threshold, read by ``cutoff_mode`` (0 keeps every non-zero value).
+    cutoff_mode : {"rsum2", "rel", "abs"}
+        See :func:`truncated_svd`.
+    """
+
+    max_bond: int | None = None
+    cutoff: float = 0.0
+    cutoff_mode: str = "rsum2"
+
+    def __post_init__(self):
+        check_truncation_args(self.max_bond, self.cutoff, self.cutoff_mode, allow_none=True)
+
+
+def split_matrix(matrix, direction, truncation):
+    """The truncated SVD split ``matrix ~= left @ right`` every stage's ``split`` is built on.
+
+    Parameters
+    ----------
+    matrix : ndarray, shape (m, n)
+        Host array.
+    direction : {"right", "left"}
+        Where the singular values go, i.e. which factor becomes the new centre:
+        ``"right"``: ``left = U`` (orthonormal columns), ``right = S Vh``;
+        ``"left"``: ``left = U S``, ``right = Vh`` (orthonormal rows).
+    truncation : Truncation
+
+    Returns
+    -------
+    left : ndarray, shape (m, k)
+    right : ndarray, shape (k, n)
+    info : TruncationInfo
+    """
+    U, s, Vh, info = truncated_svd(matrix, truncation.max_bond, truncation.cutoff, truncation.cutoff_mode)
+    if direction == "right":
+        return U, s[:, None] * Vh, info
+    if direction == "left":
+        return U * s[None, :], Vh, info
+    raise ValueError(f"direction={direction!r}; use 'right' or 'left'")
+
+
 def check_truncation_args(max_bond, cutoff, cutoff_mode, allow_none=False):
     """Validate truncation settings, raising a ``ValueError`` that names the fix.
 

@@ -48,9 +48,7 @@ class HeadSnapshot:
 
     def restore(self, head):
         """Put the snapshot back into ``head`` (same backend)."""
-        head.cores = list(self.cores)
-        head.center = self.center
-        head.log_norm = self.log_norm
+        head.assign(dict(enumerate(self.cores)), self.center, self.log_norm)
 
     def restore_into(self, head):
         """A callable that restores the snapshot into ``head`` (for the sweep loop's roll-back)."""

@@ -8,7 +8,7 @@
 Every sweep first sweeps the head (the Stoudenmire–Schwab engine of
 :mod:`tnlearn.sweeps`, on the conv features), then — from sweep
 ``conv_start`` on — sweeps the conv MPS's bonds with the head fixed
-(:func:`tnlearn.stage_sweeps.conv_half_sweep`: gradient back-propagated from
+(:func:`tnlearn.stages.conv_sweeps.conv_half_sweep`: gradient back-propagated from
 the head through the normalisation, summed over all samples and patches, a
 backtracking step, truncated-SVD split).  The conv MPS starts as
 average pooling followed by the feature map, plus principal-component detail
@@ -31,7 +31,7 @@ from tnlearn.models._validation import check_chunk_size, check_dtype, check_posi
 from tnlearn.networks import LABEL_IND, head_to_quimb
 from tnlearn.solvers import SolverOptions
 from tnlearn.models._training import HeadSnapshot, divergence, warn_diverged
-from tnlearn.stage_sweeps import ConvSweepOptions, conv_half_sweep
+from tnlearn.stages.conv_sweeps import ConvSweepOptions, conv_half_sweep
 from tnlearn.stages.conv import ConvStage, extract_patches, patch_grid, patch_sites, pca_conv_cores, pooled_conv_cores
 from tnlearn.stages.mps import MPSHead, pca_init_cores
 from tnlearn.sweeps import SweepOptions, build_environments, center_outputs, full_sweep, training_loss

@@ -21,7 +21,7 @@ from tnlearn.models._validation import check_chunk_size, check_dtype
 from tnlearn.solvers import LOSSES, SOLVERS, SolverOptions, softmax
 from tnlearn.stages.mps import MPSHead, init_cores, pca_init_cores
 from tnlearn.sweeps import SweepOptions, build_environments, objective_tolerance, sweep
-from tnlearn.truncation import check_truncation_args
+from tnlearn.truncation import Truncation, check_truncation_args
 
 _INITS = ("pca", "identity")
 #: ``alpha="auto"`` at max_bond = 64; it scales with a block's parameter count, ``max_bond**2``.
@@ -715,7 +715,7 @@ class MPSClassifier(TNClassifier):
         cores, log_norm = canonicalize_around([np.asarray(c, dtype=np.float64) for c in cores], center)
         head = MPSHead(cores, center, log_norm + log_scale, get_backend("numpy"))
         for j in range(center - 1, -1, -1):  # move the label to site 0, exactly (zero singular values dropped)
-            head.split(j, head.merge(j), head.log_norm, "left", max_bond=None, cutoff=1e-14, cutoff_mode="rel")
+            head.split(j, head.merge(j), "left", Truncation(None, 1e-14, "rel"))
         widest = max(head.bond_dims)
         if "max_bond" not in params:
             model.max_bond = max(model.max_bond, widest)

@@ -29,12 +29,12 @@ from tnlearn.history import History, SweepRecord
 from tnlearn.models._base import TNClassifier
 from tnlearn.models._state import check_finite_floats, header_float, header_int
 from tnlearn.models._validation import check_dtype, check_positive_float, check_positive_int
-from tnlearn.optim import Adam
+from tnlearn.models._adam import Adam
 from tnlearn.solvers import softmax
 from tnlearn.stages.tt import TTMatrix, check_tt_shapes, factorize
 from tnlearn.models._training import divergence, warn_diverged
-from tnlearn.sweeps import training_loss
-from tnlearn.truncation import check_truncation_args
+from tnlearn.sweeps import bond_sequence, training_loss
+from tnlearn.truncation import Truncation, check_truncation_args
 
 
 class TTNetClassifier(TNClassifier):
@@ -231,8 +231,8 @@ class TTNetClassifier(TNClassifier):
         Y = backend.asarray(np.eye(L, dtype=dtype)[y_idx])  # one-hot, for the recorded loss
         eval_data = None if eval_set is None else (self._prepare(eval_set[0], xp), eval_set[1])
         adam = Adam(self.learning_rate, xp=xp)
-        n_bonds = self.tt_.n_cores - 1
-        schedule = [(j, "right") for j in range(n_bonds)] + [(j, "left") for j in range(n_bonds - 1, -1, -1)]
+        schedule = bond_sequence(self.tt_.n_cores, "both")
+        truncation = Truncation(self.max_rank, self.cutoff)
         last = {"loss": None}
 
         def one_sweep():
@@ -246,7 +246,7 @@ class TTNetClassifier(TNClassifier):
             errors = []
             for bond, direction in schedule:
                 block = self._optimise_bond(bond, Xp, y_idx, rng, adam)
-                info = self.tt_.split(bond, block, direction, self.max_rank, self.cutoff, "rsum2")
+                info = self.tt_.split(bond, block, direction, truncation)
                 errors.append(float(info.discarded_weight))
                 if bar is not None:
                     bar.update()

@@ -1,7 +1,8 @@
-"""Trainable stages: each knows how to merge, split and contract its own cores."""
+"""Trainable stages: each knows how to merge, split and contract its own cores (:class:`Stage`)."""
 
+from tnlearn.stages.base import Stage
 from tnlearn.stages.conv import ConvStage
 from tnlearn.stages.mps import MPSHead
 from tnlearn.stages.tt import TTMatrix, tt_from_dense
 
-__all__ = ["ConvStage", "MPSHead", "TTMatrix", "tt_from_dense"]
+__all__ = ["ConvStage", "MPSHead", "Stage", "TTMatrix", "tt_from_dense"]

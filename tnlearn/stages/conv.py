@@ -21,10 +21,10 @@ from __future__ import annotations
 import numpy as np
 
 from tnlearn.embeddings import embed
-from tnlearn.environments import _normalise_rows, right_step
+from tnlearn.environments import right_step
+from tnlearn.rows import log_normalise_rows, normalise_rows
 from tnlearn.stages.mps import MPSHead, pca_init_cores
 
-_TINY = 1e-30
 
 
 def patch_grid(image_shape, patch, stride):
@@ -81,12 +81,6 @@ def patch_sites(images, patch, stride, feature_map, dtype, backend, out_of_domai
     return backend.asarray(np.ascontiguousarray(phi.transpose(1, 0, 2)))
 
 
-def normalise_channels(u, xp):
-    """``v = u / |u|`` row by row, and the norms ``|u|`` (rows of zeros stay zero)."""
-    norms = xp.sqrt(xp.sum(u * u, axis=1))
-    return u / xp.maximum(norms, _TINY)[:, None], norms
-
-
 def pca_conv_cores(phi_patch, n_channels, bond_dim, rng, backend, chunk_size=65536):
     """Conv MPS whose channels are the principal components of the patch states.
 
@@ -117,7 +111,7 @@ def pca_conv_cores(phi_patch, n_channels, bond_dim, rng, backend, chunk_size=655
     right = xp.ones((n, 1), dtype=phi_patch.dtype)
     for j in range(q - 1, 0, -1):
         right = right_step(right, phi_patch[j], cores[j], backend)
-        _normalise_rows(right, xp)
+        log_normalise_rows(right, xp)
     width = d * right.shape[1]
     rho = xp.zeros((width, width), dtype=np.float64)
     for start in range(0, n, chunk_size):
@@ -266,6 +260,27 @@ class ConvStage:
         """Floating dtype of the conv MPS (and of the embedded patches it takes)."""
         return self.net.cores[0].dtype
 
+    # the Stage interface (tnlearn.stages.base): the conv MPS's cores, channel index as the label
+    @property
+    def n_sites(self):
+        return self.net.n_sites
+
+    @property
+    def bond_dims(self):
+        return self.net.bond_dims
+
+    @property
+    def n_params(self):
+        return self.net.n_params
+
+    def merge(self, j):
+        """Merged block of conv sites ``(j, j+1)``, shape ``(Dl, d, d, n_channels, Dr)``."""
+        return self.net.merge(j)
+
+    def split(self, j, block, direction, truncation, log_norm=None):
+        """Split a merged conv block (see :meth:`tnlearn.stages.mps.MPSHead.split`)."""
+        return self.net.split(j, block, direction, truncation, log_norm)
+
     @property
     def n_patches(self):
         return self.grid[0] * self.grid[1]
@@ -290,5 +305,5 @@ class ConvStage:
         be = self.net.backend
         # per-patch normalised outputs (same direction as the raw ones): no under/overflow in float32
         u = be.asarray(self.net.decision_function(phi_patch, chunk_size, normalized=True).astype(phi_patch.dtype))
-        v, _ = normalise_channels(u, be.xp)
+        v, _ = normalise_rows(u, be.xp)
         return v.reshape(self.n_patches, n_samples, self.n_channels)

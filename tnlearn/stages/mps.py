@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from tnlearn.environments import _normalise_rows, left_step, right_step
+from tnlearn.environments import left_step, right_step
+from tnlearn.rows import log_normalise_rows
 from tnlearn.gram import as_gram
-from tnlearn.truncation import metric_truncated_split, truncated_svd
+from tnlearn.truncation import metric_truncated_split, split_matrix
 
 
 def init_cores(n_sites, phys_dim, n_labels, bond_dim, rng, dtype=np.float32, noise=1e-2):
@@ -144,7 +145,7 @@ def pca_init_cores(
         for start in range(0, n, chunk_size):
             sl = slice(start, start + chunk_size)
             new_right[sl] = backend.row_outer(phi_sites[j, sl], right[sl]) @ Vb
-        log_capture += _normalise_rows(new_right, xp)
+        log_capture += log_normalise_rows(new_right, xp)
         right = new_right
     if targets is None:
         label = rng.standard_normal((1, d, n_labels, right.shape[1]))
@@ -347,7 +348,7 @@ class MPSHead:
             return xp.einsum("asm,mtlb->astlb", a, b)
         raise ValueError(f"cannot merge sites ({j}, {j + 1}): the label is on site {self.center}")
 
-    def split(self, j, block, log_norm, direction, max_bond, cutoff, cutoff_mode, grams=None):
+    def split(self, j, block, direction, truncation, log_norm=None, grams=None):
         """Split a merged block by truncated SVD and move the centre.
 
         Parameters
@@ -355,13 +356,14 @@ class MPSHead:
         j : int
         block : array, shape (Dl, d, d, L, Dr)
             On the host or the backend (the split runs on the host).
-        log_norm : float
-            Log norm of the whole network with this block.
         direction : {"right", "left"}
             ``"right"``: site ``j`` becomes left-canonical (``U``), the label and
             ``S V`` go to site ``j + 1``; ``"left"``: the reverse.
-        max_bond, cutoff, cutoff_mode
-            As :func:`tnlearn.truncation.truncated_svd`.
+        truncation : Truncation
+            ``max_bond``, ``cutoff``, ``cutoff_mode`` of the split.
+        log_norm : float, optional
+            Log norm of the whole network with this block (default: the
+            head's, for a block from :meth:`merge`).
         grams : tuple of ndarray or GramMatrix, optional
             ``(G_left (Dl d, Dl d), G_right (d Dr, d Dr))``, the data Gram matrices
             of the block's two halves (:meth:`LocalProblem.grams`).  When given,
@@ -374,49 +376,60 @@ class MPSHead:
         TruncationInfo
         """
         be = self.backend
+        log_norm = self.log_norm if log_norm is None else log_norm
         Dl, d, d2, L, Dr = block.shape
         host = be.asnumpy(block)  # the sweep passes a host block already (LocalProblem.from_scaled)
         if grams is not None:
-            left, right, info = self._metric_split(host, direction, max_bond, cutoff, cutoff_mode, grams)
+            left, right, info = self._metric_split(host, direction, truncation, grams)
         else:
-            U, s, Vh, info = truncated_svd(block_matrix(host, direction), max_bond, cutoff, cutoff_mode)
-            k = len(s)
+            left, right, info = split_matrix(block_matrix(host, direction), direction, truncation)
+            k = info.kept
             if direction == "right":
-                left, right = U.reshape(Dl, d, k), (s[:, None] * Vh).reshape(k, d2, L, Dr)
+                left, right = left.reshape(Dl, d, k), right.reshape(k, d2, L, Dr)
             else:
-                left, right = (U * s[None, :]).reshape(Dl, d, L, k), Vh.reshape(k, d2, Dr)
+                left, right = left.reshape(Dl, d, L, k), right.reshape(k, d2, Dr)
         # the new centre (the core with the label) is stored with unit norm; its norm joins log_norm
         left, right = left.astype(host.dtype, copy=False), right.astype(host.dtype, copy=False)
         if direction == "right":
             nrm = np.linalg.norm(right)
             right = right / nrm
-            self.center = j + 1
+            center = j + 1
         else:
             nrm = np.linalg.norm(left)
             left = left / nrm
-            self.center = j
-        self.cores[j] = be.asarray(np.ascontiguousarray(left))
-        self.cores[j + 1] = be.asarray(np.ascontiguousarray(right))
-        self.log_norm = float(log_norm) + float(np.log(nrm))
+            center = j
+        self.assign({j: np.ascontiguousarray(left), j + 1: np.ascontiguousarray(right)}, center,
+                    float(log_norm) + float(np.log(nrm)))
         return info
 
-    def _metric_split(self, host, direction, max_bond, cutoff, cutoff_mode, grams):
+    def assign(self, cores, center, log_norm):
+        """Replace cores (``{site: array}``, host or backend) and set the centre and log norm.
+
+        The one way the network changes from outside a split (a roll-back to a
+        snapshot, rank 0's cores broadcast to the other ranks).
+        """
+        be = self.backend
+        for i, core in cores.items():
+            self.cores[i] = be.xp.ascontiguousarray(be.asarray(core))
+        self.center = int(center)
+        self.log_norm = float(log_norm)
+
+    def _metric_split(self, host, direction, truncation, grams):
         """The data-metric split of a host block: ``(left core, right core, TruncationInfo)``, unnormalised."""
         Dl, d, d2, L, Dr = host.shape
         gl_sqrt, gl_inv = as_gram(grams[0]).sqrt_and_inv_sqrt()
         gr_sqrt, gr_inv = as_gram(grams[1]).sqrt_and_inv_sqrt()
+        cut = (truncation.max_bond, truncation.cutoff, truncation.cutoff_mode)
         if direction == "right":
             # columns are (t, l, b); the right Gram acts on (t, b) and is the identity on l
             Q, C, info = metric_truncated_split(
-                block_matrix(host, direction), gl_sqrt, gl_inv, _label_identity_metric(gr_sqrt, d2, L, Dr),
-                max_bond, cutoff, cutoff_mode,
+                block_matrix(host, direction), gl_sqrt, gl_inv, _label_identity_metric(gr_sqrt, d2, L, Dr), *cut
             )
             k = Q.shape[1]
             return Q.reshape(Dl, d, k), C.reshape(k, d2, L, Dr), info
         # columns are (a, s, l); the left Gram acts on (a, s) and is the identity on l
         Q, C, info = metric_truncated_split(
-            block_matrix(host, direction).T, gr_sqrt, gr_inv, _label_identity_metric(gl_sqrt, Dl * d, L, 1),
-            max_bond, cutoff, cutoff_mode,
+            block_matrix(host, direction).T, gr_sqrt, gr_inv, _label_identity_metric(gl_sqrt, Dl * d, L, 1), *cut
         )
         k = Q.shape[1]
         return C.T.reshape(Dl, d, L, k), Q.T.reshape(k, d2, Dr), info
@@ -451,11 +464,11 @@ class MPSHead:
             log_s = xp.zeros(m, dtype=np.float64)
             for i in range(c):
                 left = left_step(left, phi_sites[i, sl], self.cores[i], be)
-                log_s = log_s + _normalise_rows(left, xp)
+                log_s = log_s + log_normalise_rows(left, xp)
             right = xp.ones((m, 1), dtype=phi_sites.dtype)
             for i in range(self.n_sites - 1, c, -1):
                 right = right_step(right, phi_sites[i, sl], self.cores[i], be)
-                log_s = log_s + _normalise_rows(right, xp)
+                log_s = log_s + log_normalise_rows(right, xp)
             core = self.cores[c]
             Dl, d, L, Dr = core.shape
             T = xp.matmul(be.row_outer(left, phi_sites[c, sl]), core.reshape(Dl * d, L * Dr))

@@ -27,7 +27,7 @@ import numpy as np
 import opt_einsum
 
 from tnlearn.backend import get_backend
-from tnlearn.truncation import TruncationInfo, check_truncation_args, truncated_svd
+from tnlearn.truncation import Truncation, TruncationInfo, split_matrix
 
 
 def _symbols(k):
@@ -112,6 +112,16 @@ class TTMatrix:
     @property
     def n_cores(self):
         return len(self.cores)
+
+    @property
+    def n_sites(self):
+        """Number of cores (the :class:`~tnlearn.stages.base.Stage` name for :attr:`n_cores`)."""
+        return self.n_cores
+
+    @property
+    def bond_dims(self):
+        """The TT-ranks (the :class:`~tnlearn.stages.base.Stage` name for :attr:`ranks`)."""
+        return self.ranks
 
     @property
     def in_shape(self):
@@ -300,7 +310,7 @@ class TTMatrix:
         shape = (self.cores[j].shape[0],) + self.cores[j].shape[1:3] + self.cores[j + 1].shape[1:]
         return expr(xin, gy, *cores).reshape(shape)
 
-    def split(self, j, block, direction="right", max_bond=None, cutoff=0.0, cutoff_mode="rsum2"):
+    def split(self, j, block, direction, truncation):
         """Cut a merged block back into two cores by truncated SVD.
 
         Parameters
@@ -312,8 +322,8 @@ class TTMatrix:
             ``j + 1`` gets ``S Vh`` (the sweep moves on to bond ``j + 1``);
             ``"left"``: core ``j`` gets ``U S``, core ``j + 1`` the
             right-orthonormal ``Vh``.
-        max_bond, cutoff, cutoff_mode
-            As :func:`tnlearn.truncation.truncated_svd`.
+        truncation : Truncation
+            ``max_bond`` (the maximum TT-rank), ``cutoff``, ``cutoff_mode``.
 
         Returns
         -------
@@ -321,18 +331,11 @@ class TTMatrix:
             ``discarded_weight`` relative to the block's squared norm.
         """
         self._check_bond(j)
-        if direction not in ("right", "left"):
-            raise ValueError(f"direction={direction!r}; use 'right' or 'left'")
-        check_truncation_args(max_bond, cutoff, cutoff_mode, allow_none=True)
         be = self.backend
         host = be.asnumpy(block)
         a, n1, m1, n2, m2, b = host.shape
-        U, s, Vh, info = truncated_svd(host.reshape(a * n1 * m1, n2 * m2 * b), max_bond, cutoff, cutoff_mode)
-        k = len(s)
-        if direction == "right":
-            left, right = U, s[:, None] * Vh
-        else:
-            left, right = U * s[None, :], Vh
+        left, right, info = split_matrix(host.reshape(a * n1 * m1, n2 * m2 * b), direction, truncation)
+        k = info.kept
         dtype = self.cores[j].dtype
         self.cores[j] = be.xp.ascontiguousarray(be.asarray(left.reshape(a, n1, m1, k).astype(dtype)))
         self.cores[j + 1] = be.xp.ascontiguousarray(be.asarray(right.reshape(k, n2, m2, b).astype(dtype)))
@@ -394,7 +397,7 @@ def tt_from_dense(W, in_shape, out_shape, max_bond=None, cutoff=0.0, cutoff_mode
         per-split ``discarded_weights``.
     """
     in_shape, out_shape = check_tt_shapes(in_shape, out_shape)
-    check_truncation_args(max_bond, cutoff, cutoff_mode, allow_none=True)
+    truncation = Truncation(max_bond, cutoff, cutoff_mode)
     W = np.asarray(W)
     N, M = math.prod(in_shape), math.prod(out_shape)
     if W.ndim != 2 or W.shape != (N, M):
@@ -419,13 +422,12 @@ def tt_from_dense(W, in_shape, out_shape, max_bond=None, cutoff=0.0, cutoff_mode
     for k in range(d - 1):
         size = in_shape[k] * out_shape[k]
         mat = rest.reshape(rank * size, -1)
-        U, s, Vh, tinfo = truncated_svd(mat, max_bond, cutoff, cutoff_mode)
-        kept = len(s)
+        U, rest, tinfo = split_matrix(mat, "right", truncation)
+        kept = tinfo.kept
         cores.append(U.reshape(rank, in_shape[k], out_shape[k], kept))
         # weight discarded at this split relative to the whole matrix
         sq = float(np.sum(tinfo.singular_values**2))
         discarded.append(tinfo.discarded_weight * sq / total if total > 0 else 0.0)
-        rest = s[:, None] * Vh
         rank = kept
     cores.append(rest.reshape(rank, in_shape[-1], out_shape[-1], 1))
     cores[0] = cores[0] * scale
