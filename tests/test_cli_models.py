@@ -67,6 +67,24 @@ def test_plot_compares_model_kinds(run, tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
+    "model, extra, layout",
+    [
+        ("mps", [], "images 8x8 -> 64 sites (row order)"),
+        ("conv-mps", ["--channels", "2"], "images 8x8 -> 4x4 grid of 2x2 patches -> 16 head sites"),
+        ("tt-net", ["--tt-cores", "3", "--tt-rank", "2"],
+         "images 8x8 -> 64 inputs (row order) -> TT layer with 3 cores"),
+    ],
+)
+def test_status_line_describes_the_model(model, extra, layout, tmp_path, capsys):
+    """The line before training says what the model makes of the images (not "64 sites" for every model)."""
+    argv = ["train", "--dataset", "digits", "--model", model, "--sweeps", "1", "--bond-dim", "4", "--n-train", "100",
+            "--out", str(tmp_path / "run")] + extra
+    assert main(argv) == 0
+    status = capsys.readouterr().out.splitlines()[0]
+    assert status == f"digits: 100 train / 450 test {layout}"
+
+
+@pytest.mark.parametrize(
     "extra, message",
     [
         (["--model", "conv-mps", "--order", "zigzag"], "--order zigzag would scramble the image patches"),

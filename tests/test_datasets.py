@@ -189,7 +189,54 @@ def test_offline_raises_unavailable(tmp_path):
     assert str(cache) in msg and "data_dir=" in msg and "--data-dir" in msg
     assert all(m in msg for m in D.MNIST_MIRRORS)
     assert calls == [m + MNIST_FILES[0] for m in D.MNIST_MIRRORS]
-    assert not any(cache.iterdir())
+    assert not cache.exists()  # the directory created for the download is removed again
+
+
+def _offline(url):
+    raise urllib.error.URLError("no network")
+
+
+def test_offline_lists_each_file_once_and_leaves_no_directory(tmp_path, monkeypatch):
+    monkeypatch.setattr(D, "_urllib_fetch", _offline)  # the default downloader, with no network
+    monkeypatch.setenv("TNLEARN_DATA", str(tmp_path / "data"))
+    with pytest.raises(DatasetUnavailableError) as info:
+        load_mnist()
+    msg = str(info.value)
+    listing = msg[msg.index("Put these four files in"):]
+    assert str(tmp_path / "data" / "mnist") in listing
+    assert [listing.count(name) for name in MNIST_FILES] == [1, 1, 1, 1]
+    assert "(missing" not in msg  # all four are missing: a plain list, no marks
+    assert list(tmp_path.iterdir()) == []  # neither the cache directory nor its parent is left behind
+
+
+def test_not_cached_without_download_lists_each_file_once(tmp_path):
+    cache = tmp_path / "cache"
+    with pytest.raises(DatasetUnavailableError, match="download=False") as info:
+        load_mnist(cache_dir=cache, download=False, fetch=pytest.fail)
+    msg = str(info.value)
+    assert [msg.count(name) for name in MNIST_FILES] == [1, 1, 1, 1]
+    assert not cache.exists()
+
+
+def test_offline_keeps_files_already_there(tmp_path, monkeypatch):
+    content, _ = _fake_content(tmp_path)
+    for name, blob in content.items():
+        monkeypatch.setitem(D.MNIST_MD5, name, hashlib.md5(blob).hexdigest())
+    cache = tmp_path / "new" / "cache"
+
+    def first_file_only(url):  # the connection drops after the first file
+        name = url.rsplit("/", 1)[1]
+        if name != MNIST_FILES[0]:
+            _offline(url)
+        return content[name]
+
+    with pytest.raises(DatasetUnavailableError) as info:
+        load_mnist(cache_dir=cache, fetch=first_file_only)
+    listing = str(info.value).split("Put these four files in", 1)[1]
+    assert f"{MNIST_FILES[0]} (already there)" in listing
+    assert all(f"{name} (missing)" in listing for name in MNIST_FILES[1:])
+    assert [listing.count(name) for name in MNIST_FILES] == [1, 1, 1, 1]
+    assert [p.name for p in cache.iterdir()] == [MNIST_FILES[0]]  # the downloaded file is kept
 
 
 def test_download_disabled(tmp_path):
@@ -203,7 +250,7 @@ def test_checksum_mismatch_leaves_nothing(tmp_path):
     with pytest.raises(ChecksumError, match="train-images-idx3-ubyte.gz.*md5") as info:
         load_mnist(cache_dir=cache, fetch=lambda url: content[url.rsplit("/", 1)[1]])
     assert D.MNIST_MD5[MNIST_FILES[0]] in str(info.value)
-    assert list(cache.iterdir()) == []
+    assert not cache.exists()  # no file, and no empty directory either
 
 
 def test_download_verified_and_cached(tmp_path, monkeypatch):

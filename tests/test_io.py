@@ -87,6 +87,47 @@ def test_foreign_and_truncated_files(fitted, tmp_path):
         load_model(tmp_path / "cut.npz")
 
 
+@pytest.mark.parametrize(
+    "arrays",
+    [
+        {"a": np.arange(3)},
+        {"a": np.array([{}], dtype=object)},  # an object array: numpy would pickle it
+        {"header": np.array([{}], dtype=object)},
+    ],
+    ids=["plain-array", "object-array", "object-header"],
+)
+def test_foreign_npz_is_named_with_the_fix(tmp_path, arrays):
+    """A random .npz: 'not a tnlearn model file' and how to get one, never numpy's allow_pickle advice."""
+    path = tmp_path / "foreign.npz"
+    np.savez(path, **arrays)
+    for load in (load_model, read_header):
+        with pytest.raises(ModelFormatError) as info:
+            load(path)
+        msg = str(info.value)
+        assert f"{path} is not a tnlearn model file" in msg
+        assert "tnlearn.io.save_model" in msg and "re-train" in msg
+        assert "allow_pickle" not in msg
+
+
+@pytest.mark.parametrize("kind", ["pickle", "text", "object-npy"])
+def test_non_archive_files_are_named_with_the_fix(tmp_path, kind):
+    path = tmp_path / "model.npz"
+    if kind == "pickle":
+        path.write_bytes(pickle.dumps({"weights": [1, 2]}))
+    elif kind == "text":
+        path.write_text("not a model\n")
+    else:
+        with open(path, "wb") as fh:
+            np.save(fh, np.array([{}], dtype=object))
+    with pytest.raises(ModelFormatError) as info:
+        load_model(path)
+    msg = str(info.value)
+    assert f"{path} is not a tnlearn model file" in msg
+    assert ("single .npy array" if kind == "object-npy" else "neither an .npz archive nor an .npy array") in msg
+    assert "tnlearn.io.save_model" in msg and "re-train" in msg
+    assert "allow_pickle" not in msg
+
+
 def test_callable_feature_maps_cannot_be_saved(tiny_problem, tmp_path):
     X, y = tiny_problem
     fmap = lambda X: np.stack([np.ones_like(X), X], -1)  # noqa: E731

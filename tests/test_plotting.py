@@ -58,6 +58,63 @@ def test_plot_truncation_log_axis(ax):
     np.testing.assert_allclose(ax.get_lines()[0].get_ydata(), [1e-1, 1e-2, 1e-3])
 
 
+def history_with_errors(errors, bond_dims=(2, 4, 2)):
+    return History([SweepRecord(sweep=s, loss=0.1, train_accuracy=0.9, test_accuracy=0.8, max_truncation_error=e,
+                                mean_truncation_error=e / 10, bond_dims=list(bond_dims), seconds=0.1)
+                    for s, e in enumerate(errors, start=1)])
+
+
+def labelled_ticks_in_view(ax, which="y"):
+    """The texts of the major tick labels that lie within the axis' limits (after a draw)."""
+    ax.figure.canvas.draw()
+    axis = ax.yaxis if which == "y" else ax.xaxis
+    lo, hi = sorted(ax.get_ylim() if which == "y" else ax.get_xlim())
+    return [label.get_text() for loc, label in zip(axis.get_majorticklocs(), axis.get_majorticklabels())
+            if lo * (1 - 1e-9) <= loc <= hi * (1 + 1e-9) and label.get_text()]
+
+
+@pytest.mark.parametrize("errors", [[2e-3, 3e-3, 5e-3], [6e-3, 1.5e-2], [1e-2], [1e-1, 1e-2, 1e-3]],
+                         ids=["within-a-decade", "across-one-power", "single-value", "three-decades"])
+def test_truncation_log_axis_labels_two_ticks(ax, errors):
+    plot_truncation(history_with_errors(errors), ax=ax)
+    labels = labelled_ticks_in_view(ax)
+    assert len(labels) >= 2, labels
+    lo, hi = ax.get_ylim()
+    assert lo <= min(errors) and max(errors) <= hi  # every point stays in view
+
+
+def test_stage_truncation_axis_labels_two_ticks():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from tnlearn.plotting import plot_stages
+
+    staged = History([SweepRecord(sweep=k, loss=0.1, train_accuracy=0.9, test_accuracy=0.8, max_truncation_error=1e-3,
+                                  mean_truncation_error=1e-4, bond_dims=[2, 4, 2], seconds=1.0,
+                                  stages={"conv": {"loss_before": 0.3 / k, "loss_after": 0.2 / k,
+                                                   "max_truncation_error": 2e-4 * k, "bond_dims": [2, 4, 2]}})
+                      for k in (1, 2)])
+    fig = Figure()
+    FigureCanvasAgg(fig)
+    ax = plot_stages(staged, ax=fig.add_subplot())
+    (twin,) = [other for other in fig.axes if other is not ax]
+    assert twin.get_yscale() == "log"
+    assert len(labelled_ticks_in_view(twin)) >= 2
+
+
+def test_tt_rank_plot_has_integer_ticks(ax):
+    """A TT-net's ranks (here all 2 over 2 bonds): no 0.5 or 2.5 ticks on either axis."""
+    from matplotlib.ticker import MaxNLocator
+
+    plot_bond_dims(history_with_errors([1e-3], bond_dims=[2, 2]), "tt-net rank 2", ax=ax)
+    assert isinstance(ax.yaxis.get_major_locator(), MaxNLocator)
+    for which in ("x", "y"):
+        ax.figure.canvas.draw()
+        ticks = ax.get_yticks() if which == "y" else ax.get_xticks()
+        assert len(labelled_ticks_in_view(ax, which)) >= 2
+        assert all(float(t).is_integer() for t in ticks), (which, ticks)
+
+
 def test_plot_bond_dims_profile(ax):
     h = make_history(n_bonds=9, max_bond=4)
     plot_bond_dims([h], ["m=4"], ax=ax)

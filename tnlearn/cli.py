@@ -228,6 +228,38 @@ def _new_model(args, ds, verbose):
                          backend=args.backend, random_state=args.seed, verbose=verbose, **extra)
 
 
+def _model_layout(args, image_shape, n_features):
+    """How ``--model`` lays out the images, in words, for the status line before training.
+
+    ``mps``: one site per (pooled) pixel; ``conv-mps``: one head site per patch;
+    ``tt-net``: the flattened image is the input of a TT layer with ``--tt-cores``
+    cores (zero-padded to a power of two, as the model does).
+    """
+    model = getattr(args, "model", "mps")
+    if model == "conv-mps":
+        from tnlearn.stages.conv import patch_grid
+
+        p = args.patch
+        try:
+            gh, gw = patch_grid(tuple(image_shape), p, p)  # the CLI's conv stage: stride = patch
+        except ValueError:  # a patch that does not fit: the model's own check says so when it is built
+            return f"{p}x{p} patches -> conv stage -> MPS head"
+        return f"{gh}x{gw} grid of {p}x{p} patches -> {gh * gw} head sites"
+    if model == "tt-net":
+        import math
+
+        from tnlearn.stages.tt import factorize
+
+        try:
+            in_shape = factorize(n_features, args.tt_cores)
+        except ValueError:
+            return f"{n_features} inputs -> TT layer with {args.tt_cores} cores"
+        size = math.prod(in_shape)
+        padded = f", zero-padded to {size} = {' x '.join(map(str, in_shape))}" if size != n_features else ""
+        return f"{n_features} inputs ({args.order} order{padded}) -> TT layer with {len(in_shape)} cores"
+    return f"{n_features} sites ({args.order} order)"
+
+
 def cmd_train(args):
     from tnlearn import __version__
     from tnlearn.backend import BackendUnavailableError, get_backend
@@ -269,7 +301,7 @@ def cmd_train(args):
     if not args.quiet and root:
         h, w = ds.image_shape
         print(f"{ds.name}: {len(X_train)} train / {len(X_test)} test images {h}x{w} -> "
-              f"{X_train.shape[1]} sites ({args.order} order)", flush=True)
+              f"{_model_layout(args, ds.image_shape, X_train.shape[1])}", flush=True)
     verbose = 0 if args.quiet else 2
     if args.resume:
         clf = load_model(out / "model.npz", backend=args.backend)

@@ -204,17 +204,50 @@ def _assemble(name: str, paths) -> Dataset:
 
 
 def _unavailable(title, cache, missing, why) -> DatasetUnavailableError:
-    listing = "\n".join(f"  {f}" for f in MNIST_FILES)
+    """The error for files neither on disk nor downloaded; lists each of the four files once."""
+    if len(missing) == len(MNIST_FILES):
+        listing = "\n".join(f"  {f}" for f in MNIST_FILES)
+    else:  # some are cached already: say which ones are still needed
+        listing = "\n".join(f"  {f}{' (missing)' if f in missing else ' (already there)'}"
+                            for f in MNIST_FILES)
     return DatasetUnavailableError(
-        f"{title} is not available: {why}.\nPut these four files in {cache} "
-        f"(missing: {', '.join(missing)}):\n{listing}\nor pass data_dir=DIR "
-        "(CLI: --data-dir DIR) naming a directory that holds them "
-        "(uncompressed copies without .gz also work).")
+        f"{title} is not available: {why}.\nPut these four files in {cache}:\n"
+        f"{listing}\nor pass data_dir=DIR (CLI: --data-dir DIR) naming a directory that "
+        "holds them (uncompressed copies without .gz also work).")
+
+
+def _new_directories(directory: Path):
+    """``directory`` and those of its parents that do not exist yet, deepest first."""
+    new = []
+    for d in (directory, *directory.parents):
+        if d.exists():
+            break
+        new.append(d)
+    return new
 
 
 def _download(title, cache: Path, missing, md5s, mirrors, fetch) -> None:
-    """Fetch each missing file into ``cache`` via temp file + md5 check + rename."""
+    """Fetch each missing file into ``cache`` via temp file + md5 check + rename.
+
+    When the download fails (offline, bad checksum, interrupted), the
+    directories this call created are removed again if they are still empty,
+    so a failed attempt leaves no empty cache directory behind.
+    """
+    created = _new_directories(cache)
     cache.mkdir(parents=True, exist_ok=True)
+    try:
+        _fetch_all(title, cache, missing, md5s, mirrors, fetch)
+    except BaseException:
+        for d in created:  # deepest first; stops at one that holds a file fetched before the failure
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        raise
+
+
+def _fetch_all(title, cache: Path, missing, md5s, mirrors, fetch) -> None:
+    """The download loop of :func:`_download` (``cache`` exists)."""
     for fname in missing:
         errors, bad_sums = [], []
         for mirror in mirrors:
@@ -243,7 +276,7 @@ def _download(title, cache: Path, missing, md5s, mirrors, fetch) -> None:
                     + "; ".join(bad_sums) + "); nothing was saved. Retry later, or put "
                     f"a verified copy in {cache} or pass data_dir=DIR (--data-dir DIR).")
             tried = "\n".join(f"    {e}" for e in errors)
-            raise _unavailable(title, cache, missing,
+            raise _unavailable(title, cache, _locate(cache)[1],  # files fetched before this one are there
                                f"downloading {fname} failed from every mirror (offline?):\n{tried}")
 
 

@@ -151,12 +151,32 @@ def read_header(path):
 # what a damaged zip archive raises while it is opened or a member is read
 _CORRUPT = (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError)
 
+# how to get a loadable file, for every "this is not a tnlearn model" error
+_NOT_A_MODEL_FIX = (
+    "tnlearn loads only the files tnlearn.io.save_model writes (as `tnlearn train --out` does): "
+    "save the fitted model with tnlearn.io.save_model, or re-train it"
+)
+
 
 def _corrupt(path, exc):
     return ModelFormatError(
         f"{path} is not a readable tnlearn model file: the .npz archive is damaged "
         f"({type(exc).__name__}: {exc}); save the model again with tnlearn.io.save_model, or re-train it"
     )
+
+
+def _not_a_model(path, why):
+    """The error for a file that is not a tnlearn model: what it is instead, and how to get a model file."""
+    return ModelFormatError(f"{path} is not a tnlearn model file: {why}; {_NOT_A_MODEL_FIX}")
+
+
+def _starts_like_npy(path):
+    """Whether the file begins with the ``.npy`` magic string (read from its first bytes only)."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(len(np.lib.format.MAGIC_PREFIX)) == np.lib.format.MAGIC_PREFIX
+    except OSError:
+        return False
 
 
 def _open(path):
@@ -166,12 +186,19 @@ def _open(path):
         archive = np.load(path, allow_pickle=False)
     except (FileNotFoundError, IsADirectoryError, PermissionError):  # the path, not the file's content
         raise
-    except ValueError as exc:  # e.g. a pickle file, refused by allow_pickle=False
-        raise ModelFormatError(f"{path} is not a tnlearn model file (.npz archive): {exc}") from exc
+    except ValueError as exc:
+        # numpy refuses a pickle (or any file that is neither .npz nor .npy) and an object .npy array, and its
+        # message then suggests allow_pickle=: wrong advice here, a model file never needs unpickling
+        if _starts_like_npy(path):
+            why = "it is a single .npy array, not an .npz archive"
+        else:
+            why = ("it is neither an .npz archive nor an .npy array (e.g. a pickle or a text file; "
+                   "tnlearn reads models from .npz archives and never unpickles)")
+        raise _not_a_model(path, why) from exc
     except _CORRUPT as exc:
         raise _corrupt(path, exc) from exc
     if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise ModelFormatError(f"{path} is not a tnlearn model file: it is a single .npy array, not an .npz archive")
+        raise _not_a_model(path, "it is a single .npy array, not an .npz archive")
     try:
         return _check_header(path, archive), archive
     except BaseException:
@@ -179,21 +206,66 @@ def _open(path):
         raise
 
 
+def _pickled_entries(archive):
+    """Names of the archive's arrays that hold Python objects (pickled), read from their ``.npy`` headers only.
+
+    Nothing is unpickled.  Entries that are not ``.npy`` arrays, or whose headers
+    do not parse, are left to the reads that follow (which refuse them).
+    """
+    fmt = np.lib.format
+    readers = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}
+    names = []
+    for member in archive.zip.namelist():
+        with archive.zip.open(member) as fh:
+            try:
+                version = fmt.read_magic(fh)
+                if version not in readers:
+                    continue
+                dtype = readers[version](fh)[2]
+            except ValueError:
+                continue
+        if dtype.hasobject:
+            names.append(member.removesuffix(".npy"))
+    return names
+
+
+def _entry_list(names, limit=5):
+    """``'a', 'b'`` (at most ``limit`` names, then a count of the others)."""
+    shown = ", ".join(repr(name) for name in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
 def _check_header(path, archive):
     if "header" not in archive.files:
-        raise ModelFormatError(f"{path} is not a tnlearn model file: it has no 'header' entry")
+        holds = f" (its entries: {_entry_list(archive.files)})" if archive.files else " (the archive is empty)"
+        raise _not_a_model(path, f"it has no 'header' entry{holds}")
+    try:
+        pickled = _pickled_entries(archive)
+    except _CORRUPT as exc:
+        raise _corrupt(path, exc) from exc
+    if pickled:
+        what = "entry" if len(pickled) == 1 else "entries"
+        raise _not_a_model(
+            path,
+            f"its {what} {_entry_list(pickled)} hold{'s' if len(pickled) == 1 else ''} Python objects "
+            "(pickled data), which a tnlearn model never contains (models are loaded without unpickling)",
+        )
     try:
         header = json.loads(bytes(archive["header"]).decode("utf-8"))
-    except ValueError as exc:  # includes numpy refusing an object (pickled) array
-        raise ModelFormatError(f"{path}: the header is not valid JSON text ({exc})") from exc
+    except ValueError as exc:
+        raise ModelFormatError(
+            f"{path}: the header is not valid JSON text ({exc}); the file was damaged, or it is not a tnlearn "
+            "model file: save the model again with tnlearn.io.save_model, or re-train it"
+        ) from exc
     except _CORRUPT as exc:
         raise _corrupt(path, exc) from exc
     if not isinstance(header, dict):
-        raise ModelFormatError(
-            f"{path} is not a tnlearn model file: its header is a JSON {type(header).__name__}, not an object"
-        )
+        raise _not_a_model(path, f"its header is a JSON {type(header).__name__}, not an object")
     if header.get("format") != FORMAT:
-        raise ModelFormatError(f"{path} is not a tnlearn model file (format {header.get('format')!r})")
+        raise ModelFormatError(
+            f"{path} is not a tnlearn model file (format {header.get('format')!r}); "
+            f"{_NOT_A_MODEL_FIX}"
+        )
     version = header.get("format_version")
     if version != FORMAT_VERSION:
         raise ModelFormatError(
@@ -225,9 +297,11 @@ def load_model(path, backend=None):
     FileNotFoundError
         When ``path`` (or a run directory's ``model.npz``) does not exist.
     ModelFormatError
-        For a foreign, tampered or unsupported file: unreadable header, other
-        format version, invalid hyperparameters, or arrays that do not form
-        the saved model.
+        For a foreign, tampered or unsupported file: not an ``.npz`` archive
+        (e.g. a pickle), no or an unreadable header, arrays of Python objects
+        (refused, never unpickled), other format version, invalid
+        hyperparameters, or arrays that do not form the saved model.  The
+        message says what the file is and how to get a loadable one.
     """
     from tnlearn.backend import get_backend
     from tnlearn.history import History

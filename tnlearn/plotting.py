@@ -58,7 +58,28 @@ def _log_values(values):
     return out
 
 
-def _finish(ax, xlabel, ylabel, title, integer_x=True):
+def _readable_log_axis(ax):
+    """Widen a log y axis to whole decades when fewer than two of its labelled ticks are in view.
+
+    A log axis labels its decades (``10^-3``, ``10^-2``, ...): values that lie
+    within one decade, or just across one power of ten, would show one labelled
+    tick or none, and the scale could not be read.  The limits then become the
+    powers of ten around the data, so both ends are labelled.  Call it after
+    the data are drawn (it fixes the limits).
+    """
+    lo, hi = ax.get_ylim()
+    if not 0 < lo < hi < np.inf:
+        return
+    ticks = np.asarray(ax.yaxis.get_major_locator().tick_values(lo, hi))
+    if np.count_nonzero((ticks >= lo * (1 - 1e-9)) & (ticks <= hi * (1 + 1e-9))) >= 2:
+        return
+    bottom = np.floor(np.log10(lo) + 1e-9)
+    top = max(np.ceil(np.log10(hi) - 1e-9), bottom + 1)
+    ax.set_ylim(10.0**bottom, 10.0**top)
+
+
+def _finish(ax, xlabel, ylabel, title, integer_x=True, integer_y=False):
+    """Labels, title, grid and legend; integer ticks on axes of counts (sweeps, bonds, bond dimensions)."""
     from matplotlib.ticker import MaxNLocator
 
     ax.set_xlabel(xlabel)
@@ -66,6 +87,8 @@ def _finish(ax, xlabel, ylabel, title, integer_x=True):
     ax.set_title(title)
     if integer_x:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if integer_y:
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(True, which="major", alpha=0.35, linewidth=0.6)
     if any(line.get_label() and not line.get_label().startswith("_") for line in ax.get_lines()):
         ax.legend(frameon=False, fontsize="small")
@@ -114,7 +137,8 @@ def plot_truncation(histories, labels=None, ax=None):
     -------
     matplotlib.axes.Axes
         With one line per run.  Sweeps that truncated nothing (error 0) have no
-        point on the log axis.
+        point on the log axis.  The axis shows at least two labelled powers of
+        ten (its limits widen to whole decades when the errors lie within one).
     """
     histories, labels = _runs(histories, labels, "histories")
     ax = _axes(ax)
@@ -122,6 +146,7 @@ def plot_truncation(histories, labels=None, ax=None):
         err = _log_values(h.column("max_truncation_error"))
         ax.plot(h.column("sweep"), err, "-o", color=f"C{i % 10}", ms=4, label=label)
     ax.set_yscale("log")
+    _readable_log_axis(ax)
     return _finish(ax, "Sweep", "Max. truncation error", "Truncation error per sweep")
 
 
@@ -138,6 +163,7 @@ def plot_bond_dims(histories, labels=None, ax=None):
     -------
     matplotlib.axes.Axes
         With one step line per run; bond ``b`` joins sites ``b - 1`` and ``b``.
+        Both axes have integer ticks (a TT-net's ranks, e.g. all 2, never show 2.5).
     """
     histories, labels = _runs(histories, labels, "histories")
     ax = _axes(ax)
@@ -146,7 +172,7 @@ def plot_bond_dims(histories, labels=None, ax=None):
         ax.plot(np.arange(1, len(dims) + 1), dims, drawstyle="steps-mid", color=f"C{i % 10}",
                 lw=1.5, label=label)
     ax.set_ylim(bottom=0)
-    return _finish(ax, "Bond", "Bond dimension", "Bond dimensions after the last sweep")
+    return _finish(ax, "Bond", "Bond dimension", "Bond dimensions after the last sweep", integer_y=True)
 
 
 def plot_entanglement(entropies, labels=None, ax=None):
@@ -217,6 +243,7 @@ def plot_stages(histories, labels=None, ax=None):
         raise ValueError("no run has per-stage records (history_[k].stages): only multi-stage models have them")
     if truncated:
         twin.set_yscale("log")
+        _readable_log_axis(twin)
         twin.set_ylabel("Max. truncation error (dashed)")
         title = "Lower stages: loss before / after each sweep"
     else:
