@@ -98,7 +98,7 @@ def test_distributed_parameter_is_validated_and_cloneable(tiny_problem):
 
     X, y = tiny_problem
     assert clone(MPSClassifier(distributed="mpi")).get_params()["distributed"] == "mpi"
-    with pytest.raises(ValueError, match="distributed='yes'"):
+    with pytest.raises(ValueError, match="The 'distributed' parameter of MPSClassifier must be a str among {'mpi'} or None. Got 'yes'"):
         MPSClassifier(distributed="yes").fit(X, y)
 
 

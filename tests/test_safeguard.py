@@ -152,7 +152,8 @@ def test_early_stopping_holds_out_a_stratified_validation_set(digits):
 @pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf"), "big", True])
 def test_alpha_must_be_a_finite_non_negative_number(digits, bad):
     X_train, _, y_train, _ = digits
-    with pytest.raises(ValueError, match="alpha=.* must be .auto. or a finite number >= 0"):
+    with pytest.raises(ValueError, match="The 'alpha' parameter of MPSClassifier must be .*For example alpha='auto'|"
+                                         "alpha=.* must be .auto. or a finite number >= 0"):
         MPSClassifier(alpha=bad).fit(X_train[:50], y_train[:50])
 
 

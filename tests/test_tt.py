@@ -139,7 +139,7 @@ def test_tt_net_bad_input(digits_split):
         TTNetClassifier(in_shape=(4, 4)).fit(X_tr, y_tr)
     with pytest.raises(ValueError, match="learning_rate"):
         TTNetClassifier(learning_rate=0).fit(X_tr, y_tr)
-    with pytest.raises(ValueError, match="max_bond"):
+    with pytest.raises(ValueError, match="The 'max_rank' parameter of TTNetClassifier must be"):
         TTNetClassifier(max_rank=0).fit(X_tr, y_tr)
     from sklearn.exceptions import NotFittedError
 
@@ -172,7 +172,7 @@ def test_review_fixes_tt(rng, digits_split):
     X_tr, _, y_tr, _ = digits_split
     with pytest.raises(ValueError, match="hidden_shape=\\(4, 4\\) has 2 factors but the input is factorised into 3"):
         TTNetClassifier(n_cores=3, hidden_shape=(4, 4)).fit(X_tr, y_tr)
-    with pytest.raises(ValueError, match="dtype='foo' is not supported"):
+    with pytest.raises(ValueError, match="The 'dtype' parameter of TTNetClassifier must be"):
         TTNetClassifier(dtype="foo").fit(X_tr, y_tr)
 
 

@@ -22,8 +22,11 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils._param_validation import InvalidParameterError
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
@@ -94,6 +97,24 @@ class TNClassifier(ClassifierMixin, BaseEstimator):
 
     def __sklearn_is_fitted__(self):
         return hasattr(self, "history_")
+
+    def _validate_hyperparameters(self):
+        """Check every hyperparameter against ``_parameter_constraints`` (scikit-learn's declarations).
+
+        Raises
+        ------
+        sklearn.utils._param_validation.InvalidParameterError
+            (a ``ValueError`` and a ``TypeError``) naming the parameter, what it
+            must be and what it got, followed by the default as an example.
+        """
+        try:
+            self._validate_params()
+        except InvalidParameterError as exc:
+            found = re.search(r"The '(\w+)' parameter", str(exc))
+            if found is None:
+                raise
+            default = type(self)().get_params()[found.group(1)]
+            raise InvalidParameterError(f"{exc} For example {found.group(1)}={default!r} (the default).") from None
 
     def _check_fitted(self):
         check_is_fitted(

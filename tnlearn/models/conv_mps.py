@@ -25,6 +25,9 @@ import numpy as np
 from tnlearn.backend import get_backend, resolve_chunk_size
 from tnlearn.embeddings import get_feature_map
 from tnlearn.history import History, SweepRecord
+from sklearn.utils._param_validation import StrOptions
+
+from tnlearn.models import _constraints as C
 from tnlearn.models._base import TNClassifier
 from tnlearn.models._state import check_mps_cores, header_float, header_int
 from tnlearn.models._validation import check_chunk_size, check_dtype, check_positive_int
@@ -159,7 +162,17 @@ class ConvMPSClassifier(TNClassifier):
         self.random_state = random_state
         self.verbose = verbose
 
+    _parameter_constraints = {
+        **C.COMMON,
+        "patch": C.POSITIVE_INT, "stride": [*C.POSITIVE_INT, None], "n_channels": C.POSITIVE_INT,
+        "conv_bond": [*C.POSITIVE_INT, None], "max_bond": C.POSITIVE_INT, "cutoff": C.NON_NEGATIVE,
+        "n_sweeps": C.POSITIVE_INT, "conv_start": C.POSITIVE_INT, "n_iter": C.POSITIVE_INT, "damping": C.POSITIVE,
+        "init": [StrOptions({"pooled", "pca"})], "image_shape": [tuple, list, None], "feature_map": C.FEATURE_MAP,
+        "chunk_size": C.CHUNK_SIZE,
+    }
+
     def _check_params(self, n_features):
+        self._validate_hyperparameters()
         check_truncation_args(self.max_bond, self.cutoff, "rsum2")
         check_chunk_size(self.chunk_size)
         for name in ("patch", "n_channels", "n_sweeps", "conv_start", "n_iter"):

@@ -12,6 +12,11 @@ from tnlearn.backend import get_backend, resolve_chunk_size
 from tnlearn.distributed import broadcast_cores, check_same_data, get_comm, make_shard, shard_bounds
 from tnlearn.embeddings import embed, get_feature_map
 from tnlearn.history import History, SweepRecord
+from numbers import Real
+
+from sklearn.utils._param_validation import Interval, StrOptions
+
+from tnlearn.models import _constraints as C
 from tnlearn.models._base import TNClassifier
 from tnlearn.models._state import check_mps_cores
 from tnlearn.models._training import (
@@ -21,7 +26,7 @@ from tnlearn.models._validation import check_chunk_size, check_dtype
 from tnlearn.solvers import LOSSES, SOLVERS, SolverOptions, softmax
 from tnlearn.stages.mps import MPSHead, init_cores, pca_init_cores
 from tnlearn.sweeps import SweepOptions, build_environments, objective_tolerance, sweep
-from tnlearn.truncation import Truncation, check_truncation_args
+from tnlearn.truncation import CUTOFF_MODES, Truncation, check_truncation_args
 
 _INITS = ("pca", "identity")
 #: ``alpha="auto"`` at max_bond = 64; it scales with a block's parameter count, ``max_bond**2``.
@@ -249,6 +254,19 @@ class MPSClassifier(TNClassifier):
 
     saves_mid_sweep = True  # the network is consistent after every bond (the CLI saves it on Ctrl-C)
 
+    _parameter_constraints = {
+        **C.COMMON,
+        "max_bond": C.POSITIVE_INT, "cutoff": C.NON_NEGATIVE, "cutoff_mode": [StrOptions(set(CUTOFF_MODES))],
+        "truncation": [StrOptions(set(_TRUNCATIONS))], "n_sweeps": C.POSITIVE_INT, "solver": [StrOptions(set(SOLVERS))],
+        "n_iter": C.POSITIVE_INT, "step_size": [StrOptions({"auto"}), *C.POSITIVE], "loss": [StrOptions(set(LOSSES))],
+        "feature_map": C.FEATURE_MAP, "sample_norm": ["boolean"], "init": [StrOptions(set(_INITS))],
+        "init_bond": C.POSITIVE_INT, "line_search_samples": [*C.POSITIVE_INT, None], "precondition": ["boolean"],
+        "damping": C.POSITIVE, "gram_samples": [*C.POSITIVE_INT, None], "chunk_size": C.CHUNK_SIZE,
+        "distributed": [StrOptions({"mpi"}), None], "alpha": [StrOptions({"auto"}), *C.NON_NEGATIVE],
+        "early_stopping": ["boolean"], "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "n_iter_no_change": C.POSITIVE_INT, "tol": C.NON_NEGATIVE, "warm_start": ["boolean"],
+    }
+
     def __init__(
         self,
         max_bond=16,
@@ -313,6 +331,7 @@ class MPSClassifier(TNClassifier):
 
     # -- validation ---------------------------------------------------------------
     def _check_params(self):
+        self._validate_hyperparameters()
         check_truncation_args(self.max_bond, self.cutoff, self.cutoff_mode)
         if self.solver not in SOLVERS:
             raise ValueError(f"solver={self.solver!r} is not known; choose one of {SOLVERS}")

@@ -26,6 +26,7 @@ import numpy as np
 
 from tnlearn.backend import get_backend
 from tnlearn.history import History, SweepRecord
+from tnlearn.models import _constraints as C
 from tnlearn.models._base import TNClassifier
 from tnlearn.models._state import check_finite_floats, header_float, header_int
 from tnlearn.models._validation import check_dtype, check_positive_float, check_positive_int
@@ -112,7 +113,15 @@ class TTNetClassifier(TNClassifier):
         self.verbose = verbose
 
     # -- set-up --------------------------------------------------------------------------
+    _parameter_constraints = {
+        **C.COMMON,
+        "n_cores": C.POSITIVE_INT, "in_shape": [tuple, list, None], "hidden_shape": [tuple, list, None],
+        "max_rank": C.POSITIVE_INT, "cutoff": C.NON_NEGATIVE, "n_sweeps": C.POSITIVE_INT,
+        "epochs_per_bond": C.POSITIVE, "batch_size": C.POSITIVE_INT, "learning_rate": C.POSITIVE, "lr_decay": C.POSITIVE,
+    }
+
     def _check_params(self):
+        self._validate_hyperparameters()
         check_truncation_args(self.max_rank, self.cutoff, "rsum2")
         for name in ("n_cores", "n_sweeps", "batch_size"):
             check_positive_int(name, getattr(self, name))
