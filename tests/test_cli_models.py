@@ -95,3 +95,17 @@ def test_status_line_describes_the_model(model, extra, layout, tmp_path, capsys)
 def test_options_that_do_not_apply_are_refused(extra, message, tmp_path, capsys):
     assert main(["train", "--out", str(tmp_path / "r")] + extra) == 2
     assert message in capsys.readouterr().err
+
+
+def test_python_defaults_are_the_command_lines():
+    """`tnlearn train --model X` and `XClassifier()` train the same model (the README shows both)."""
+    from tnlearn import ConvMPSClassifier, MPSClassifier, TTNetClassifier
+    from tnlearn.cli import build_parser
+
+    args = build_parser().parse_args(["train", "--out", "r"])
+    conv, tt, mps = ConvMPSClassifier(), TTNetClassifier(), MPSClassifier()
+    assert (conv.patch, conv.n_channels, conv.max_bond, conv.n_sweeps) == (args.patch, args.channels, args.bond_dim,
+                                                                          args.sweeps)
+    assert (tt.max_rank, tt.n_cores, tt.n_sweeps, tt.epochs_per_bond, tt.learning_rate, tt.lr_decay) == (
+        args.tt_rank, args.tt_cores, args.sweeps, args.epochs_per_bond, args.learning_rate, args.lr_decay)
+    assert (mps.max_bond, mps.n_sweeps, mps.cutoff) == (args.bond_dim, args.sweeps, args.cutoff)
