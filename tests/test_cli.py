@@ -391,3 +391,20 @@ def test_ctrl_c_finishes_the_bond_saves_and_exits_cleanly(tmp_path):
     done = len(json.loads((out / "history.json").read_text()))
     assert 1 <= done < 60 and len(model.history_) == done
     assert main(["train", "--resume", str(out), "--sweeps", str(done + 1), "--quiet"]) == 0
+
+
+def test_early_stopping_run_saves_the_kept_network(tmp_path, capsys):
+    """run.json's final accuracy, the saved model and `tnlearn evaluate` all describe the network the fit kept."""
+    from tnlearn.io import load_model
+
+    out = tmp_path / "es"
+    assert main(["train", "--dataset", "digits", "--bond-dim", "8", "--sweeps", "4", "--early-stopping",
+                 "--n-iter-no-change", "1", "--quiet", "--out", str(out)]) == 0
+    run = json.loads((out / "run.json").read_text())
+    history = json.loads((out / "history.json").read_text())
+    assert 1 <= run["kept_sweep"] < len(history) == len(load_model(out).history_)  # it did stop early
+    assert run["final_test_accuracy"] == history[run["kept_sweep"] - 1]["test_accuracy"]
+    capsys.readouterr()
+    assert main(["evaluate", str(out)]) == 0
+    shown = float(re.search(r"accuracy ([0-9.]+)", capsys.readouterr().out).group(1))
+    assert shown == pytest.approx(run["final_test_accuracy"], abs=1e-6)

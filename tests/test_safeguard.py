@@ -208,3 +208,16 @@ def test_a_rise_above_check_rise_is_compared_with_the_old_block(monkeypatch):
             assert len(seen) - n_before >= 1
             assert all(np.isfinite(i.objective_after) for i in infos)
             assert all(i.fraction in (0.0, 1.0) for i in infos)
+
+
+def test_a_sweep_that_costs_training_accuracy_is_not_kept(digits):
+    """The issue's `--bond-dim 6 --sweeps 6` (test 92.4 -> 86.0%): with bonds narrower than the ten classes the
+    squared loss keeps falling while the classifier gets worse; the fit keeps the better network and says why."""
+    X_train, X_test, y_train, y_test = digits
+    clf = MPSClassifier(max_bond=6, n_sweeps=6, random_state=0).fit(X_train, y_train, eval_set=(X_test, y_test))
+    accuracies = [r.test_accuracy for r in clf.history_]
+    assert all(b >= a - 0.01 for a, b in zip(accuracies, accuracies[1:]))
+    assert clf.score(X_test, y_test) == pytest.approx(accuracies[-1]) and accuracies[-1] > 0.9
+    assert "training accuracy fell" in clf.history_.meta["stopped"] and "cross_entropy" in clf.history_.meta["stopped"]
+    train = [r.train_accuracy for r in clf.history_]
+    assert all(b >= a - 0.01 for a, b in zip(train, train[1:]))

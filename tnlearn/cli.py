@@ -366,14 +366,21 @@ def cmd_train(args):
                                  "was trained; try --dtype float64, --no-precondition or a smaller --bond-dim")
     if not root:
         return 0
-    last = clf.history_[-1]
+    # the fitted network may be an earlier sweep's (early stopping, or a last sweep rolled back): save it as it is
+    save_model(clf, out / "model.npz")
+    _write_json(out / "history.json", [asdict(r) for r in clf.history_.records])
+    kept = getattr(clf, "best_sweep_", None) or len(clf.history_)
+    last = clf.history_[kept - 1]
     run.update({"status": "finished", "final_train_accuracy": last.train_accuracy,
-                "final_test_accuracy": last.test_accuracy, "fit_seconds": fit_seconds})
+                "final_test_accuracy": last.test_accuracy, "kept_sweep": kept, "fit_seconds": fit_seconds})
+    if clf.history_.meta.get("stopped"):
+        run["stopped"] = clf.history_.meta["stopped"]
     size = clf.size_label
     plots = write_run_plots([clf.history_], [size], out)
     run["total_seconds"] = time.perf_counter() - t0
     _write_json(out / "run.json", run)
-    print(f"test accuracy {last.test_accuracy:.4f} after {len(clf.history_)} sweeps ({getattr(args, 'model', 'mps')}, {size}) "
+    which = f"after {kept} sweeps" if kept == len(clf.history_) else f"of sweep {kept} of {len(clf.history_)}"
+    print(f"test accuracy {last.test_accuracy:.4f} {which} ({getattr(args, 'model', 'mps')}, {size}) "
           f"in {run['total_seconds']:.1f} s; wrote history.json, run.json, model.npz and "
           f"{len(plots)} plots to {out}")
     return 0

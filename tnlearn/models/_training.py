@@ -8,6 +8,11 @@
   and stops, so a diverged network is never the result of a fit.  A sweep
   that raised the loss by less is rolled back too, without a warning: the
   sweeps have converged (the fit's ``history_.meta["stopped"]`` says so).
+* :func:`accuracy_fell` — a sweep that lowered the loss but lost more than
+  one point of *training* accuracy is rolled back too, quietly (the loss the
+  sweeps lower is a surrogate; when it stops tracking the classification, e.g.
+  the squared loss through bonds narrower than the number of classes, more
+  sweeps would only make the classifier worse).
 * :class:`EarlyStopping` — scikit-learn's ``early_stopping`` /
   ``validation_fraction`` / ``n_iter_no_change`` / ``tol`` (as in
   ``MLPClassifier``): the validation accuracy after every sweep, the best
@@ -74,6 +79,18 @@ def divergence(before, after, rise=DIVERGENCE_RISE):
         return f"the training loss became {after}"
     if before is not None and np.isfinite(before) and after > before * (1 + rise) + np.finfo(np.float64).tiny:
         return f"the training loss rose from {before:.6g} to {after:.6g} (more than {100 * rise:g}%)"
+    return None
+
+
+#: A sweep that lowered the loss but cost more than this much training accuracy (absolute) is rolled back:
+#: the surrogate loss no longer tracks the classification (e.g. the squared loss with max_bond < n_classes).
+ACCURACY_DROP = 0.01
+
+
+def accuracy_fell(before, after, drop=ACCURACY_DROP):
+    """Why a sweep that moved the training accuracy from ``before`` to ``after`` is not kept, or None."""
+    if before is not None and after < before - drop:
+        return f"its training accuracy fell from {before:.4f} to {after:.4f}"
     return None
 
 

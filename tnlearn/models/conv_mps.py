@@ -33,7 +33,7 @@ from tnlearn.models._state import check_mps_cores, header_float, header_int
 from tnlearn.models._validation import check_chunk_size, check_dtype, check_positive_int
 from tnlearn.networks import LABEL_IND, head_to_quimb
 from tnlearn.solvers import SolverOptions
-from tnlearn.models._training import HeadSnapshot, divergence, warn_diverged
+from tnlearn.models._training import HeadSnapshot, accuracy_fell, divergence, warn_diverged
 from tnlearn.stages.conv_sweeps import ConvSweepOptions, conv_half_sweep
 from tnlearn.stages.conv import ConvStage, extract_patches, patch_grid, patch_sites, pca_conv_cores, pooled_conv_cores
 from tnlearn.stages.mps import MPSHead, pca_init_cores
@@ -316,6 +316,10 @@ class ConvMPSClassifier(TNClassifier):
             warn_diverged(type(self).__name__, sweep, reason)
             return None
         train_acc = float(np.mean(head.backend.asnumpy(xp.argmax(f, axis=1)) == y_idx))
+        fell = accuracy_fell(self.history_[-1].train_accuracy if len(self.history_) else None, train_acc)
+        if fell is not None:  # the loss fell but the classifier got worse: keep the previous sweep's network
+            self.history_.meta["stopped"] = f"sweep {sweep} lowered the training loss but {fell}; kept sweep {sweep - 1}"
+            return None
         test_acc = None
         if eval_patches is not None:
             scores = self._patch_scores(eval_patches[0], len(eval_patches[1]))

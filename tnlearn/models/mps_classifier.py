@@ -20,7 +20,7 @@ from tnlearn.models import _constraints as C
 from tnlearn.models._base import TNClassifier
 from tnlearn.models._state import check_mps_cores
 from tnlearn.models._training import (
-    EarlyStopping, HeadSnapshot, divergence, validation_split, warn_diverged,
+    EarlyStopping, HeadSnapshot, accuracy_fell, divergence, validation_split, warn_diverged,
 )
 from tnlearn.models._validation import check_chunk_size, check_dtype
 from tnlearn.solvers import LOSSES, SOLVERS, SolverOptions, softmax
@@ -523,6 +523,11 @@ class MPSClassifier(TNClassifier):
             stopper.best.restore(head)
             self.best_validation_score_ = stopper.best_score
             self.best_sweep_ = stopper.best_sweep
+            if stopper.best_sweep != len(self.history_):
+                self.history_.meta["stopped"] = (
+                    f"early stopping: the network of sweep {stopper.best_sweep} (best validation accuracy "
+                    f"{stopper.best_score:.4f}) is kept; {len(self.history_)} sweeps were run"
+                )
         return self
 
     def _run_one_sweep(self, head, envs, phi_sites, Y, y_idx, opts, eval_data, backend, shard=None,
@@ -578,6 +583,17 @@ class MPSClassifier(TNClassifier):
         f = result.outputs
         n_train = None if shard is None else shard.n_total
         train_acc = _accuracy(backend.asnumpy(xp.argmax(f, axis=1)) == y_idx, shard, n_train)
+        fell = accuracy_fell(self.history_[-1].train_accuracy if loss_before is not None and len(self.history_) else None,
+                             train_acc)
+        if fell is not None:
+            hint = " (try loss='cross_entropy' or a larger max_bond)" if self.loss == "mse" else ""
+            self.history_.meta["stopped"] = (
+                f"sweep {number} lowered the training loss to {loss:.6g} but {fell}; kept the network of sweep "
+                f"{number - 1}{hint}"
+            )
+            if verbose:
+                print(f"sweep {number:3d}  {fell}: keeping sweep {number - 1}'s network{hint}", flush=True)
+            return None
         test_acc = val_acc = None
         if eval_data is not None:
             scores = head.decision_function(eval_data[0], opts.chunk_size)
