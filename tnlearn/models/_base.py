@@ -41,6 +41,8 @@ _FIXES = [
     ("0 sample(s)", "pass at least one sample"),
     ("feature(s) (shape=", "the model needs at least that many features (one site per feature)"),
     ("inconsistent numbers of samples", "X and y need one row and one label per sample"),
+    ("Feature names must be in the same order", "select the columns in the fitted order: X[clf.feature_names_in_]"),
+    ("Feature names unseen at fit time", "pass the columns the model was fitted on: X[clf.feature_names_in_]"),
 ]
 
 

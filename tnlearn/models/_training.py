@@ -132,8 +132,8 @@ def validation_split(n_samples, y_idx, fraction, rng):
     if n_val < 1 or n_samples - n_val < n_classes:
         raise ValueError(
             f"validation_fraction={fraction} leaves {n_val} of {n_samples} samples for validation and "
-            f"{n_samples - n_val} for training ({n_classes} classes); use a fraction that leaves both sides "
-            "at least one sample per class, or early_stopping=False"
+            f"{n_samples - n_val} for training ({n_classes} classes); use a fraction that leaves at least "
+            "one validation sample and one training sample per class, or early_stopping=False"
         )
     counts = np.bincount(y_idx)
     stratify = y_idx if counts[counts > 0].min() >= 2 and n_val >= n_classes else None

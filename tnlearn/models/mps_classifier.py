@@ -574,7 +574,8 @@ class MPSClassifier(TNClassifier):
             # converged; the previous network is kept and training ends
             self.history_.meta["stopped"] = (
                 f"sweep {number} would have raised the training loss from {loss_before:.6g} to {loss:.6g}; "
-                f"kept the network of sweep {number - 1} (converged at max_bond={self.max_bond})"
+                f"kept the network of sweep {number - 1} (the sweeps cannot lower it further with these settings at "
+                f"max_bond={self.max_bond})"
             )
             if verbose:
                 print(f"sweep {number:3d}  loss {loss:.5f} > {loss_before:.5f}: converged, keeping sweep "
