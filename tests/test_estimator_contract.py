@@ -125,7 +125,7 @@ def test_pandas_frames_nullable_floats_and_column_names(digits):
     np.testing.assert_array_equal(clf.predict(frame), MPSClassifier(max_bond=6, n_sweeps=1, random_state=0)
                                   .fit(X, y).predict(X))
     # predicting with the columns in another order is an error, not a silent wrong answer
-    with pytest.raises(ValueError, match=r"same order as they were in fit.*X\[clf\.feature_names_in_\]"):
+    with pytest.raises(ValueError, match=r"(?s)same order as they were in fit.*X\[clf\.feature_names_in_\]"):
         clf.predict(frame[cols[::-1]])
 
 

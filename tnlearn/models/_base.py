@@ -146,7 +146,7 @@ class TNClassifier(ClassifierMixin, BaseEstimator):
             text = str(exc)
             for pattern, fix in _FIXES:
                 if pattern in text:
-                    raise type(exc)(f"{text.rstrip('.')}; {fix}") from None
+                    raise type(exc)(f"{text.rstrip().rstrip('.')}; {fix}") from None
             raise
         check_real_finite(out[0] if isinstance(out, tuple) else out, what)
         return out
