@@ -408,3 +408,12 @@ def test_early_stopping_run_saves_the_kept_network(tmp_path, capsys):
     assert main(["evaluate", str(out)]) == 0
     shown = float(re.search(r"accuracy ([0-9.]+)", capsys.readouterr().out).group(1))
     assert shown == pytest.approx(run["final_test_accuracy"], abs=1e-6)
+
+
+def test_no_plots_writes_the_results_without_figures(tmp_path):
+    out = tmp_path / "np"
+    assert main(["train", "--dataset", "digits", "--bond-dim", "4", "--sweeps", "1", "--quiet", "--no-plots",
+                 "--out", str(out)]) == 0
+    assert {p.name for p in out.iterdir()} >= {"model.npz", "history.json", "run.json"}
+    assert not list(out.glob("*.png"))
+    assert main(["plot", str(out)]) == 0 and (out / "accuracy.png").is_file()  # drawn later from the history

@@ -138,7 +138,7 @@ def _resume_options(args):
             raise FileNotFoundError(f"--resume {run_dir}: {path.name} not found; it is written by "
                                     "`tnlearn train --out RUNDIR` after the first sweep")
     saved = _read_json(run_path, "run").get("options", {})
-    keep = {"sweeps", "quiet", "checkpoint_every", "resume", "out", "overwrite", "func", "distributed"}
+    keep = {"sweeps", "quiet", "plots", "checkpoint_every", "resume", "out", "overwrite", "func", "distributed"}
     if args.backend is not None:  # e.g. a run started on a GPU, continued on a CPU machine
         keep.add("backend")
     for key, value in saved.items():
@@ -376,9 +376,9 @@ def cmd_train(args):
     if clf.history_.meta.get("stopped"):
         run["stopped"] = clf.history_.meta["stopped"]
     size = clf.size_label
-    plots = write_run_plots([clf.history_], [size], out)
     run["total_seconds"] = time.perf_counter() - t0
-    _write_json(out / "run.json", run)
+    _write_json(out / "run.json", run)  # the results first: plots are the slow, optional part
+    plots = write_run_plots([clf.history_], [size], out) if args.plots else []
     which = f"after {kept} sweeps" if kept == len(clf.history_) else f"of sweep {kept} of {len(clf.history_)}"
     print(f"test accuracy {last.test_accuracy:.4f} {which} ({getattr(args, 'model', 'mps')}, {size}) "
           f"in {run['total_seconds']:.1f} s; wrote history.json, run.json, model.npz and "
@@ -514,6 +514,9 @@ def build_parser():
                         "default: numpy, or with --resume the run's own")
     p.add_argument("--seed", type=int, default=0, metavar="K", help="random seed (default: 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-sweep lines")
+    p.add_argument("--no-plots", dest="plots", action="store_false",
+                   help="skip the plots (model.npz, history.json and run.json are written first either way; "
+                        "`tnlearn plot RUNDIR` draws them later)")
     p.add_argument("--out", metavar="RUNDIR", help="run directory to write (a new run)")
     p.add_argument("--overwrite", action="store_true",
                    help="with --out: replace the trained run already in RUNDIR (its model and history)")
