@@ -188,7 +188,7 @@ def _history_without_seconds(run_dir):
     return [{k: v for k, v in r.items() if k != "seconds"} for r in json.loads((run_dir / "history.json").read_text())]
 
 
-RESUMABLE = ["--dataset", "digits", "--bond-dim", "6", "--n-train", "500", "--quiet"]
+RESUMABLE = ["--dataset", "digits", "--bond-dim", "10", "--n-train", "500", "--quiet"]
 
 
 def test_resume_continues_to_the_same_result(tmp_path, capsys):
@@ -371,7 +371,7 @@ def test_ctrl_c_finishes_the_bond_saves_and_exits_cleanly(tmp_path):
 
     out = tmp_path / "sigint"
     cmd = [sys.executable, "-c", "import sys; from tnlearn.cli import main; sys.exit(main(sys.argv[1:]))",
-           "train", "--dataset", "digits", "--bond-dim", "8", "--sweeps", "60", "--quiet", "--out", str(out)]
+           "train", "--dataset", "digits", "--bond-dim", "16", "--sweeps", "60", "--quiet", "--out", str(out)]
     # 60 sweeps: training is still running when the first checkpoint appears (the sweeps converge, and
     # the fit stops by itself, only several sweeps later)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -278,7 +278,7 @@ def test_ranks_with_different_data_refuse(mpi_results):
 
 def test_cli_train_under_mpiexec(tmp_path):
     out = tmp_path / "run"
-    proc = _run_mpi([sys.executable, "-m", "tnlearn.cli", "train", "--bond-dim", "4", "--sweeps", "2",
+    proc = _run_mpi([sys.executable, "-m", "tnlearn.cli", "train", "--bond-dim", "10", "--sweeps", "2",
                      "--n-train", "300", "--out", str(out)], cwd=tmp_path)
     assert proc.stdout.count("test accuracy") == 1  # only rank 0 reports
     assert proc.stdout.count("sweep   2") == 1
