@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["IDXFormatError", "DatasetUnavailableError", "ChecksumError", "Dataset",
-           "MNIST_FILES", "read_idx", "write_idx", "load_mnist", "load_fashion_mnist",
+           "MNIST_FILES", "read_idx", "write_idx", "load_mnist", "load_fashion_mnist", "load_cifar10",
+           "read_cifar_batch", "CIFARFormatError",
            "load_digits", "load_dataset", "avg_pool", "subsample", "train_val_split",
            "flatten_images"]
 
@@ -43,12 +44,12 @@ class Dataset:
 
     Attributes
     ----------
-    X_train : ndarray, shape (n_train, H, W), float32 in [0, 1]
+    X_train : ndarray, shape (n_train, H, W) or (n_train, H, W, 3) for colour, float32 in [0, 1]
     y_train : ndarray, shape (n_train,), int64
-    X_test : ndarray, shape (n_test, H, W), float32 in [0, 1]
+    X_test : ndarray, shape (n_test, H, W) or (n_test, H, W, 3), float32 in [0, 1]
     y_test : ndarray, shape (n_test,), int64
-    name : str, ``"digits"``, ``"mnist"`` or ``"fashion-mnist"``
-    image_shape : tuple of int, ``(H, W)``
+    name : str, ``"digits"``, ``"mnist"``, ``"fashion-mnist"`` or ``"cifar10"``
+    image_shape : tuple of int, ``(H, W)`` or ``(H, W, 3)``
     """
 
     X_train: np.ndarray
@@ -169,10 +170,10 @@ def _urllib_fetch(url: str, timeout: float = 60.0) -> bytes:
         return response.read()
 
 
-def _locate(directory: Path):
-    """Paths of the four files in ``directory`` (``.gz`` or not), and the missing names."""
+def _locate(directory: Path, files=MNIST_FILES):
+    """Paths of ``files`` in ``directory`` (``.gz`` or not), and the missing names."""
     found, missing = [], []
-    for name in MNIST_FILES:
+    for name in files:
         hit = next((p for p in (directory / name, directory / name[:-3]) if p.is_file()), None)
         (found if hit else missing).append(hit or name)
     return found, missing
@@ -203,15 +204,16 @@ def _assemble(name: str, paths) -> Dataset:
                    arrays[3].astype(np.int64), name, tuple(arrays[0].shape[1:]))
 
 
-def _unavailable(title, cache, missing, why) -> DatasetUnavailableError:
-    """The error for files neither on disk nor downloaded; lists each of the four files once."""
-    if len(missing) == len(MNIST_FILES):
-        listing = "\n".join(f"  {f}" for f in MNIST_FILES)
+def _unavailable(title, cache, missing, why, files=MNIST_FILES) -> DatasetUnavailableError:
+    """The error for files neither on disk nor downloaded; lists each of the files once."""
+    if len(missing) == len(files):
+        listing = "\n".join(f"  {f}" for f in files)
     else:  # some are cached already: say which ones are still needed
         listing = "\n".join(f"  {f}{' (missing)' if f in missing else ' (already there)'}"
-                            for f in MNIST_FILES)
+                            for f in files)
+    these = "these four files" if len(files) == 4 else ("this file" if len(files) == 1 else "these files")
     return DatasetUnavailableError(
-        f"{title} is not available: {why}.\nPut these four files in {cache}:\n"
+        f"{title} is not available: {why}.\nPut {these} in {cache}:\n"
         f"{listing}\nor pass data_dir=DIR (CLI: --data-dir DIR) naming a directory that "
         "holds them (uncompressed copies without .gz also work).")
 
@@ -226,7 +228,7 @@ def _new_directories(directory: Path):
     return new
 
 
-def _download(title, cache: Path, missing, md5s, mirrors, fetch) -> None:
+def _download(title, cache: Path, missing, md5s, mirrors, fetch, files=MNIST_FILES) -> None:
     """Fetch each missing file into ``cache`` via temp file + md5 check + rename.
 
     When the download fails (offline, bad checksum, interrupted), the
@@ -236,7 +238,7 @@ def _download(title, cache: Path, missing, md5s, mirrors, fetch) -> None:
     created = _new_directories(cache)
     cache.mkdir(parents=True, exist_ok=True)
     try:
-        _fetch_all(title, cache, missing, md5s, mirrors, fetch)
+        _fetch_all(title, cache, missing, md5s, mirrors, fetch, files)
     except BaseException:
         for d in created:  # deepest first; stops at one that holds a file fetched before the failure
             try:
@@ -246,7 +248,7 @@ def _download(title, cache: Path, missing, md5s, mirrors, fetch) -> None:
         raise
 
 
-def _fetch_all(title, cache: Path, missing, md5s, mirrors, fetch) -> None:
+def _fetch_all(title, cache: Path, missing, md5s, mirrors, fetch, files=MNIST_FILES) -> None:
     """The download loop of :func:`_download` (``cache`` exists)."""
     for fname in missing:
         errors, bad_sums = [], []
@@ -276,8 +278,8 @@ def _fetch_all(title, cache: Path, missing, md5s, mirrors, fetch) -> None:
                     + "; ".join(bad_sums) + "); nothing was saved. Retry later, or put "
                     f"a verified copy in {cache} or pass data_dir=DIR (--data-dir DIR).")
             tried = "\n".join(f"    {e}" for e in errors)
-            raise _unavailable(title, cache, _locate(cache)[1],  # files fetched before this one are there
-                               f"downloading {fname} failed from every mirror (offline?):\n{tried}")
+            raise _unavailable(title, cache, _locate(cache, files)[1],  # files fetched before this one are there
+                               f"downloading {fname} failed from every mirror (offline?):\n{tried}", files)
 
 
 def _load_mnist_like(name, title, md5s, mirrors, system_dirs, data_dir, cache_dir,
@@ -466,6 +468,135 @@ def train_val_split(X, y, val_fraction=0.1, random_state=0, stratify=True):
     if not 1 <= n_val < N:
         raise ValueError(f"val_fraction={val_fraction} of {N} samples leaves an empty part")
     return _split(X, y, N - n_val, random_state, stratify)
+
+
+# ----------------------------------------------------------------------------- CIFAR-10
+#: The standard binary distribution (https://www.cs.toronto.edu/~kriz/cifar.html): six files of
+#: 3,073-byte records (1 label byte, then 1,024 red, 1,024 green and 1,024 blue bytes, rows of 32).
+CIFAR10_ARCHIVE = "cifar-10-binary.tar.gz"
+CIFAR10_MD5 = {CIFAR10_ARCHIVE: "c32a1d4ab5d03f1284b67883e8d87530"}
+CIFAR10_MIRRORS = ("https://www.cs.toronto.edu/~kriz/",)
+CIFAR10_TRAIN = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
+CIFAR10_TEST = "test_batch.bin"
+_CIFAR_RECORD = 1 + 3 * 32 * 32
+
+
+class CIFARFormatError(ValueError):
+    """A file is not a complete CIFAR-10 binary batch."""
+
+
+def read_cifar_batch(data: bytes, where="CIFAR-10 batch"):
+    """Images and labels of one CIFAR-10 binary batch (plain bytes: nothing is unpickled).
+
+    Parameters
+    ----------
+    data : bytes
+        The batch file's contents: records of 3,073 bytes.
+    where : str
+        The file's name, for messages.
+
+    Returns
+    -------
+    images : ndarray, shape (n, 32, 32, 3), uint8
+    labels : ndarray, shape (n,), int64, in 0..9
+
+    Raises
+    ------
+    CIFARFormatError
+        For a size that is not a whole number of records, or a label above 9.
+    """
+    if not data or len(data) % _CIFAR_RECORD:
+        raise CIFARFormatError(f"{where}: {len(data)} bytes is not a whole number of {_CIFAR_RECORD}-byte "
+                               f"records; {_FIX}")
+    records = np.frombuffer(data, dtype=np.uint8).reshape(-1, _CIFAR_RECORD)
+    labels = records[:, 0].astype(np.int64)
+    if labels.max() > 9:
+        raise CIFARFormatError(f"{where}: label {int(labels.max())} is not a CIFAR-10 class (0..9); {_FIX}")
+    images = records[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(images), labels
+
+
+def _cifar_batches(directory: Path):
+    """``{batch name: bytes}`` from the archive, its extracted folder, or loose batch files; None if absent."""
+    import tarfile
+
+    names = (*CIFAR10_TRAIN, CIFAR10_TEST)
+    for archive in (directory / CIFAR10_ARCHIVE, directory / CIFAR10_ARCHIVE[:-3]):
+        if archive.is_file():
+            try:
+                with tarfile.open(archive, "r:*") as tar:  # members are read as bytes, never extracted
+                    members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
+                    absent = [n for n in names if n not in members]
+                    if absent:
+                        raise CIFARFormatError(f"{archive}: the archive lacks {', '.join(absent)}; {_FIX}")
+                    return {n: tar.extractfile(members[n]).read() for n in names}
+            except (tarfile.TarError, EOFError, OSError) as exc:
+                raise CIFARFormatError(f"{archive} is not a readable tar archive ({exc}); {_FIX}") from exc
+    for folder in (directory / "cifar-10-batches-bin", directory):
+        if all((folder / n).is_file() for n in names):
+            return {n: (folder / n).read_bytes() for n in names}
+    return None
+
+
+def _assemble_cifar(batches) -> Dataset:
+    train = [read_cifar_batch(batches[n], n) for n in CIFAR10_TRAIN]
+    X_test, y_test = read_cifar_batch(batches[CIFAR10_TEST], CIFAR10_TEST)
+    X_train = np.concatenate([x for x, _ in train])
+    y_train = np.concatenate([y for _, y in train])
+    scale = np.float32(255)
+    return Dataset(X_train.astype(np.float32) / scale, y_train, X_test.astype(np.float32) / scale, y_test,
+                   "cifar10", tuple(X_train.shape[1:]))
+
+
+def load_cifar10(data_dir=None, cache_dir=None, download=True, fetch=None) -> Dataset:
+    """Load CIFAR-10 (Krizhevsky 2009) from its binary distribution, without pickle.
+
+    Lookup order: ``data_dir`` if given (``cifar-10-binary.tar.gz``, the extracted
+    ``cifar-10-batches-bin/`` folder, or the six ``.bin`` batch files); else the
+    cache directory; else download :data:`CIFAR10_ARCHIVE` (162 MB, md5-verified,
+    atomically renamed) into the cache.  The archive is read member by member
+    with :mod:`tarfile` and never extracted.
+
+    Parameters
+    ----------
+    data_dir, cache_dir, download, fetch
+        As :func:`load_mnist` (cache default ``$TNLEARN_DATA/cifar10`` or
+        ``~/.cache/tnlearn/cifar10``).
+
+    Returns
+    -------
+    Dataset
+        X_train (50000, 32, 32, 3), X_test (10000, 32, 32, 3): float32 RGB in
+        [0, 1]; labels int64 in 0..9; ``image_shape`` (32, 32, 3).
+
+    Raises
+    ------
+    FileNotFoundError, CIFARFormatError, DatasetUnavailableError, ChecksumError
+    """
+    title = "CIFAR-10"
+    if data_dir is not None:
+        directory = Path(data_dir).expanduser()
+        batches = _cifar_batches(directory)
+        if batches is None:
+            note = "" if directory.is_dir() else " (the directory does not exist)"
+            raise FileNotFoundError(
+                f"{title}: {directory}{note} holds neither {CIFAR10_ARCHIVE} nor the batch files "
+                f"{', '.join((*CIFAR10_TRAIN, CIFAR10_TEST))} (or their folder cifar-10-batches-bin)")
+        return _assemble_cifar(batches)
+    if cache_dir is not None:
+        cache = Path(cache_dir).expanduser()
+    elif os.environ.get("TNLEARN_DATA"):
+        cache = Path(os.environ["TNLEARN_DATA"]).expanduser() / "cifar10"
+    else:
+        cache = Path("~/.cache/tnlearn/cifar10").expanduser()
+    batches = _cifar_batches(cache)
+    if batches is not None:
+        return _assemble_cifar(batches)
+    files = (CIFAR10_ARCHIVE,)
+    if not download:
+        raise _unavailable(title, cache, files, "it is not cached and download=False", files)
+    _download(title, cache, files, CIFAR10_MD5, CIFAR10_MIRRORS, fetch or _urllib_fetch, files)
+    return _assemble_cifar(_cifar_batches(cache))
 
 
 _NAMES = {"digits": "digits", "mnist": "mnist", "fashion-mnist": "fashion-mnist",

@@ -1,0 +1,114 @@
+"""The CIFAR-10 binary reader and loader, on files the tests write (no network)."""
+
+import hashlib
+import io
+import tarfile
+
+import numpy as np
+import pytest
+
+import tnlearn.datasets as D
+from tnlearn.datasets import CIFARFormatError, DatasetUnavailableError, load_cifar10, read_cifar_batch
+
+
+def _batch(n, rng):
+    labels = rng.integers(0, 10, n).astype(np.uint8)
+    images = rng.integers(0, 256, size=(n, 3, 32, 32)).astype(np.uint8)  # channel-major, as the format stores
+    data = np.concatenate([labels[:, None], images.reshape(n, -1)], axis=1).tobytes()
+    return data, images.transpose(0, 2, 3, 1), labels
+
+
+@pytest.fixture(scope="module")
+def batches():
+    rng = np.random.default_rng(0)
+    return {name: _batch(7 if name != D.CIFAR10_TEST else 5, rng) for name in (*D.CIFAR10_TRAIN, D.CIFAR10_TEST)}
+
+
+def _archive_bytes(batches):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, (data, _, _) in batches.items():
+            info = tarfile.TarInfo(f"cifar-10-batches-bin/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def test_a_record_is_a_label_then_three_colour_planes(batches):
+    data, images, labels = batches[D.CIFAR10_TEST]
+    got_images, got_labels = read_cifar_batch(data)
+    assert got_images.shape == (5, 32, 32, 3) and got_images.dtype == np.uint8
+    np.testing.assert_array_equal(got_images, images)
+    np.testing.assert_array_equal(got_labels, labels)
+
+
+@pytest.mark.parametrize("bad, problem", [(b"", "not a whole number"), (b"\x01" * 3072, "not a whole number"),
+                                          (b"\x0b" + b"\x00" * 3072, "label 11 is not a CIFAR-10 class")])
+def test_broken_batches_are_named(bad, problem):
+    with pytest.raises(CIFARFormatError, match=problem):
+        read_cifar_batch(bad, "x.bin")
+
+
+@pytest.mark.parametrize("layout", ["archive", "folder", "loose"])
+def test_data_dir_takes_the_archive_its_folder_or_the_batch_files(tmp_path, batches, layout):
+    if layout == "archive":
+        (tmp_path / D.CIFAR10_ARCHIVE).write_bytes(_archive_bytes(batches))
+    else:
+        folder = tmp_path / "cifar-10-batches-bin" if layout == "folder" else tmp_path
+        folder.mkdir(exist_ok=True)
+        for name, (data, _, _) in batches.items():
+            (folder / name).write_bytes(data)
+    ds = load_cifar10(data_dir=tmp_path)
+    assert ds.X_train.shape == (35, 32, 32, 3) and ds.X_test.shape == (5, 32, 32, 3)
+    assert ds.X_train.dtype == np.float32 and 0 <= ds.X_train.min() and ds.X_train.max() <= 1
+    assert ds.image_shape == (32, 32, 3) and ds.name == "cifar10"
+    np.testing.assert_array_equal(ds.y_train, np.concatenate([batches[n][2] for n in D.CIFAR10_TRAIN]))
+    np.testing.assert_allclose(ds.X_test, batches[D.CIFAR10_TEST][1] / 255, rtol=1e-6)
+
+
+def test_missing_data_dir_files_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"holds neither cifar-10-binary\.tar\.gz nor the batch files"):
+        load_cifar10(data_dir=tmp_path)
+
+
+def test_an_archive_missing_a_batch_is_named(tmp_path, batches):
+    partial = {k: v for k, v in batches.items() if k != "data_batch_3.bin"}
+    (tmp_path / D.CIFAR10_ARCHIVE).write_bytes(_archive_bytes(partial))
+    with pytest.raises(CIFARFormatError, match="lacks data_batch_3.bin"):
+        load_cifar10(data_dir=tmp_path)
+
+
+def test_download_is_checksummed_and_cached(tmp_path, batches, monkeypatch):
+    blob = _archive_bytes(batches)
+    monkeypatch.setitem(D.CIFAR10_MD5, D.CIFAR10_ARCHIVE, hashlib.md5(blob).hexdigest())
+    calls = []
+
+    def fetch(url):
+        calls.append(url)
+        return blob
+
+    cache = tmp_path / "cache"
+    ds = load_cifar10(cache_dir=cache, fetch=fetch)
+    assert calls == [D.CIFAR10_MIRRORS[0] + D.CIFAR10_ARCHIVE] and ds.X_train.shape[0] == 35
+    assert load_cifar10(cache_dir=cache, fetch=fetch).X_test.shape[0] == 5 and len(calls) == 1  # from the cache
+
+
+def test_offline_error_names_the_file_once_and_leaves_no_directory(tmp_path):
+    def offline(url):
+        raise OSError("network is unreachable")
+
+    cache = tmp_path / "cache" / "cifar10"
+    with pytest.raises(DatasetUnavailableError) as info:
+        load_cifar10(cache_dir=cache, fetch=offline)
+    msg = str(info.value)
+    assert "Put this file in" in msg and "data_dir=DIR" in msg and "network is unreachable" in msg
+    assert msg.split("Put this file in")[1].count(D.CIFAR10_ARCHIVE) == 1
+    assert not (tmp_path / "cache").exists()
+
+
+def test_a_corrupted_download_is_refused(tmp_path, batches):
+    from tnlearn.datasets import ChecksumError
+
+    with pytest.raises(ChecksumError, match="wrong checksum"):
+        load_cifar10(cache_dir=tmp_path / "c", fetch=lambda url: _archive_bytes(batches))
+    assert not (tmp_path / "c").exists()
