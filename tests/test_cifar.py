@@ -112,3 +112,36 @@ def test_a_corrupted_download_is_refused(tmp_path, batches):
     with pytest.raises(ChecksumError, match="wrong checksum"):
         load_cifar10(cache_dir=tmp_path / "c", fetch=lambda url: _archive_bytes(batches))
     assert not (tmp_path / "c").exists()
+
+
+@pytest.fixture
+def cifar_dir(tmp_path, batches):
+    (tmp_path / D.CIFAR10_ARCHIVE).write_bytes(_archive_bytes(batches))
+    return tmp_path
+
+
+def test_colour_images_pool_per_channel_and_flatten_pixel_by_pixel(cifar_dir):
+    from tnlearn.datasets import flatten_images, load_dataset
+
+    ds = load_dataset("cifar10", data_dir=cifar_dir, pool=4)
+    assert ds.X_train.shape == (35, 8, 8, 3) and ds.image_shape == (8, 8, 3)
+    full = load_cifar10(data_dir=cifar_dir).X_train
+    np.testing.assert_allclose(ds.X_train[0, 0, 0], full[0, :4, :4].mean(axis=(0, 1)), rtol=1e-6)
+    flat = flatten_images(ds.X_train)
+    assert flat.shape == (35, 192)
+    np.testing.assert_array_equal(flat[0, 3:6], ds.X_train[0, 0, 1])  # a pixel's three channels stay together
+
+
+def test_cli_trains_on_cifar10_and_refuses_conv_mps_on_colour(cifar_dir, tmp_path, capsys):
+    import json
+
+    from tnlearn.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", "cifar10", "--data-dir", str(cifar_dir), "--pool", "4", "--model", "tt-net",
+                 "--sweeps", "1", "--out", str(out)]) == 0
+    assert "8x8x3 -> 192 inputs" in capsys.readouterr().out
+    assert json.loads((out / "run.json").read_text())["status"] == "finished"
+    assert main(["train", "--dataset", "cifar10", "--data-dir", str(cifar_dir), "--model", "conv-mps",
+                 "--out", str(tmp_path / "conv")]) == 2
+    assert "conv-mps takes grayscale images and CIFAR-10 is colour" in capsys.readouterr().err

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-DATASETS = ("digits", "mnist", "fashion-mnist")
+DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
 MODELS = ("mps", "conv-mps", "tt-net")
 ORDERS = ("row", "column", "zigzag")
 
@@ -116,11 +116,12 @@ def _data_options(p, default_dataset):
     p.add_argument("--dataset", choices=DATASETS, default=default_dataset,
                    help="data set" + (f" (default: {default_dataset})" if default_dataset else
                                       " (default: the one in run.json)"))
-    p.add_argument("--data-dir", metavar="DIR", help="directory holding the four (fashion-)MNIST IDX files")
+    p.add_argument("--data-dir", metavar="DIR", help="directory holding the four (fashion-)MNIST IDX files, or "
+                   "cifar-10-binary.tar.gz (or its batch files)")
     p.add_argument("--no-download", dest="download", action="store_false",
                    help="never download missing (fashion-)MNIST files")
     p.add_argument("--pool", type=_positive_int, metavar="P",
-                   help="average-pooling factor (default: 2 for (fashion-)MNIST, 1 for digits)")
+                   help="average-pooling factor (default: 2 for (fashion-)MNIST, 1 for digits and CIFAR-10)")
     p.add_argument("--order", choices=ORDERS, default=None if default_dataset is None else "row",
                    help="pixel order along the chain (default: row)")
 
@@ -176,6 +177,9 @@ def _staged_model_checks(args):
     if args.distributed == "mpi" or (args.distributed == "auto" and launched_size() > 1):
         raise ValueError(f"--distributed mpi trains --model mps only; run {model} in one process "
                          "(not under mpiexec / srun)")
+    if model == "conv-mps" and getattr(args, "dataset", None) == "cifar10":
+        raise ValueError("--model conv-mps takes grayscale images and CIFAR-10 is colour (32x32x3): use --model mps "
+                         "or tt-net, which take the flattened pixels with their three channels")
     if model == "conv-mps" and args.order != "row":
         raise ValueError(f"--order {args.order} would scramble the image patches: --model conv-mps reads the "
                          "image in row order (drop --order)")
@@ -299,8 +303,8 @@ def cmd_train(args):
     if root:
         comm.barrier()
     if not args.quiet and root:
-        h, w = ds.image_shape
-        print(f"{ds.name}: {len(X_train)} train / {len(X_test)} test images {h}x{w} -> "
+        size = "x".join(map(str, ds.image_shape))
+        print(f"{ds.name}: {len(X_train)} train / {len(X_test)} test images {size} -> "
               f"{_model_layout(args, ds.image_shape, X_train.shape[1])}", flush=True)
     verbose = 0 if args.quiet else 2
     if args.resume:

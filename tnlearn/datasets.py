@@ -384,24 +384,24 @@ def avg_pool(images, factor=2) -> np.ndarray:
 
     Parameters
     ----------
-    images : array_like, shape (n, H, W)
+    images : array_like, shape (n, H, W) or (n, H, W, C) (colour: each channel pooled)
     factor : int >= 1, dividing both H and W
 
     Returns
     -------
-    ndarray, shape (n, H // factor, W // factor)
+    ndarray, shape (n, H // factor, W // factor) or (n, H // factor, W // factor, C)
         Same dtype as ``images`` if floating, else float64.
     """
     images = np.asarray(images)
-    if images.ndim != 3:
-        raise ValueError(f"avg_pool expects images of shape (n, H, W), got {images.shape}")
+    if images.ndim not in (3, 4):
+        raise ValueError(f"avg_pool expects images of shape (n, H, W) or (n, H, W, C), got {images.shape}")
     factor = int(factor)
-    n, H, W = images.shape
+    n, H, W = images.shape[:3]
     if factor < 1 or H % factor or W % factor:
         raise ValueError(f"cannot pool images of shape {images.shape} by factor {factor}: "
                          "the factor must be >= 1 and divide both H and W")
     dtype = images.dtype if np.issubdtype(images.dtype, np.floating) else np.float64
-    out = np.zeros((n, H // factor, W // factor), dtype)
+    out = np.zeros((n, H // factor, W // factor) + images.shape[3:], dtype)
     for i in range(factor):  # strided sums: much faster than mean over a 5-D view
         for j in range(factor):
             out += images[:, i::factor, j::factor]
@@ -600,7 +600,7 @@ def load_cifar10(data_dir=None, cache_dir=None, download=True, fetch=None) -> Da
 
 
 _NAMES = {"digits": "digits", "mnist": "mnist", "fashion-mnist": "fashion-mnist",
-          "fashion_mnist": "fashion-mnist"}
+          "fashion_mnist": "fashion-mnist", "cifar10": "cifar10", "cifar-10": "cifar10"}
 
 
 def load_dataset(name, data_dir=None, pool=None, n_train=None, random_state=0,
@@ -609,11 +609,13 @@ def load_dataset(name, data_dir=None, pool=None, n_train=None, random_state=0,
 
     Parameters
     ----------
-    name : {"digits", "mnist", "fashion-mnist", "fashion_mnist"}
+    name : {"digits", "mnist", "fashion-mnist", "fashion_mnist", "cifar10", "cifar-10"}
     data_dir, cache_dir, download
-        Passed to :func:`load_mnist` / :func:`load_fashion_mnist` (ignored for digits).
+        Passed to :func:`load_mnist` / :func:`load_fashion_mnist` /
+        :func:`load_cifar10` (ignored for digits).
     pool : int, optional
-        Average-pooling factor; default 2 for (fashion-)MNIST (28 -> 14), 1 for digits.
+        Average-pooling factor; default 2 for (fashion-)MNIST (28 -> 14), 1 for
+        digits and CIFAR-10.
     n_train : int, optional
         Size of a stratified random training subset.
     random_state : int
@@ -622,7 +624,8 @@ def load_dataset(name, data_dir=None, pool=None, n_train=None, random_state=0,
     Returns
     -------
     Dataset
-        Images (n, H // pool, W // pool) float32 in [0, 1], labels int64.
+        Images (n, H // pool, W // pool) float32 in [0, 1] (CIFAR-10: (n, 32 // pool,
+        32 // pool, 3)), labels int64.
     """
     key = _NAMES.get(str(name).lower())
     if key is None:
@@ -630,9 +633,9 @@ def load_dataset(name, data_dir=None, pool=None, n_train=None, random_state=0,
     if key == "digits":
         ds = load_digits(random_state=random_state)
     else:
-        loader = load_mnist if key == "mnist" else load_fashion_mnist
+        loader = {"mnist": load_mnist, "fashion-mnist": load_fashion_mnist, "cifar10": load_cifar10}[key]
         ds = loader(data_dir=data_dir, cache_dir=cache_dir, download=download)
-    pool = (1 if key == "digits" else 2) if pool is None else int(pool)
+    pool = (1 if key in ("digits", "cifar10") else 2) if pool is None else int(pool)
     X_tr, y_tr, X_te = ds.X_train, ds.y_train, ds.X_test
     if pool != 1:
         X_tr, X_te = avg_pool(X_tr, pool), avg_pool(X_te, pool)
@@ -646,22 +649,23 @@ def flatten_images(images, order="row") -> np.ndarray:
 
     Parameters
     ----------
-    images : array_like, shape (n, H, W)
+    images : array_like, shape (n, H, W) or (n, H, W, C)
     order : {"row", "column", "zigzag"}
-        ``"row"``: row-major; ``"column"``: column-major; ``"zigzag"``:
-        boustrophedon, even rows left-to-right, odd rows right-to-left.
+        The order of the pixels: ``"row"``: row-major; ``"column"``:
+        column-major; ``"zigzag"``: boustrophedon, even rows left-to-right,
+        odd rows right-to-left.  A colour pixel's ``C`` values stay together.
 
     Returns
     -------
-    ndarray, shape (n, H * W)
+    ndarray, shape (n, H * W) or (n, H * W * C)
     """
     images = np.asarray(images)
-    if images.ndim != 3:
-        raise ValueError(f"flatten_images expects shape (n, H, W), got {images.shape}")
+    if images.ndim not in (3, 4):
+        raise ValueError(f"flatten_images expects shape (n, H, W) or (n, H, W, C), got {images.shape}")
     if order == "row":
         grid = images
     elif order == "column":
-        grid = images.transpose(0, 2, 1)
+        grid = images.transpose(0, 2, 1, *range(3, images.ndim))
     elif order == "zigzag":
         grid = images.copy()
         grid[:, 1::2] = grid[:, 1::2, ::-1]
