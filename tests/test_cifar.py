@@ -145,3 +145,20 @@ def test_cli_trains_on_cifar10_and_refuses_conv_mps_on_colour(cifar_dir, tmp_pat
     assert main(["train", "--dataset", "cifar10", "--data-dir", str(cifar_dir), "--model", "conv-mps",
                  "--out", str(tmp_path / "conv")]) == 2
     assert "conv-mps takes grayscale images and CIFAR-10 is colour" in capsys.readouterr().err
+
+
+def test_the_tt_layer_example_takes_cifar10(cifar_dir, tmp_path, monkeypatch):
+    import runpy
+    import sys
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "tt_layer_mnist.py"
+    monkeypatch.setattr(sys, "argv", [example.name, "--dataset", "cifar10", "--data-dir", str(cifar_dir), "--ranks",
+                                      "1", "--sweeps", "1", "--epochs-per-bond", "0.2", "--figures-dir",
+                                      str(tmp_path / "f")])
+    monkeypatch.chdir(tmp_path)
+    try:
+        runpy.run_path(str(example), run_name="__main__")
+    except SystemExit as exc:
+        assert exc.code in (0, None)
+    assert any((tmp_path / "f").rglob("*.png"))
