@@ -60,6 +60,8 @@ CANDIDATES = {
     "raw": {"sample_norm": False},
     "n_iter2": {"n_iter": 2},
     "ce-n_iter2": {"loss": "cross_entropy", "n_iter": 2},
+    "ce-n_iter3": {"loss": "cross_entropy", "n_iter": 3},
+    "n_iter3": {"n_iter": 3},
     "ce-damp1": {"loss": "cross_entropy", "damping": 1.0},
     "alpha3": {"alpha": 3.0},
     "alpha10": {"alpha": 10.0},
