@@ -26,7 +26,7 @@ from tnlearn.environments import EnvironmentCache
 from tnlearn.local_problem import LocalProblem
 from tnlearn.solvers import SolverOptions, local_objective, loss_value, solve_local
 from tnlearn.stages.mps import block_matrix, matrix_to_block
-from tnlearn.truncation import Truncation
+from tnlearn.truncation import Truncation, truncated_row_basis
 
 
 @dataclass(frozen=True)
@@ -386,7 +386,8 @@ def rank_truncated(matrix, max_bond):
 
     What a plain truncated-SVD split leaves of a block, without the SVD: the
     projection onto the leading left (or right) singular vectors, found by
-    ``eigh`` of ``M M^T`` (or ``M^T M``), a ``min(m, n)``-square problem.
+    :func:`tnlearn.truncation.truncated_row_basis` of ``M`` (or ``M^T``), a
+    ``min(m, n)``-square eigenproblem.
 
     Parameters
     ----------
@@ -402,9 +403,9 @@ def rank_truncated(matrix, max_bond):
         return matrix
     a = matrix.astype(np.float64, copy=False)
     if m <= n:
-        U = np.linalg.eigh(a @ a.T)[1][:, -max_bond:]
+        U, _, _ = truncated_row_basis(a, max_bond)
         return U @ (U.T @ a)
-    V = np.linalg.eigh(a.T @ a)[1][:, -max_bond:]
+    V, _, _ = truncated_row_basis(a.T, max_bond)
     return (a @ V) @ V.T
 
 
