@@ -185,3 +185,10 @@ def test_linear_map_on_raw_pixels_gives_finite_scores_that_agree_with_fit():
     scores = clf.decision_function(X)
     assert np.all(np.isfinite(scores))
     assert np.mean(clf.predict(X) == y) == pytest.approx(clf.history_[-1].train_accuracy)
+
+
+def test_the_base_is_abstract_and_names_what_a_model_implements():
+    from tnlearn.models._base import TNClassifier
+
+    with pytest.raises(TypeError, match="_get_state.*_scores.*_set_state.*size_label"):
+        TNClassifier()

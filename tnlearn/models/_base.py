@@ -23,6 +23,7 @@
 from __future__ import annotations
 
 import re
+from abc import ABCMeta, abstractmethod
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -63,12 +64,12 @@ def _check_2d(X, what):
     raise ValueError(f"{what} must be 2-D with shape (n_samples, n_features), got shape {tuple(shape)}: {hint}")
 
 
-class TNClassifier(ClassifierMixin, BaseEstimator):
-    """Base class of the tnlearn classifiers (not used directly).
+class TNClassifier(ClassifierMixin, BaseEstimator, metaclass=ABCMeta):
+    """Abstract base of the tnlearn classifiers (it cannot be instantiated).
 
-    Subclasses implement ``fit``, ``_scores`` (class scores of validated
-    features), ``_get_state`` / ``_set_state`` (what a model file holds) and
-    ``size_label`` (how the CLI names the model's size).
+    Subclasses implement ``fit``, and the abstract ``_scores`` (class scores of
+    validated features), ``_get_state`` / ``_set_state`` (what a model file
+    holds) and ``size_label`` (how the CLI names the model's size).
     """
 
     #: fewest features (columns of X) the model can be fitted on
@@ -182,9 +183,9 @@ class TNClassifier(ClassifierMixin, BaseEstimator):
         return X_test, y_test
 
     # -- scores -------------------------------------------------------------------------
-    def _scores(self, X):  # pragma: no cover - every model implements it
+    @abstractmethod
+    def _scores(self, X):
         """Class scores of validated features, shape (n_samples, n_classes), float64."""
-        raise NotImplementedError
 
     def decision_function(self, X):
         """Class scores.
@@ -240,15 +241,15 @@ class TNClassifier(ClassifierMixin, BaseEstimator):
                 break
 
     # -- model files ----------------------------------------------------------------------
-    def _get_state(self):  # pragma: no cover - every model implements it
+    @abstractmethod
+    def _get_state(self):
         """``(header, arrays)``: JSON fields and named host arrays that rebuild the fitted model."""
-        raise NotImplementedError
 
-    def _set_state(self, header, arrays, backend):  # pragma: no cover - every model implements it
+    @abstractmethod
+    def _set_state(self, header, arrays, backend):
         """Rebuild the fitted attributes from what :meth:`_get_state` gave (validated; ValueError if not)."""
-        raise NotImplementedError
 
     @property
-    def size_label(self):  # pragma: no cover - every model implements it
+    @abstractmethod
+    def size_label(self):
         """The model's size in words for plots and logs, e.g. ``"m=16"``."""
-        raise NotImplementedError
