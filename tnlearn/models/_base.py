@@ -32,6 +32,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from tnlearn.embeddings import check_real_finite
+from tnlearn.models._training import accuracy_fell
 
 #: scikit-learn's input checks: float32 kept, anything else numeric converted to float64, no sparse;
 #: NaN / inf are refused afterwards with the columns named (tnlearn.embeddings.check_real_finite)
@@ -218,6 +219,25 @@ class TNClassifier(ClassifierMixin, BaseEstimator, metaclass=ABCMeta):
         return self.classes_[np.argmax(scores, axis=1)]
 
     # -- the sweep loop -------------------------------------------------------------------
+    def _last_loss(self):
+        """The recorded loss of the last kept sweep (what the next one is guarded against), or None."""
+        return self.history_[-1].loss if len(self.history_) else None
+
+    def _lost_accuracy(self, number, train_accuracy, hint=""):
+        """Whether sweep ``number`` cost more than a point of training accuracy; if so, says why.
+
+        The reason goes to ``history_.meta["stopped"]``; the caller rolls the
+        sweep back (see :func:`tnlearn.models._training.accuracy_fell`).
+        """
+        before = self.history_[-1].train_accuracy if len(self.history_) else None
+        fell = accuracy_fell(before, train_accuracy)
+        if fell is None:
+            return False
+        self.history_.meta["stopped"] = (f"sweep {number} lowered the training loss but {fell}; kept the network "
+                                         f"of sweep {number - 1}{hint}")
+        return True
+
+
     def _sweep_loop(self, n_sweeps, one_sweep, snapshot, on_sweep=None, after_sweep=None):
         """Run up to ``n_sweeps`` safeguarded sweeps; the loop all models share.
 

@@ -33,7 +33,7 @@ from tnlearn.models._state import check_mps_cores, header_float, header_int
 from tnlearn.models._validation import check_chunk_size, check_dtype, check_positive_int
 from tnlearn.networks import LABEL_IND, head_to_quimb
 from tnlearn.solvers import SolverOptions
-from tnlearn.models._training import HeadSnapshot, accuracy_fell, divergence, warn_diverged
+from tnlearn.models._training import HeadSnapshot, divergence, warn_diverged
 from tnlearn.stages.conv_sweeps import ConvSweepOptions, conv_half_sweep
 from tnlearn.stages.conv import ConvStage, extract_patches, patch_grid, patch_sites, pca_conv_cores, pooled_conv_cores
 from tnlearn.stages.mps import MPSHead, pca_init_cores
@@ -232,7 +232,6 @@ class ConvMPSClassifier(TNClassifier):
         X, y_idx = X[order], y_idx[order]
         n = len(X)
         self.classes_ = classes
-        self.n_features_in_ = X.shape[1]
         images = X.reshape((n,) + image_shape)
         phi_patch = patch_sites(images, self.patch, stride, self.feature_map, dtype, backend, "raise")
         if self.init == "pooled":
@@ -262,7 +261,7 @@ class ConvMPSClassifier(TNClassifier):
         self.history_ = History(meta={"model": "conv-mps", "patch": self.patch, "stride": stride,
                                       "n_channels": self.n_channels, "grid": list(conv.grid)})
         steps = {}
-        state = {"envs": build_environments(head, v_sites, head_opts), "v_sites": v_sites, "loss": None}
+        state = {"envs": build_environments(head, v_sites, head_opts), "v_sites": v_sites}
 
         def one_sweep():
             sweep = len(self.history_) + 1
@@ -288,9 +287,7 @@ class ConvMPSClassifier(TNClassifier):
                     "seconds": time.perf_counter() - t1,
                 }
             record = self._record(sweep, head, state["envs"], state["v_sites"], Y, y_idx, infos, conv_record,
-                                  head_opts, eval_patches, time.perf_counter() - t0, state["loss"])
-            if record is not None:
-                state["loss"] = record.loss
+                                  head_opts, eval_patches, time.perf_counter() - t0)
             return record
 
         def snapshot():  # both stages as they were before the sweep
@@ -305,9 +302,9 @@ class ConvMPSClassifier(TNClassifier):
         self._sweep_loop(self.n_sweeps, one_sweep, snapshot, on_sweep)
         return self
 
-    def _record(self, sweep, head, envs, v_sites, Y, y_idx, infos, conv_record, head_opts, eval_patches, seconds,
-                loss_before=None):
+    def _record(self, sweep, head, envs, v_sites, Y, y_idx, infos, conv_record, head_opts, eval_patches, seconds):
         """Append the sweep's record and return it; None (after a warning) when the sweep diverged."""
+        loss_before = self._last_loss()
         xp = head.backend.xp
         f = center_outputs(head, envs, v_sites, head_opts.chunk_size, normalized=True)
         loss = training_loss(f, Y, "mse", xp)
@@ -316,9 +313,7 @@ class ConvMPSClassifier(TNClassifier):
             warn_diverged(type(self).__name__, sweep, reason)
             return None
         train_acc = float(np.mean(head.backend.asnumpy(xp.argmax(f, axis=1)) == y_idx))
-        fell = accuracy_fell(self.history_[-1].train_accuracy if len(self.history_) else None, train_acc)
-        if fell is not None:  # the loss fell but the classifier got worse: keep the previous sweep's network
-            self.history_.meta["stopped"] = f"sweep {sweep} lowered the training loss but {fell}; kept sweep {sweep - 1}"
+        if self._lost_accuracy(sweep, train_acc):  # the loss fell but the classifier got worse
             return None
         test_acc = None
         if eval_patches is not None:

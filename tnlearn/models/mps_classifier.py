@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 
 import numpy as np
 from sklearn.utils.metaestimators import available_if
@@ -20,7 +19,7 @@ from tnlearn.models import _constraints as C
 from tnlearn.models._base import TNClassifier
 from tnlearn.models._state import check_mps_cores
 from tnlearn.models._training import (
-    EarlyStopping, HeadSnapshot, accuracy_fell, divergence, validation_split, warn_diverged,
+    EarlyStopping, HeadSnapshot, divergence, validation_split, warn_diverged,
 )
 from tnlearn.models._validation import check_chunk_size, check_dtype
 from tnlearn.solvers import LOSSES, SOLVERS, SolverOptions, softmax
@@ -479,7 +478,6 @@ class MPSClassifier(TNClassifier):
             broadcast_cores(shard, head, range(head.n_sites))
         if not continuing:
             self.classes_ = classes
-            self.n_features_in_ = X.shape[1]
             self.history_ = History()
         self.head_ = head
 
@@ -489,7 +487,7 @@ class MPSClassifier(TNClassifier):
             cutoff_mode=self.cutoff_mode,
             solver=SolverOptions(
                 self.solver, self.loss, self.n_iter, self.step_size, self.line_search_samples,
-                bool(self.precondition), float(self.damping), self.gram_samples,
+                bool(self.precondition), float(self.damping), self.gram_samples, alpha=self._alpha(len(X)),
             ),
             chunk_size=chunk_size,
             truncation=self.truncation,
@@ -503,18 +501,11 @@ class MPSClassifier(TNClassifier):
                 start, stop = shard_bounds(len(X_eval), comm.size, comm.rank)
                 X_eval, y_eval = X_eval[start:stop], y_eval[start:stop]
             eval_data = (self._embed(X_eval, backend, "clip"), y_eval, len(eval_set[1]))
-        if solver_alpha := self._alpha(len(X)):
-            opts = replace(opts, solver=replace(opts.solver, alpha=solver_alpha))
         self.validation_scores_ = [] if stopper is not None else None
-        # a continued fit is guarded against the last recorded sweep, as an uninterrupted one would be
-        last = {"loss": self.history_[-1].loss if continuing and len(self.history_) else None}
 
         def one_sweep():
-            record = self._run_one_sweep(head, envs, phi_sites, Y, y_idx[order], opts, eval_data, backend, shard,
-                                         val_data, last["loss"])
-            if record is not None:
-                last["loss"] = record.loss
-            return record
+            return self._run_one_sweep(head, envs, phi_sites, Y, y_idx[order], opts, eval_data, backend, shard,
+                                       val_data)
 
         def snapshot():
             return HeadSnapshot.of(head).restore_into(head)
@@ -538,8 +529,13 @@ class MPSClassifier(TNClassifier):
         return self
 
     def _run_one_sweep(self, head, envs, phi_sites, Y, y_idx, opts, eval_data, backend, shard=None,
-                       val_data=None, loss_before=None):
-        """One safeguarded sweep and its record; None when it raised the loss (the caller rolls it back)."""
+                       val_data=None):
+        """One safeguarded sweep and its record; None when it raised the loss (the caller rolls it back).
+
+        The sweep is guarded against the last recorded one (a continued fit too, as an uninterrupted
+        fit would be).
+        """
+        loss_before = self._last_loss()
         xp = backend.xp
         bar = None
         verbose = self.verbose if shard is None or shard.is_root else 0
@@ -591,16 +587,10 @@ class MPSClassifier(TNClassifier):
         f = result.outputs
         n_train = None if shard is None else shard.n_total
         train_acc = _accuracy(backend.asnumpy(xp.argmax(f, axis=1)) == y_idx, shard, n_train)
-        fell = accuracy_fell(self.history_[-1].train_accuracy if loss_before is not None and len(self.history_) else None,
-                             train_acc)
-        if fell is not None:
-            hint = " (try loss='cross_entropy' or a larger max_bond)" if self.loss == "mse" else ""
-            self.history_.meta["stopped"] = (
-                f"sweep {number} lowered the training loss to {loss:.6g} but {fell}; kept the network of sweep "
-                f"{number - 1}{hint}"
-            )
+        hint = " (try loss='cross_entropy' or a larger max_bond)" if self.loss == "mse" else ""
+        if self._lost_accuracy(number, train_acc, hint):
             if verbose:
-                print(f"sweep {number:3d}  {fell}: keeping sweep {number - 1}'s network{hint}", flush=True)
+                print(f"sweep {number:3d}  {self.history_.meta['stopped']}", flush=True)
             return None
         test_acc = val_acc = None
         if eval_data is not None:

@@ -227,7 +227,6 @@ class TTNetClassifier(TNClassifier):
         xp = backend.xp
         dtype = np.dtype(self.dtype)
         self.classes_ = classes
-        self.n_features_in_ = X.shape[1]
         self.input_mean_ = X.mean(axis=0)
         self.input_scale_ = float(X.std()) or 1.0
         self.tt_ = TTMatrix.random(in_shape, hidden, self.max_rank, rng, dtype, backend)
@@ -242,7 +241,6 @@ class TTNetClassifier(TNClassifier):
         adam = Adam(self.learning_rate, xp=xp)
         schedule = bond_sequence(self.tt_.n_cores, "both")
         truncation = Truncation(self.max_rank, self.cutoff)
-        last = {"loss": None}
 
         def one_sweep():
             adam.learning_rate = self.learning_rate * self.lr_decay ** len(self.history_)
@@ -261,10 +259,7 @@ class TTNetClassifier(TNClassifier):
                     bar.update()
             if bar is not None:
                 bar.close()
-            record = self._record(Xp, Y, y_idx, eval_data, errors, time.perf_counter() - t0, last["loss"])
-            if record is not None:
-                last["loss"] = record.loss
-            return record
+            return self._record(Xp, Y, y_idx, eval_data, errors, time.perf_counter() - t0)
 
         def snapshot():  # the TT cores and the dense layers as they were before the sweep
             cores, b1, V, b2 = list(self.tt_.cores), self.b1_.copy(), self.V_.copy(), self.b2_.copy()
@@ -277,12 +272,12 @@ class TTNetClassifier(TNClassifier):
         self._sweep_loop(self.n_sweeps, one_sweep, snapshot, on_sweep)
         return self
 
-    def _record(self, Xp, Y, y_idx, eval_data, errors, seconds, loss_before=None):
+    def _record(self, Xp, Y, y_idx, eval_data, errors, seconds):
         """Append the sweep's record and return it; None (after a warning) when the sweep diverged."""
         xp = self._backend.xp
         f = self._decision(Xp)
         loss = training_loss(f, Y, "cross_entropy", xp)
-        reason = divergence(loss_before, loss)
+        reason = divergence(self._last_loss(), loss)
         if reason is not None:
             warn_diverged(type(self).__name__, len(self.history_) + 1, f"{reason}; lower learning_rate")
             return None
