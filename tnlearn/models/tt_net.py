@@ -159,9 +159,14 @@ class TTNetClassifier(TNClassifier):
         return self._backend.asarray(out)
 
     # -- the network -----------------------------------------------------------------------
-    def _logits(self, Xp, block=None, bond=None, params=None):
+    def _logits(self, Xp, block=None, bond=None, params=None, tt=None):
+        """``(pre-activation, hidden, logits)`` of a batch; ``block`` replaces the cores of ``bond``.
+
+        ``params`` (``b1, V, b2``) and ``tt`` default to the fitted layers.
+        """
         b1, V, b2 = params if params is not None else (self.b1_, self.V_, self.b2_)
-        pre = (self.tt_.forward(Xp) if block is None else self.tt_.block_forward(bond, block, Xp)) + b1
+        tt = self.tt_ if tt is None else tt
+        pre = (tt.forward(Xp) if block is None else tt.block_forward(bond, block, Xp)) + b1
         h = self._backend.xp.maximum(pre, 0)  # ReLU
         return pre, h, h @ V + b2
 
@@ -296,14 +301,15 @@ class TTNetClassifier(TNClassifier):
         return record
 
     # -- prediction -------------------------------------------------------------------------------
-    def _decision(self, Xp, chunk=8192):
+    def _decision(self, Xp, tt=None, params=None, chunk=8192):
+        """Logits of prepared inputs ``Xp`` chunk by chunk, on the backend, in ``Xp``'s dtype."""
         xp = self._backend.xp
         out = xp.empty((Xp.shape[0], len(self.classes_)), dtype=Xp.dtype)
         for start in range(0, Xp.shape[0], chunk):
-            out[start : start + chunk] = self._logits(Xp[start : start + chunk])[2]
+            out[start : start + chunk] = self._logits(Xp[start : start + chunk], params=params, tt=tt)[2]
         return out
 
-    def _scores(self, X, chunk=8192):
+    def _scores(self, X):
         """Logits, shape (n_samples, n_classes), float64 (host).
 
         Computed in float64 whatever the training dtype, so that a sample's
@@ -312,13 +318,8 @@ class TTNetClassifier(TNClassifier):
         """
         be = self._backend
         tt = TTMatrix([c.astype(np.float64) for c in self.tt_.cores], be)
-        b1, V, b2 = (p.astype(np.float64) for p in (self.b1_, self.V_, self.b2_))
-        Xp = self._prepare(X, be.xp, np.float64)
-        out = np.empty((len(X), len(self.classes_)))
-        for start in range(0, len(X), chunk):
-            h = be.xp.maximum(tt.forward(Xp[start : start + chunk]) + b1, 0)
-            out[start : start + chunk] = be.asnumpy(h @ V + b2)
-        return out
+        params = [p.astype(np.float64) for p in (self.b1_, self.V_, self.b2_)]
+        return be.asnumpy(self._decision(self._prepare(X, be.xp, np.float64), tt, params))
 
     def predict_proba(self, X):
         """Softmax of the logits, shape (n_samples, n_classes)."""
