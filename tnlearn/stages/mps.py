@@ -398,8 +398,7 @@ class MPSHead:
             nrm = np.linalg.norm(left)
             left = left / nrm
             center = j
-        self.assign({j: np.ascontiguousarray(left), j + 1: np.ascontiguousarray(right)}, center,
-                    float(log_norm) + float(np.log(nrm)))
+        self.assign({j: left, j + 1: right}, center, float(log_norm) + float(np.log(nrm)))
         return info
 
     def assign(self, cores, center, log_norm):
