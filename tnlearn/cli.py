@@ -338,11 +338,17 @@ def cmd_train(args):
         started = f"resumed after sweep {done}" if args.resume else "started: no sweep finished yet"
         _write_json(out / "run.json", {**run, "status": started})
 
+    saved = {"sweeps": None}  # the sweep whose network model.npz holds
+
+    def save_run(model):
+        save_model(model, out / "model.npz")  # atomic: a kill leaves the old or the new file
+        _write_json(out / "history.json", [asdict(r) for r in model.history_.records])
+        saved["sweeps"] = len(model.history_)
+
     def checkpoint(model):
         n = len(model.history_)
         if root and (n % args.checkpoint_every == 0 or n == args.sweeps):
-            save_model(model, out / "model.npz")  # atomic: a kill leaves the old or the new file
-            _write_json(out / "history.json", [asdict(r) for r in model.history_.records])
+            save_run(model)
             _write_json(out / "run.json", {**run, "status": f"checkpoint after sweep {n}"})
 
     t_fit = time.perf_counter()
@@ -370,10 +376,9 @@ def cmd_train(args):
                                  "was trained; try --dtype float64, --no-precondition or a smaller --bond-dim")
     if not root:
         return 0
-    # the fitted network may be an earlier sweep's (early stopping, or a last sweep rolled back): save it as it is
-    save_model(clf, out / "model.npz")
-    _write_json(out / "history.json", [asdict(r) for r in clf.history_.records])
     kept = getattr(clf, "best_sweep_", None) or len(clf.history_)
+    if saved["sweeps"] != len(clf.history_) or kept != len(clf.history_):
+        save_run(clf)  # the fitted network is not the last checkpoint's (early stopping, a rolled-back sweep)
     last = clf.history_[kept - 1]
     run.update({"status": "finished", "final_train_accuracy": last.train_accuracy,
                 "final_test_accuracy": last.test_accuracy, "kept_sweep": kept, "fit_seconds": fit_seconds})
