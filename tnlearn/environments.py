@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from tnlearn.rows import log_normalise_rows
 
 def left_step(env, phi, core, backend, out=None):
     """Advance left environments through one site.
