@@ -13,7 +13,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PLOTS = ("accuracy.png", "truncation.png", "bond_dims.png")
 RECORD_KEYS = {"sweep", "loss", "train_accuracy", "test_accuracy", "max_truncation_error",
                "mean_truncation_error", "bond_dims", "seconds", "truncation_errors", "stages",
-               "validation_accuracy", "rejected_updates", "data_loss"}
+               "validation_accuracy", "rejected_updates", "data_loss", "tt_ranks", "compression", "n_params"}
 FAST = ["--dataset", "digits", "--bond-dim", "4", "--sweeps", "1", "--quiet"]
 
 

@@ -197,6 +197,29 @@ def _staged_model_checks(args):
                          f"drop {'it' if one else 'them'}")
 
 
+def _rank_or_auto(text):
+    """argparse type of --tt-rank: an integer >= 1 or 'auto'."""
+    if text == "auto":
+        return text
+    try:
+        return _positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1 or 'auto', got {text}") from None
+
+
+def _epochs_or_auto(text):
+    """argparse type of --epochs-per-bond: a number > 0 or 'auto'."""
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a number nor 'auto'") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number > 0, or 'auto'")
+    return value
+
+
 def _non_negative_float(text):
     """argparse type: a finite float >= 0."""
     try:
@@ -219,7 +242,9 @@ def _new_model(args, ds, verbose):
                                  n_iter=args.n_iter, image_shape=tuple(ds.image_shape), dtype=args.dtype,
                                  backend=args.backend, random_state=args.seed, verbose=min(verbose, 1), **extra)
     if model == "tt-net":
-        return TTNetClassifier(n_cores=args.tt_cores, max_rank=args.tt_rank, cutoff=args.cutoff,
+        auto = args.tt_rank == "auto"
+        return TTNetClassifier(n_cores=args.tt_cores, max_rank=args.tt_max_rank if auto else args.tt_rank,
+                               rank_prior="ard" if auto else None, cutoff=args.cutoff,
                                n_sweeps=args.sweeps, epochs_per_bond=args.epochs_per_bond,
                                learning_rate=args.learning_rate, lr_decay=args.lr_decay, dtype=args.dtype,
                                backend=args.backend, random_state=args.seed, verbose=verbose)
@@ -540,11 +565,16 @@ def build_parser():
     g.add_argument("--conv-bond", type=_positive_int, default=None, metavar="D",
                    help="max conv bond dimension (default: exact)")
     g = p.add_argument_group("tt-net options")
-    g.add_argument("--tt-rank", type=_positive_int, default=4, metavar="R", help="max TT-rank (default: 4)")
+    g.add_argument("--tt-rank", type=_rank_or_auto, default=4, metavar="R",
+                   help="max TT-rank, or 'auto': ranks learned from --tt-max-rank down by a Bayesian low-rank "
+                        "(ARD) prior, Hawkins & Zhang (default: 4)")
+    g.add_argument("--tt-max-rank", type=_positive_int, default=16, metavar="R",
+                   help="starting (largest) TT-rank of --tt-rank auto (default: 16)")
     g.add_argument("--tt-cores", type=_positive_int, default=5, metavar="K",
                    help="TT cores; the input is zero-padded to a power of two (default: 5: 784 -> 4^5)")
-    g.add_argument("--epochs-per-bond", type=float, default=0.5, metavar="E",
-                   help="passes of minibatch Adam per bond (default: 0.5)")
+    g.add_argument("--epochs-per-bond", type=_epochs_or_auto, default="auto", metavar="E",
+                   help="passes of minibatch Adam per bond, or 'auto': half an epoch and at least 100 steps "
+                        "(default: auto)")
     g.add_argument("--learning-rate", type=float, default=2e-3, metavar="LR", help="Adam step (default: 2e-3)")
     g.add_argument("--lr-decay", type=float, default=1.0, metavar="F",
                    help="Adam step factor per sweep (default: 1; 0.5 helped on Fashion-MNIST)")

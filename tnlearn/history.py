@@ -40,6 +40,12 @@ class SweepRecord:
         because they would have raised the training objective.
     data_loss : float or None
         ``loss`` without the L2 penalty (equal to it when ``alpha = 0``).
+    tt_ranks : list of int or None
+        TT-ranks of a TT layer after the sweep (TT-net).
+    compression : float or None
+        Parameters of the dense matrix a TT layer stands for over its TT parameters.
+    n_params : int or None
+        Parameters of the TT layer.
     """
 
     sweep: int
@@ -55,13 +61,17 @@ class SweepRecord:
     validation_accuracy: float | None = None
     rejected_updates: int = 0
     data_loss: float | None = None
+    tt_ranks: list | None = None
+    compression: float | None = None
+    n_params: int | None = None
 
     @classmethod
     def from_splits(cls, sweep, loss, train_accuracy, test_accuracy, errors, bond_dims, seconds, stages=None,
                     **extra):
         """A record whose truncation summary comes from every split's discarded weight ``errors``.
 
-        ``extra``: ``validation_accuracy``, ``rejected_updates``, ``data_loss``.
+        ``extra``: ``validation_accuracy``, ``rejected_updates``, ``data_loss``, ``tt_ranks``,
+        ``compression``, ``n_params``.
         """
         return cls(
             sweep=sweep, loss=loss, train_accuracy=train_accuracy, test_accuracy=test_accuracy,

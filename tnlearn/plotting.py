@@ -12,7 +12,8 @@ import os
 
 import numpy as np
 
-__all__ = ["plot_accuracy", "plot_truncation", "plot_bond_dims", "plot_entanglement", "plot_stages", "write_run_plots"]
+__all__ = ["plot_accuracy", "plot_truncation", "plot_bond_dims", "plot_entanglement", "plot_stages", "plot_ranks",
+           "write_run_plots"]
 
 _FIGSIZE = (6.0, 4.0)
 
@@ -252,6 +253,56 @@ def plot_stages(histories, labels=None, ax=None):
     return _finish(ax, "Sweep", "Stage loss", title)
 
 
+def plot_ranks(histories, labels=None, ax=None):
+    """TT-ranks (every bond) and compression of a TT layer against the sweep.
+
+    Records of TT-net runs carry ``tt_ranks`` and ``compression`` (dense
+    parameters over TT parameters).  Drawn: each bond's rank (thin lines,
+    left axis, integer ticks) and the compression (thick dashed line, right
+    axis, log scale), so a learned rank (``rank_prior="ard"``) shows where it
+    settles and what it saves.
+
+    Parameters
+    ----------
+    histories : History or list of History
+    labels : str or list of str, optional
+    ax : matplotlib.axes.Axes, optional
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+
+    Raises
+    ------
+    ValueError
+        When no run has TT records.
+    """
+    histories, labels = _runs(histories, labels, "histories")
+    ax = _axes(ax)
+    twin = ax.twinx()
+    drawn = False
+    for i, (h, label) in enumerate(zip(histories, labels)):
+        rows = [r for r in h.records if r.tt_ranks is not None]
+        if not rows:
+            continue
+        color = f"C{i % 10}"
+        sweeps = [r.sweep for r in rows]
+        ranks = np.array([r.tt_ranks for r in rows])
+        for b in range(ranks.shape[1]):
+            ax.plot(sweeps, ranks[:, b], "-", marker=".", color=color, lw=1, alpha=0.4 + 0.6 * (b + 1) / ranks.shape[1],
+                    label=f"{label}: ranks" if b == 0 and label else ("ranks" if b == 0 else None))
+        twin.plot(sweeps, [r.compression for r in rows], "--s", color=color, lw=2, ms=4,
+                  label=f"{label}: compression" if label else "compression")
+        drawn = True
+    if not drawn:
+        raise ValueError("no run has TT-layer records (history_[k].tt_ranks): only TT-net runs have them")
+    twin.set_yscale("log")
+    _readable_log_axis(twin)
+    twin.set_ylabel("Compression (dense / TT parameters, dashed)")
+    ax.set_ylim(bottom=0)
+    return _finish(ax, "Sweep", "TT-rank of each bond", "TT-ranks and compression per sweep", integer_y=True)
+
+
 def _save(plot, items, labels, out_dir, name):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -267,8 +318,9 @@ def _save(plot, items, labels, out_dir, name):
 def write_run_plots(histories, labels=None, out_dir=".", entropies=None):
     """Write ``accuracy.png``, ``truncation.png`` and ``bond_dims.png`` into ``out_dir``.
 
-    Also ``entanglement.png`` when ``entropies`` are given, and ``stages.png``
-    (:func:`plot_stages`) when any run has per-stage records.
+    Also ``entanglement.png`` when ``entropies`` are given, ``stages.png``
+    (:func:`plot_stages`) when any run has per-stage records, and ``ranks.png``
+    (:func:`plot_ranks`) when any run has TT-layer records.
 
     Parameters
     ----------
@@ -294,4 +346,6 @@ def write_run_plots(histories, labels=None, out_dir=".", entropies=None):
         paths.append(_save(plot_entanglement, list(entropies), labels, out_dir, "entanglement"))
     if any(r.stages for h in histories for r in h.records):
         paths.append(_save(plot_stages, histories, labels, out_dir, "stages"))
+    if any(r.tt_ranks is not None for h in histories for r in h.records):
+        paths.append(_save(plot_ranks, histories, labels, out_dir, "ranks"))
     return paths

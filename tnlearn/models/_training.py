@@ -94,12 +94,16 @@ def accuracy_fell(before, after, drop=ACCURACY_DROP):
     return None
 
 
-def warn_diverged(model_name, sweep, reason):
-    """Emit the :class:`DivergenceWarning` of a rolled-back sweep (names what happened and what to try)."""
+#: What to try after a diverged sweep of a model trained by the MPS local solvers.
+MPS_REMEDY = ("dtype='float64', truncation='data', step_size='auto' or a smaller step_size, precondition=False, "
+              "a smaller max_bond, or alpha > 0")
+
+
+def warn_diverged(model_name, sweep, reason, remedy=MPS_REMEDY):
+    """Emit the :class:`DivergenceWarning` of a rolled-back sweep (names what happened and ``remedy``, what to try)."""
     warnings.warn(
         f"{model_name}: sweep {sweep} diverged ({reason}); the network was rolled back to the one "
-        f"before that sweep and training stopped. Try dtype='float64', truncation='data', step_size='auto' or a smaller "
-        f"step_size, precondition=False, a smaller max_bond, or alpha > 0",
+        f"before that sweep and training stopped. Try {remedy}",
         DivergenceWarning,
         stacklevel=3,
     )

@@ -10,11 +10,17 @@
 
 Trained by two-site sweeps over the TT cores: at every bond the two cores are
 merged, the merged block (with ``V``, ``b1``, ``b2``) is optimised by minibatch
-Adam for ``epochs_per_bond`` passes over the data — the block's gradient is the
-upstream gradient back-propagated through the output layer and the ReLU, then
-contracted with the input and the other cores (the block's environments) — and
-the block is split by truncated SVD (``max_rank``, ``cutoff``), so the TT-ranks
-adapt and every split's discarded weight is recorded.
+Adam — the block's gradient is the upstream gradient back-propagated through
+the output layer and the ReLU, then contracted with the input and the other
+cores (the block's environments) — and the block is split by truncated SVD
+(``max_rank``, ``cutoff``), so the TT-ranks adapt and every split's discarded
+weight is recorded.
+
+Every bond update is safeguarded: the training objective over all samples is
+evaluated after the split and the update is undone (and the Adam step halved
+for the rest of the fit) when it rose, so a sweep never raises the recorded
+training loss.  With ``rank_prior="ard"`` the ranks are learned
+(Hawkins & Zhang, :mod:`tnlearn.ard`).
 """
 
 from __future__ import annotations
@@ -22,20 +28,30 @@ from __future__ import annotations
 import math
 import time
 
-import numpy as np
+from numbers import Real
 
+import numpy as np
+from sklearn.utils._param_validation import Interval, StrOptions
+
+from tnlearn import ard
 from tnlearn.backend import get_backend
 from tnlearn.history import History, SweepRecord
 from tnlearn.models import _constraints as C
 from tnlearn.models._base import TNClassifier
 from tnlearn.models._state import check_finite_floats, header_float, header_int
-from tnlearn.models._validation import check_dtype, check_positive_float, check_positive_int
 from tnlearn.models._adam import Adam
+from tnlearn.models._training import divergence, warn_diverged
+from tnlearn.models._validation import check_dtype, check_positive_float, check_positive_int
 from tnlearn.solvers import softmax
 from tnlearn.stages.tt import TTMatrix, check_tt_shapes, factorize
-from tnlearn.models._training import divergence, warn_diverged
 from tnlearn.sweeps import bond_sequence, training_loss
 from tnlearn.truncation import Truncation, check_truncation_args
+
+
+#: Hidden units of the default hidden layer, at least.
+MIN_HIDDEN = 256
+#: Adam steps per bond, at least, with ``epochs_per_bond="auto"``.
+MIN_STEPS_PER_BOND = 100
 
 
 class TTNetClassifier(TNClassifier):
@@ -49,16 +65,31 @@ class TTNetClassifier(TNClassifier):
         ``n_cores`` factors (784 -> 1024 = 4^5).
     in_shape, hidden_shape : tuple of int, optional
         Factorisations of the (padded) input and of the hidden layer;
-        default: :func:`~tnlearn.stages.tt.factorize` of the input size, and the
-        same for the hidden layer.
+        default: :func:`~tnlearn.stages.tt.factorize` of the input size, and
+        for the hidden layer that of ``max(input size, 256)`` (at least 256
+        hidden units: 64 are too few for the 8x8 digits).
     max_rank : int, default=4
-        Maximum TT-rank (the ``max_bond`` of every split).
+        Maximum TT-rank (the ``max_bond`` of every split); with
+        ``rank_prior="ard"`` the starting (and largest) rank, e.g. 16.
     cutoff : float, default=0.0
         Relative discarded weight allowed at each split (``cutoff_mode="rsum2"``).
+    rank_prior : {None, "ard"}, default=None
+        ``"ard"``: automatic rank determination after Hawkins & Zhang
+        (arXiv 2010.08689): a Gaussian prior whose variance is shared by each
+        rank slice of a bond, re-estimated at every split, penalises the
+        merged block's slices (weighted L2 on the local problem) and slices
+        whose standard deviation falls below ``rank_tol`` times the bond's
+        largest are removed.  The maths is in :mod:`tnlearn.ard`.
+    rank_tol : float, default=1e-2
+        Relative slice standard deviation below which ``rank_prior="ard"``
+        removes a slice.
     n_sweeps : int, default=4
         Full sweeps (right then left over the ``n_cores - 1`` bonds).
-    epochs_per_bond : float, default=0.5
+    epochs_per_bond : float or "auto", default="auto"
         Passes of minibatch Adam over the training set at every bond.
+        ``"auto"``: half an epoch, but at least 100 Adam steps
+        (``max(0.5, 100 * batch_size / n_samples)``), so a small data set
+        (1,347 digits: 11 minibatches an epoch) is not left underfitted.
     batch_size : int, default=128
     learning_rate : float, default=2e-3
     lr_decay : float, default=1.0
@@ -87,8 +118,10 @@ class TTNetClassifier(TNClassifier):
         hidden_shape=None,
         max_rank=4,
         cutoff=0.0,
+        rank_prior=None,
+        rank_tol=1e-2,
         n_sweeps=4,
-        epochs_per_bond=0.5,
+        epochs_per_bond="auto",
         batch_size=128,
         learning_rate=2e-3,
         lr_decay=1.0,
@@ -102,6 +135,8 @@ class TTNetClassifier(TNClassifier):
         self.hidden_shape = hidden_shape
         self.max_rank = max_rank
         self.cutoff = cutoff
+        self.rank_prior = rank_prior
+        self.rank_tol = rank_tol
         self.n_sweeps = n_sweeps
         self.epochs_per_bond = epochs_per_bond
         self.batch_size = batch_size
@@ -116,8 +151,9 @@ class TTNetClassifier(TNClassifier):
     _parameter_constraints = {
         **C.COMMON,
         "n_cores": C.POSITIVE_INT, "in_shape": [tuple, list, None], "hidden_shape": [tuple, list, None],
-        "max_rank": C.POSITIVE_INT, "cutoff": C.NON_NEGATIVE, "n_sweeps": C.POSITIVE_INT,
-        "epochs_per_bond": C.POSITIVE, "batch_size": C.POSITIVE_INT, "learning_rate": C.POSITIVE, "lr_decay": C.POSITIVE,
+        "max_rank": C.POSITIVE_INT, "cutoff": C.NON_NEGATIVE, "rank_prior": [StrOptions({"ard"}), None],
+        "rank_tol": [Interval(Real, 0, 1, closed="neither")], "n_sweeps": C.POSITIVE_INT,
+        "epochs_per_bond": [StrOptions({"auto"}), *C.POSITIVE], "batch_size": C.POSITIVE_INT, "learning_rate": C.POSITIVE, "lr_decay": C.POSITIVE,
     }
 
     def _check_params(self):
@@ -127,14 +163,17 @@ class TTNetClassifier(TNClassifier):
             check_positive_int(name, getattr(self, name))
         if self.n_cores < 2 and self.in_shape is None:
             raise ValueError(f"n_cores={self.n_cores}: a sweep needs at least 2 TT cores")
-        check_positive_float("epochs_per_bond", self.epochs_per_bond, "1.0")
+        if self.epochs_per_bond != "auto":
+            check_positive_float("epochs_per_bond", self.epochs_per_bond, "1.0")
         check_positive_float("learning_rate", self.learning_rate, "2e-3")
         check_positive_float("lr_decay", self.lr_decay, "0.5")
         check_dtype(self.dtype)
 
     def _shapes(self, n_features):
         in_shape = self.in_shape if self.in_shape is not None else factorize(n_features, self.n_cores)
-        hidden = self.hidden_shape if self.hidden_shape is not None else in_shape
+        hidden = self.hidden_shape
+        if hidden is None:
+            hidden = factorize(max(math.prod(in_shape), MIN_HIDDEN), len(in_shape))
         if self.hidden_shape is not None and len(tuple(hidden)) != len(tuple(in_shape)):
             raise ValueError(
                 f"hidden_shape={tuple(hidden)} has {len(tuple(hidden))} factors but the input is factorised "
@@ -185,25 +224,112 @@ class TTNetClassifier(TNClassifier):
         dblock = self.tt_.block_gradient(bond, Xb, dpre)
         return dblock, db1, dV, db2
 
-    def _optimise_bond(self, bond, Xp, y_idx, rng, adam):
-        """Minibatch Adam on the merged block of ``bond`` and the dense parameters."""
-        block = self.tt_.merge(bond)
+    def _steps_per_bond(self, n):
+        """Adam steps at every bond: ``epochs_per_bond`` passes ("auto": half an epoch, >= 100 steps)."""
+        if self.epochs_per_bond == "auto":
+            return max(MIN_STEPS_PER_BOND, int(round(0.5 * n / self.batch_size)))
+        return max(1, int(round(self.epochs_per_bond * n / self.batch_size)))
+
+    def _optimise_bond(self, bond, block, precision, Xp, y_dev, rng, adam):
+        """Minibatch Adam on the merged ``block`` of ``bond`` and the dense parameters.
+
+        ``precision`` (or None) is the ARD prior's per-entry precision of the
+        block (:func:`tnlearn.ard.precision_profile`).  Returns the block and
+        the dense parameters ``[b1, V, b2]``; the model is not changed.
+        """
         params = [self.b1_, self.V_, self.b2_]
         n = Xp.shape[0]
-        n_steps = max(1, int(round(self.epochs_per_bond * n / self.batch_size)))
         adam.reset("block")
-        y_dev = self._backend.asarray(y_idx)
         order, pos = self._backend.asarray(rng.permutation(n)), 0
-        for _ in range(n_steps):
+        for _ in range(self._steps_per_bond(n)):
             if pos >= n:  # an epoch is complete: a fresh order (the last batch of one may be short)
                 order, pos = self._backend.asarray(rng.permutation(n)), 0
             idx = order[pos : pos + self.batch_size]
             pos += len(idx)
             dblock, db1, dV, db2 = self._batch_gradients(Xp[idx], y_dev[idx], block, bond, params)
+            if precision is not None:
+                dblock = dblock + ard.block_penalty(block, precision, n)[1]
             block = adam.step("block", block, dblock)
             params = [adam.step(name, p, g) for name, p, g in zip(("b1", "V", "b2"), params, (db1, dV, db2))]
+        return block, params
+
+    def _objective(self, Xp, Y):
+        """Mean training cross-entropy of the current network over all samples."""
+        return training_loss(self._decision(Xp), Y, "cross_entropy", self._backend.xp)
+
+    def _prior_penalty(self, n_samples):
+        """The ARD prior's part of the recorded loss: ``sum_k sum_r ||g_{k,r}||^2 / (2 N lambda_{k,r})``.
+
+        At the variances' estimates (``a = b = 0``) every kept slice of bond
+        ``k`` adds ``(D_k + 2) / (2 N)``: a parameter count per sample, so a
+        sweep that cuts ranks at a small cost in cross-entropy lowers the
+        recorded loss.  0 without a prior.
+        """
+        if self.rank_prior != "ard":
+            return 0.0
+        total = 0.0
+        for k, lam in enumerate(self.rank_variances_):
+            if lam is not None:
+                total += len(lam) * (self._slice_sizes[k] + 2.0) / (2.0 * n_samples)
+        return total
+
+    def _precision(self, bond):
+        """The ARD precision profile of ``bond``'s merged block, or None (no prior / legs not yet estimated)."""
+        if self.rank_prior != "ard":
+            return None
+        lam = self.rank_variances_
+        left = lam[bond - 1] if bond > 0 else None
+        right = lam[bond + 1] if bond + 1 < len(lam) else None
+        return ard.precision_profile(left, right, 6, self._backend.xp)
+
+    def _estimate_variances(self, bond, direction, info, prune=True):
+        """Re-estimate bond ``bond``'s slice variances from its split and (``prune``) cut the slices ARD rejects.
+
+        Returns the number of slices removed.
+        """
+        kept = self.tt_.ranks[bond]
+        s = np.asarray(info.singular_values[:kept], dtype=np.float64)
+        carrier = self.tt_.cores[bond + 1] if direction == "right" else self.tt_.cores[bond]
+        self._slice_sizes[bond] = carrier.size // kept
+        lam = ard.slice_variances(s, self._slice_sizes[bond])
+        k = ard.n_supported(lam, self.rank_tol) if prune else kept
+        if k < kept:  # the split's slices come in decreasing singular value: cutting is truncating
+            xp = self._backend.xp
+            self.tt_.cores[bond] = xp.ascontiguousarray(self.tt_.cores[bond][..., :k])
+            self.tt_.cores[bond + 1] = xp.ascontiguousarray(self.tt_.cores[bond + 1][:k])
+        self.rank_variances_[bond] = lam[:k]
+        return kept - k
+
+    def _update_bond(self, bond, direction, Xp, Y, y_dev, rng, adam, truncation, loss_before):
+        """One safeguarded two-site update; returns ``(split info, loss after, accepted)``.
+
+        The update (Adam on the merged block, then the truncated split) is
+        kept only if the training objective it was computed from — the mean
+        cross-entropy over all samples plus the ARD penalty of the block —
+        did not rise; otherwise the old cores and dense parameters come back
+        (re-split exactly, so the gauge still moves with the sweep).
+        """
+        tt = self.tt_
+        old_cores, old_params = (tt.cores[bond], tt.cores[bond + 1]), (self.b1_, self.V_, self.b2_)
+        precision = self._precision(bond)
+        n = Xp.shape[0]
+        block0 = tt.merge(bond)
+        before = loss_before + ard.block_penalty(block0, precision, n)[0]
+        block, params = self._optimise_bond(bond, block0, precision, Xp, y_dev, rng, adam)
         self.b1_, self.V_, self.b2_ = params
-        return block
+        info = tt.split(bond, block, direction, truncation)
+        if self.rank_prior == "ard":
+            self._estimate_variances(bond, direction, info)
+        data_after = self._objective(Xp, Y)
+        after = data_after + ard.block_penalty(tt.merge(bond), precision, n)[0]
+        if np.isfinite(after) and after <= before:
+            return info, data_after, True
+        tt.cores[bond], tt.cores[bond + 1] = old_cores
+        self.b1_, self.V_, self.b2_ = old_params
+        info = tt.split(bond, block0, direction, Truncation(old_cores[0].shape[3]))  # exact: block0 has that rank
+        if self.rank_prior == "ard":
+            self._estimate_variances(bond, direction, info, prune=False)
+        return info, loss_before, False
 
     # -- fitting ------------------------------------------------------------------------------
     def fit(self, X, y, eval_set=None, on_sweep=None):
@@ -235,56 +361,70 @@ class TTNetClassifier(TNClassifier):
         self.input_mean_ = X.mean(axis=0)
         self.input_scale_ = float(X.std()) or 1.0
         self.tt_ = TTMatrix.random(in_shape, hidden, self.max_rank, rng, dtype, backend)
+        self.tt_.orthogonalize(0)  # mixed-canonical gauge, centre at core 0, where the first sweep starts
+        self.rank_variances_ = [None] * (self.tt_.n_cores - 1)  # ARD: estimated at each bond's first split
+        self._slice_sizes = {}
         H, L = self.tt_.out_features, len(classes)
         self.b1_ = xp.zeros(H, dtype=dtype)
         self.V_ = backend.asarray((rng.standard_normal((H, L)) * np.sqrt(2.0 / H)).astype(dtype))
         self.b2_ = xp.zeros(L, dtype=dtype)
-        self.history_ = History(meta={"model": "tt-net", "in_shape": list(in_shape), "hidden_shape": list(hidden)})
+        self.history_ = History(meta={"model": "tt-net", "in_shape": list(in_shape), "hidden_shape": list(hidden),
+                                      "rank_prior": self.rank_prior, "dense_params": self.tt_.in_features * H})
         Xp = self._prepare(X, xp)
         Y = backend.asarray(np.eye(L, dtype=dtype)[y_idx])  # one-hot, for the recorded loss
+        y_dev = backend.asarray(y_idx)
         eval_data = None if eval_set is None else (self._prepare(eval_set[0], xp), eval_set[1])
         adam = Adam(self.learning_rate, xp=xp)
         schedule = bond_sequence(self.tt_.n_cores, "both")
         truncation = Truncation(self.max_rank, self.cutoff)
+        step = {"scale": 1.0}  # halved by every rejected bond update, for the rest of the fit
 
         def one_sweep():
-            adam.learning_rate = self.learning_rate * self.lr_decay ** len(self.history_)
+            adam.learning_rate = self.learning_rate * self.lr_decay ** len(self.history_) * step["scale"]
             t0 = time.perf_counter()
             bar = None
             if self.verbose >= 2:
                 from tqdm.auto import tqdm
 
                 bar = tqdm(total=len(schedule), desc=f"sweep {len(self.history_) + 1}", leave=False)
-            errors = []
+            errors, rejected = [], 0
+            loss = self._objective(Xp, Y) if not len(self.history_) else self._last_loss()
             for bond, direction in schedule:
-                block = self._optimise_bond(bond, Xp, y_idx, rng, adam)
-                info = self.tt_.split(bond, block, direction, truncation)
+                info, loss, accepted = self._update_bond(bond, direction, Xp, Y, y_dev, rng, adam, truncation, loss)
                 errors.append(float(info.discarded_weight))
+                if not accepted:
+                    rejected += 1
+                    step["scale"] *= 0.5
+                    adam.learning_rate *= 0.5
                 if bar is not None:
                     bar.update()
             if bar is not None:
                 bar.close()
-            return self._record(Xp, Y, y_idx, eval_data, errors, time.perf_counter() - t0)
+            return self._record(Xp, Y, y_idx, eval_data, errors, rejected, time.perf_counter() - t0)
 
-        def snapshot():  # the TT cores and the dense layers as they were before the sweep
+        def snapshot():  # the TT cores, the dense layers and the ARD variances as they were before the sweep
             cores, b1, V, b2 = list(self.tt_.cores), self.b1_.copy(), self.V_.copy(), self.b2_.copy()
+            variances = list(self.rank_variances_)
 
             def restore():
                 self.tt_.cores = cores
                 self.b1_, self.V_, self.b2_ = b1, V, b2
+                self.rank_variances_ = variances
             return restore
 
         self._sweep_loop(self.n_sweeps, one_sweep, snapshot, on_sweep)
         return self
 
-    def _record(self, Xp, Y, y_idx, eval_data, errors, seconds):
+    def _record(self, Xp, Y, y_idx, eval_data, errors, rejected, seconds):
         """Append the sweep's record and return it; None (after a warning) when the sweep diverged."""
         xp = self._backend.xp
         f = self._decision(Xp)
-        loss = training_loss(f, Y, "cross_entropy", xp)
+        data_loss = training_loss(f, Y, "cross_entropy", xp)
+        loss = data_loss + self._prior_penalty(Xp.shape[0])
         reason = divergence(self._last_loss(), loss)
         if reason is not None:
-            warn_diverged(type(self).__name__, len(self.history_) + 1, f"{reason}; lower learning_rate")
+            warn_diverged(type(self).__name__, len(self.history_) + 1, reason,
+                          "lower learning_rate (e.g. learning_rate=1e-3) or use dtype='float64'")
             return None
         train_acc = float(np.mean(self._backend.asnumpy(xp.argmax(f, axis=1)) == y_idx))
         test_acc = None
@@ -292,11 +432,13 @@ class TTNetClassifier(TNClassifier):
             scores = self._backend.asnumpy(self._decision(eval_data[0]))
             test_acc = float(np.mean(self.classes_[np.argmax(scores, axis=1)] == eval_data[1]))
         record = SweepRecord.from_splits(
-            len(self.history_) + 1, loss, train_acc, test_acc, errors, self.tt_.ranks, seconds
+            len(self.history_) + 1, loss, train_acc, test_acc, errors, self.tt_.ranks, seconds,
+            rejected_updates=rejected, data_loss=data_loss, tt_ranks=self.tt_.ranks,
+            compression=float(self.tt_.compression), n_params=self.tt_.n_params,
         )
         self.history_.append(record)
         if self.verbose:
-            print(f"{record.headline()}  TT-ranks {self.tt_.ranks}  "
+            print(f"{record.headline()}  TT-ranks {self.tt_.ranks}  compression {self.tt_.compression:.0f}x  "
                   f"max trunc err {record.max_truncation_error:.2e}  {seconds:.2f} s", flush=True)
         return record
 
@@ -329,7 +471,9 @@ class TTNetClassifier(TNClassifier):
     # -- model files ------------------------------------------------------------------------------
     @property
     def size_label(self):
-        """``"TT-rank <max_rank>"``."""
+        """``"TT-rank <max_rank>"``, or ``"TT-rank auto (<= max_rank)"`` with the ARD prior."""
+        if self.rank_prior == "ard":
+            return f"TT-rank auto (<= {self.max_rank})"
         return f"TT-rank {self.max_rank}"
 
     def _get_state(self):

@@ -341,6 +341,26 @@ class TTMatrix:
         self.cores[j + 1] = be.xp.ascontiguousarray(be.asarray(right.reshape(k, n2, m2, b).astype(dtype)))
         return info
 
+    def orthogonalize(self, center=0):
+        """Bring the TT into mixed-canonical gauge around core ``center`` (``W`` unchanged, to rounding).
+
+        Cores left of ``center`` become left-orthonormal and cores right of it
+        right-orthonormal, by exact (untruncated) SVD splits of the merged
+        pairs; the whole norm of ``W`` then sits in core ``center``, the
+        gauge a two-site sweep keeps.
+
+        Parameters
+        ----------
+        center : int
+        """
+        if not 0 <= center < self.n_cores:
+            raise ValueError(f"center={center} is not a core of this {self.n_cores}-core TT")
+        for j in range(self.n_cores - 2, center - 1, -1):
+            self.split(j, self.merge(j), "left", Truncation(self.ranks[j]))
+        for j in range(center):
+            self.split(j, self.merge(j), "right", Truncation(self.ranks[j]))
+        return self
+
     # -- interop -------------------------------------------------------------------------------
     def to_quimb(self, upper_ind_id="k{}", lower_ind_id="b{}", site_tag_id="I{}"):
         """The TT-matrix as a quimb ``MatrixProductOperator`` (host arrays).

@@ -1,0 +1,131 @@
+"""TT-net training quality: safeguarded bond updates, the default schedule, ARD rank determination."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tnlearn import ard
+from tnlearn.models.tt_net import MIN_STEPS_PER_BOND, TTNetClassifier
+from tnlearn.stages.tt import TTMatrix
+
+
+@pytest.fixture(scope="module")
+def digits_split():
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    X, y = load_digits(return_X_y=True)
+    return train_test_split(X / 16.0, y, test_size=0.25, random_state=0, stratify=y)
+
+
+def test_slice_variances_and_support():
+    s = np.array([4.0, 2.0, 0.04, 0.0])
+    lam = ard.slice_variances(s, slice_size=30)
+    np.testing.assert_allclose(lam, s**2 / 32)
+    np.testing.assert_allclose(ard.slice_variances(s, 30, a=1.0, b=0.5), (s**2 + 1.0) / 34)
+    assert ard.n_supported(lam, 1e-2) == 3  # std ratio 0.01 is kept, 0 is cut
+    assert ard.n_supported(lam, 0.1) == 2
+    assert ard.n_supported(np.zeros(3), 0.1) == 1  # never an empty bond
+    with pytest.raises(ValueError, match="slice_size"):
+        ard.slice_variances(s, 0)
+
+
+def test_block_penalty_is_the_weighted_l2_and_its_gradient(rng):
+    block = rng.standard_normal((3, 2, 2, 2, 2, 4))
+    left, right = rng.uniform(0.5, 2, 3), rng.uniform(0.5, 2, 4)
+    prec = ard.precision_profile(left, right, block.ndim)
+    n = 50
+    penalty, grad = ard.block_penalty(block, prec, n)
+    expected = (sum((block[a] ** 2).sum() / left[a] for a in range(3))
+                + sum((block[..., b] ** 2).sum() / right[b] for b in range(4))) / (2 * n)
+    assert penalty == pytest.approx(expected)
+    eps, idx = 1e-6, (1, 0, 1, 1, 0, 2)
+    bumped = block.copy()
+    bumped[idx] += eps
+    assert (ard.block_penalty(bumped, prec, n)[0] - penalty) / eps == pytest.approx(grad[idx], rel=1e-4)
+    # a leg without estimates is not penalised
+    only_left = ard.precision_profile(left, None, block.ndim)
+    assert ard.block_penalty(block, only_left, n)[0] == pytest.approx(
+        sum((block[a] ** 2).sum() / left[a] for a in range(3)) / (2 * n))
+    assert ard.precision_profile(None, None, 6) is None
+    assert ard.block_penalty(block, None, n)[0] == 0.0
+
+
+def test_orthogonalize_keeps_the_matrix_and_puts_the_norm_in_the_centre(rng):
+    tt = TTMatrix.random((2, 3, 2, 2), (2, 2, 3, 2), 3, rng, np.float64)
+    W = tt.to_dense()
+    tt.orthogonalize(2)
+    np.testing.assert_allclose(tt.to_dense(), W, atol=1e-12)
+    for k in (0, 1):  # left-orthonormal
+        c = tt.cores[k].reshape(-1, tt.cores[k].shape[3])
+        np.testing.assert_allclose(c.T @ c, np.eye(c.shape[1]), atol=1e-12)
+    c = tt.cores[3].reshape(tt.cores[3].shape[0], -1)  # right-orthonormal
+    np.testing.assert_allclose(c @ c.T, np.eye(c.shape[0]), atol=1e-12)
+    assert np.linalg.norm(tt.cores[2]) == pytest.approx(np.linalg.norm(W))
+    with pytest.raises(ValueError, match="center=4 is not a core"):
+        tt.orthogonalize(4)
+
+
+def test_default_schedule_and_width_learn_the_small_digits(digits_split):
+    X_tr, X_te, y_tr, y_te = digits_split
+    clf = TTNetClassifier(random_state=0).fit(X_tr, y_tr, eval_set=(X_te, y_te))
+    # 1,347 samples = 11 minibatches: "auto" gives each bond 100 Adam steps, not 5
+    assert clf._steps_per_bond(len(X_tr)) == MIN_STEPS_PER_BOND
+    assert clf._steps_per_bond(60000) == round(0.5 * 60000 / 128)
+    assert clf.tt_.out_features == 256  # the default hidden layer has at least 256 units
+    assert clf.score(X_te, y_te) >= 0.97
+    rec = clf.history_[-1]
+    assert rec.tt_ranks == clf.tt_.ranks and rec.compression == pytest.approx(clf.compression_)
+    assert rec.n_params == clf.tt_.n_params and rec.data_loss == rec.loss  # no prior: nothing added
+
+
+def test_a_bond_update_that_raises_the_loss_is_undone(digits_split):
+    """With an absurd Adam step every sweep would blow up; the safeguard keeps the loss non-increasing."""
+    X_tr, _, y_tr, _ = digits_split
+    clf = TTNetClassifier(n_cores=3, max_rank=2, n_sweeps=3, learning_rate=3.0, epochs_per_bond=1.0,
+                          random_state=0).fit(X_tr, y_tr)
+    losses = clf.history_.column("loss")
+    assert len(losses) == 3 and np.all(np.isfinite(losses))
+    assert all(b <= a * (1 + 1e-5) for a, b in zip(losses, losses[1:]))
+    assert sum(clf.history_.column("rejected_updates")) > 0
+    # a sensible step is accepted (almost) everywhere
+    good = TTNetClassifier(n_cores=3, max_rank=2, n_sweeps=2, random_state=0).fit(X_tr, y_tr)
+    assert sum(good.history_.column("rejected_updates")) <= 1
+
+
+def test_every_bond_update_is_checked_against_the_objective(digits_split, monkeypatch):
+    X_tr, _, y_tr, _ = digits_split
+    seen = []
+    original = TTNetClassifier._update_bond
+
+    def spy(self, bond, direction, Xp, Y, y_dev, rng, adam, truncation, loss_before):
+        info, loss, accepted = original(self, bond, direction, Xp, Y, y_dev, rng, adam, truncation, loss_before)
+        seen.append((loss_before, loss, accepted, self._objective(Xp, Y)))
+        return info, loss, accepted
+
+    monkeypatch.setattr(TTNetClassifier, "_update_bond", spy)
+    TTNetClassifier(n_cores=3, max_rank=2, n_sweeps=1, learning_rate=0.5, random_state=0).fit(X_tr[:400], y_tr[:400])
+    assert len(seen) == 4  # 2 bonds, right then left
+    for before, after, accepted, actual in seen:
+        assert after == pytest.approx(actual, rel=1e-4)  # the carried loss is the network's
+        assert after <= before * (1 + 1e-5)
+
+
+def test_ard_learns_smaller_ranks_and_records_them(digits_split):
+    X_tr, X_te, y_tr, y_te = digits_split
+    clf = TTNetClassifier(max_rank=16, rank_prior="ard", rank_tol=0.05, n_sweeps=2, random_state=0)
+    clf.fit(X_tr, y_tr, eval_set=(X_te, y_te))
+    fixed = TTNetClassifier(max_rank=16, n_sweeps=2, random_state=0).fit(X_tr, y_tr)
+    assert sum(clf.tt_.ranks) < sum(fixed.tt_.ranks)  # the prior cut slices the data did not hold up
+    assert clf.compression_ > fixed.compression_
+    assert clf.score(X_te, y_te) >= 0.95
+    assert [r.tt_ranks for r in clf.history_][-1] == clf.tt_.ranks
+    assert all(len(lam) == r for lam, r in zip(clf.rank_variances_, clf.tt_.ranks))
+    rec = clf.history_[-1]
+    assert rec.loss > rec.data_loss  # the prior's parameter-count term is part of the recorded objective
+    assert clf.size_label == "TT-rank auto (<= 16)"
+    with pytest.raises(ValueError, match="rank_prior"):
+        TTNetClassifier(rank_prior="bayes").fit(X_tr, y_tr)
+    with pytest.raises(ValueError, match="rank_tol"):
+        TTNetClassifier(rank_prior="ard", rank_tol=1.5).fit(X_tr, y_tr)
