@@ -129,3 +129,50 @@ def test_ard_learns_smaller_ranks_and_records_them(digits_split):
         TTNetClassifier(rank_prior="bayes").fit(X_tr, y_tr)
     with pytest.raises(ValueError, match="rank_tol"):
         TTNetClassifier(rank_prior="ard", rank_tol=1.5).fit(X_tr, y_tr)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # a short MLP training is enough here
+def test_init_from_a_trained_mlp_is_that_network_before_the_sweeps(digits_split, monkeypatch):
+    from sklearn.neural_network import MLPClassifier
+
+    X_tr, X_te, y_tr, y_te = digits_split
+    mlp = MLPClassifier(hidden_layer_sizes=(64,), max_iter=60, random_state=0).fit(X_tr, y_tr)
+    # exact rank (no truncation) and no sweep: the TT-net is the MLP
+    monkeypatch.setattr(TTNetClassifier, "_sweep_loop", lambda self, *a, **k: None)
+    exact = TTNetClassifier(n_cores=3, in_shape=(4, 4, 4), hidden_shape=(4, 4, 4), max_rank=64, dtype="float64")
+    exact.fit(X_tr, y_tr, init_from=mlp)
+    np.testing.assert_allclose(exact.predict_proba(X_te), mlp.predict_proba(X_te), atol=1e-8)
+    assert exact.history_.meta["init"] == "dense" and exact.history_.meta["compressed_relative_error"] < 1e-10
+    # the tuple form is the same thing
+    layers = (mlp.coefs_[0], mlp.intercepts_[0], mlp.coefs_[1], mlp.intercepts_[1])
+    again = TTNetClassifier(n_cores=3, in_shape=(4, 4, 4), hidden_shape=(4, 4, 4), max_rank=64, dtype="float64")
+    np.testing.assert_allclose(again.fit(X_tr, y_tr, init_from=layers).predict_proba(X_te),
+                               mlp.predict_proba(X_te), atol=1e-8)
+    monkeypatch.undo()
+    # truncated to rank 2, then fine-tuned by sweeps: the sweeps win back accuracy
+    tuned = TTNetClassifier(n_cores=3, hidden_shape=(4, 4, 4), max_rank=2, n_sweeps=1, random_state=0)
+    tuned.fit(X_tr, y_tr, init_from=mlp, eval_set=(X_te, y_te))
+    assert tuned.tt_.ranks == [2, 2] and tuned.score(X_te, y_te) >= 0.9
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_init_from_bad_networks(digits_split):
+    from sklearn.neural_network import MLPClassifier
+
+    X_tr, _, y_tr, _ = digits_split
+    X, y = X_tr[:200], y_tr[:200]
+    two = MLPClassifier(hidden_layer_sizes=(16, 16), max_iter=5).fit(X, y)
+    with pytest.raises(ValueError, match="has 2 hidden layers"):
+        TTNetClassifier().fit(X, y, init_from=two)
+    tanh = MLPClassifier(hidden_layer_sizes=(16,), activation="tanh", max_iter=5).fit(X, y)
+    with pytest.raises(ValueError, match="activation='tanh'"):
+        TTNetClassifier().fit(X, y, init_from=tanh)
+    one = MLPClassifier(hidden_layer_sizes=(48,), max_iter=5).fit(X, y)
+    with pytest.raises(ValueError, match="48 units but hidden_shape=\\(4, 4, 4\\) holds 64"):
+        TTNetClassifier(n_cores=3, hidden_shape=(4, 4, 4)).fit(X, y, init_from=one)
+    with pytest.raises(ValueError, match="do not fit 64 features and 10 classes"):
+        TTNetClassifier().fit(X, y, init_from=(np.zeros((60, 8)), np.zeros(8), np.zeros((8, 10)), np.zeros(10)))
+    with pytest.raises(ValueError, match="a fitted MLPClassifier or a tuple"):
+        TTNetClassifier().fit(X, y, init_from="mlp")
+    with pytest.raises(ValueError, match="trained on classes"):
+        TTNetClassifier().fit(X, (y + 1), init_from=MLPClassifier(hidden_layer_sizes=(16,), max_iter=5).fit(X, y))

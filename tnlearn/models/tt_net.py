@@ -43,9 +43,47 @@ from tnlearn.models._adam import Adam
 from tnlearn.models._training import divergence, warn_diverged
 from tnlearn.models._validation import check_dtype, check_positive_float, check_positive_int
 from tnlearn.solvers import softmax
-from tnlearn.stages.tt import TTMatrix, check_tt_shapes, factorize
+from tnlearn.stages.tt import TTMatrix, check_tt_shapes, factorize, tt_from_dense
 from tnlearn.sweeps import bond_sequence, training_loss
 from tnlearn.truncation import Truncation, check_truncation_args
+
+
+def _dense_layers(init_from, n_features, classes):
+    """``(W1, b1, W2, b2)`` (float64) of a one-hidden-layer ReLU network, checked against the data."""
+    if hasattr(init_from, "coefs_"):  # a fitted MLPClassifier
+        name = type(init_from).__name__
+        if len(init_from.coefs_) != 2:
+            raise ValueError(f"init_from: the {name} has {len(init_from.coefs_) - 1} hidden layers; a TT-net "
+                             "replaces exactly one (hidden_layer_sizes=(H,))")
+        if getattr(init_from, "activation", "relu") != "relu":
+            raise ValueError(f"init_from: the {name} uses activation={init_from.activation!r}; the TT-net's hidden "
+                             "layer is a ReLU (train it with activation='relu')")
+        if getattr(init_from, "out_activation_", "softmax") != "softmax":
+            raise ValueError(f"init_from: the {name} has a {init_from.out_activation_!r} output (two classes); "
+                             "a TT-net starts from a softmax output layer, i.e. >= 3 classes")
+        mlp_classes = getattr(init_from, "classes_", None)
+        if mlp_classes is not None and not np.array_equal(np.asarray(mlp_classes), classes):
+            raise ValueError(f"init_from: the {name} was trained on classes {list(mlp_classes)}, y has "
+                             f"{list(classes)}")
+        layers = (init_from.coefs_[0], init_from.intercepts_[0], init_from.coefs_[1], init_from.intercepts_[1])
+    else:
+        try:
+            layers = tuple(init_from)
+        except TypeError:
+            layers = ()
+        if len(layers) != 4:
+            raise ValueError("init_from must be a fitted MLPClassifier or a tuple (W1, b1, W2, b2)")
+    W1, b1, W2, b2 = (np.asarray(a, dtype=np.float64) for a in layers)
+    H, L = W1.shape[1] if W1.ndim == 2 else -1, len(classes)
+    if W1.shape != (n_features, H) or b1.shape != (H,) or W2.shape != (H, L) or b2.shape != (L,):
+        raise ValueError(
+            f"init_from: layers of shapes W1 {W1.shape}, b1 {b1.shape}, W2 {W2.shape}, b2 {b2.shape} do not fit "
+            f"{n_features} features and {L} classes; expected ({n_features}, H), (H,), (H, {L}), ({L},)"
+        )
+    for name, a in zip(("W1", "b1", "W2", "b2"), (W1, b1, W2, b2)):
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"init_from: {name} contains NaN or inf")
+    return W1, b1, W2, b2
 
 
 #: Hidden units of the default hidden layer, at least.
@@ -169,11 +207,17 @@ class TTNetClassifier(TNClassifier):
         check_positive_float("lr_decay", self.lr_decay, "0.5")
         check_dtype(self.dtype)
 
-    def _shapes(self, n_features):
+    def _shapes(self, n_features, n_hidden=None):
+        """``(in_shape, hidden_shape)``; ``n_hidden``: the width a dense network to compress fixes."""
         in_shape = self.in_shape if self.in_shape is not None else factorize(n_features, self.n_cores)
         hidden = self.hidden_shape
         if hidden is None:
-            hidden = factorize(max(math.prod(in_shape), MIN_HIDDEN), len(in_shape))
+            hidden = factorize(max(math.prod(in_shape), MIN_HIDDEN) if n_hidden is None else n_hidden, len(in_shape))
+        if n_hidden is not None and math.prod(hidden) != n_hidden:
+            raise ValueError(
+                f"the dense hidden layer has {n_hidden} units but hidden_shape={tuple(hidden)} holds "
+                f"{math.prod(hidden)}: pass hidden_shape with product {n_hidden} (e.g. factors of it, one per core)"
+            )
         if self.hidden_shape is not None and len(tuple(hidden)) != len(tuple(in_shape)):
             raise ValueError(
                 f"hidden_shape={tuple(hidden)} has {len(tuple(hidden))} factors but the input is factorised "
@@ -332,7 +376,7 @@ class TTNetClassifier(TNClassifier):
         return info, loss_before, False
 
     # -- fitting ------------------------------------------------------------------------------
-    def fit(self, X, y, eval_set=None, on_sweep=None):
+    def fit(self, X, y, eval_set=None, on_sweep=None, init_from=None):
         """Train by sweeps over the TT cores.
 
         Parameters
@@ -344,15 +388,32 @@ class TTNetClassifier(TNClassifier):
             Scored after every sweep (``history_[k].test_accuracy``).
         on_sweep : callable, optional
             Called as ``on_sweep(self)`` after every sweep (e.g. to save a checkpoint).
+        init_from : MLPClassifier or tuple, optional
+            Start from a trained dense network instead of random cores: a fitted
+            scikit-learn ``MLPClassifier`` with one ReLU hidden layer (and at
+            least 3 classes), or its layers ``(W1, b1, W2, b2)`` of shapes
+            ``(n_features, H)``, ``(H,)``, ``(H, n_classes)``, ``(n_classes,)``
+            acting on the raw features.  The hidden layer is compressed by
+            TT-SVD (:func:`~tnlearn.stages.tt.tt_from_dense`, ``max_rank``,
+            ``cutoff``) and the sweeps fine-tune it (Novikov et al. 2015: a
+            trained dense layer turned into a TT layer).  ``prod(hidden_shape)``
+            must equal ``H`` (default: the power-of-two factorisation of ``H``).
 
         Returns
         -------
         self
+
+        Raises
+        ------
+        ValueError
+            When ``init_from`` is not a one-hidden-layer ReLU network whose
+            shapes fit ``X``, the classes and the TT factorisation.
         """
         self._check_params()
         X, classes, y_idx = self._validate_Xy(X, y)
         eval_set = self._validate_eval_set(eval_set)
-        in_shape, hidden = self._shapes(X.shape[1])
+        dense = None if init_from is None else _dense_layers(init_from, X.shape[1], classes)
+        in_shape, hidden = self._shapes(X.shape[1], None if dense is None else dense[0].shape[1])
         rng = np.random.default_rng(self.random_state)
         backend = self._backend = get_backend(self.backend)
         xp = backend.xp
@@ -360,16 +421,28 @@ class TTNetClassifier(TNClassifier):
         self.classes_ = classes
         self.input_mean_ = X.mean(axis=0)
         self.input_scale_ = float(X.std()) or 1.0
-        self.tt_ = TTMatrix.random(in_shape, hidden, self.max_rank, rng, dtype, backend)
+        H, L = math.prod(hidden), len(classes)
+        if dense is None:
+            self.tt_ = TTMatrix.random(in_shape, hidden, self.max_rank, rng, dtype, backend)
+            self.b1_ = xp.zeros(H, dtype=dtype)
+            self.V_ = backend.asarray((rng.standard_normal((H, L)) * np.sqrt(2.0 / H)).astype(dtype))
+            self.b2_ = xp.zeros(L, dtype=dtype)
+        else:  # x @ W1 + b1 = x_c @ (scale W1) + (mean @ W1 + b1) for the centred, scaled inputs x_c
+            W1, b1, W2, b2 = dense
+            Wp = np.zeros((math.prod(in_shape), H))
+            Wp[: X.shape[1]] = self.input_scale_ * W1
+            self.tt_, info = tt_from_dense(Wp, in_shape, hidden, self.max_rank, self.cutoff, dtype=dtype,
+                                           backend=backend)
+            self.b1_ = backend.asarray((self.input_mean_ @ W1 + b1).astype(dtype))
+            self.V_, self.b2_ = backend.asarray(W2.astype(dtype)), backend.asarray(b2.astype(dtype))
         self.tt_.orthogonalize(0)  # mixed-canonical gauge, centre at core 0, where the first sweep starts
         self.rank_variances_ = [None] * (self.tt_.n_cores - 1)  # ARD: estimated at each bond's first split
         self._slice_sizes = {}
-        H, L = self.tt_.out_features, len(classes)
-        self.b1_ = xp.zeros(H, dtype=dtype)
-        self.V_ = backend.asarray((rng.standard_normal((H, L)) * np.sqrt(2.0 / H)).astype(dtype))
-        self.b2_ = xp.zeros(L, dtype=dtype)
         self.history_ = History(meta={"model": "tt-net", "in_shape": list(in_shape), "hidden_shape": list(hidden),
-                                      "rank_prior": self.rank_prior, "dense_params": self.tt_.in_features * H})
+                                      "rank_prior": self.rank_prior, "dense_params": self.tt_.in_features * H,
+                                      "init": "random" if dense is None else "dense"})
+        if dense is not None:
+            self.history_.meta["compressed_relative_error"] = info["relative_error"]
         Xp = self._prepare(X, xp)
         Y = backend.asarray(np.eye(L, dtype=dtype)[y_idx])  # one-hot, for the recorded loss
         y_dev = backend.asarray(y_idx)
