@@ -9,6 +9,7 @@ the test writes) with its outputs in a temporary directory.
 
 from __future__ import annotations
 
+import json
 import re
 import runpy
 import sys
@@ -139,6 +140,18 @@ def test_example_train_mnist(tmp_path, monkeypatch, mnist_like):
                                     "--n-iter", 1, "--runs-dir", tmp_path / "runs", "--figures-dir", tmp_path / "f"],
                  monkeypatch)
     assert any((tmp_path / "f").rglob("accuracy.png"))
+
+
+def test_example_compress_mlp(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    _run_example("compress_mlp.py", ["--dataset", "digits", "--hidden", 64, "--cores", 3, "--ranks", 1, 4,
+                                     "--sweeps", 1, "--out", tmp_path / "f"], monkeypatch)
+    out = capsys.readouterr().out
+    assert (tmp_path / "f" / "dense_to_tt.png").is_file()
+    table = json.loads((tmp_path / "f" / "dense_to_tt.json").read_text())
+    assert [r["rank"] for r in table["rows"]] == [1, 4] and "| max TT-rank |" in out
+    for row in table["rows"]:  # the sweeps win back what the TT-SVD of a trained dense layer loses
+        assert row["fine_tuned"] > row["compressed"] and row["compression"] > 1
 
 
 def test_example_tt_layer(tmp_path, monkeypatch):

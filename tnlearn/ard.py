@@ -16,12 +16,10 @@ sweep uses it in its two natural places (``../shared/ALGORITHMS.md`` section 4):
 * **the local problem.**  The merged block ``B`` of bond ``j`` has shape
   ``(a, ..., b)``; its outer legs are bonds ``j - 1`` and ``j + 1`` and, in
   this gauge, ``||B[r]||`` and ``||B[..., r]||`` are those bonds' slice weights.
-  The negative log prior per training sample adds
+  The negative log prior per training sample adds a per-slice weighted L2
+  penalty to the mean training loss (``N`` samples, :func:`block_penalty`)::
 
-      P(B) = 1 / (2 N) * ( sum_r ||B[r, ...]||^2 / lambda_{j-1,r} + sum_r ||B[..., r]||^2 / lambda_{j+1,r} )
-
-  to the mean training loss (``N`` samples), a per-slice weighted L2 penalty
-  (:func:`block_penalty`);
+      P(B) = 1 / (2 N) * ( sum_r p_{j-1,r} ||B[r, ...]||^2 + sum_r p_{j+1,r} ||B[..., r]||^2 )
 
 * **the split.**  After the block is cut by SVD, ``B = U diag(s) Vh``, slice
   ``r`` of bond ``j`` has squared weight ``s_r^2`` spread over ``D`` entries
@@ -34,11 +32,18 @@ sweep uses it in its two natural places (``../shared/ALGORITHMS.md`` section 4):
   (:func:`slice_variances`), and slices whose standard deviation fell below
   ``tol`` times the bond's largest are removed (:func:`n_supported`).
 
-Minimising over ``lambda`` the penalty becomes ``D / (2N) * log ||g_r||^2``
-per slice (for ``a = b = 0``): a group-sparsity penalty whose pull on a slice
-grows as the slice shrinks, so slices the data term does not hold up collapse
-and are cut, while the others are barely shrunk.  The first visit of a bond
-(no variance estimated yet) is not penalised.
+Minimising over ``lambda`` the plain ARD penalty (``p = 1 / lambda``) becomes
+``D / (2N) * log ||g_r||^2`` per slice (for ``a = b = 0``): a group-sparsity
+penalty whose pull on a slice grows as the slice shrinks.  On its own that
+penalty has no floor: a layer followed by a ReLU and a dense layer can shrink
+*every* slice by ``c`` and let the next layer grow by ``1 / c`` (the network is
+unchanged, the penalty falls without end), and we measured exactly that: all
+slices shrink together, none is removed and the cross-entropy rises.  The
+precision used is therefore relative to the bond's strongest slice,
+``p_r = 1 / lambda_r - 1 / lambda_max`` (:func:`relative_precisions`): the
+strongest slice is free, the bond's scale stays where the data put it, and
+a slice is pulled to zero in proportion to how much weaker than the strongest
+it is.  The first visit of a bond (no variance estimated yet) is not penalised.
 """
 
 from __future__ import annotations
@@ -91,13 +96,34 @@ def n_supported(variances, tol):
     return max(1, int(np.count_nonzero(np.sqrt(lam / lam[0]) >= tol)))
 
 
+def relative_precisions(variances):
+    """Per-slice precisions relative to the bond's strongest slice: ``1/lambda_r - 1/lambda_max`` (>= 0).
+
+    The strongest slice of a bond is not penalised, so the bond's overall scale
+    stays where the data put it and only the *relative* weight of the other
+    slices is judged; see the module docstring for why (a ReLU network can
+    trade the TT layer's scale for the next layer's).
+
+    Parameters
+    ----------
+    variances : array, shape (r,)
+
+    Returns
+    -------
+    ndarray, shape (r,)
+    """
+    lam = np.maximum(np.asarray(variances, dtype=np.float64), np.finfo(np.float64).tiny)
+    return 1.0 / lam - 1.0 / lam.max()
+
+
 def precision_profile(left, right, ndim, xp=np):
-    """The per-entry prior precision ``1/lambda_left[a] + 1/lambda_right[b]`` of a block, broadcastable.
+    """The per-entry prior precision ``p_left[a] + p_right[b]`` of a block, broadcastable.
 
     Parameters
     ----------
     left, right : array or None
-        Variances of the block's first and last leg (None: that leg is not penalised).
+        Variances of the block's first and last leg (None: that leg is not
+        penalised); turned into precisions by :func:`relative_precisions`.
     ndim : int
         Number of dimensions of the block (first and last are the legs).
     xp : module
@@ -108,9 +134,9 @@ def precision_profile(left, right, ndim, xp=np):
     """
     prec = None
     if left is not None:
-        prec = (1.0 / left).reshape((-1,) + (1,) * (ndim - 1))
+        prec = relative_precisions(left).reshape((-1,) + (1,) * (ndim - 1))
     if right is not None:
-        term = (1.0 / right).reshape((1,) * (ndim - 1) + (-1,))
+        term = relative_precisions(right).reshape((1,) * (ndim - 1) + (-1,))
         prec = term if prec is None else prec + term
     return None if prec is None else xp.asarray(prec)
 
@@ -136,4 +162,4 @@ def block_penalty(block, precision, n_samples):
     return penalty, (weighted / n_samples).astype(block.dtype)
 
 
-__all__ = ["block_penalty", "n_supported", "precision_profile", "slice_variances"]
+__all__ = ["block_penalty", "n_supported", "precision_profile", "relative_precisions", "slice_variances"]

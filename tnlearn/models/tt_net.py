@@ -19,8 +19,12 @@ weight is recorded.
 Every bond update is safeguarded: the training objective over all samples is
 evaluated after the split and the update is undone (and the Adam step halved
 for the rest of the fit) when it rose, so a sweep never raises the recorded
-training loss.  With ``rank_prior="ard"`` the ranks are learned
-(Hawkins & Zhang, :mod:`tnlearn.ard`).
+training loss (the mean cross-entropy).  With ``rank_prior="ard"`` the ranks
+are learned (Hawkins & Zhang, :mod:`tnlearn.ard`): every sweep but the last
+adds the prior's penalty to each bond's objective and cuts the slices it
+rejects, which may raise the cross-entropy a little (fit traded for rank; only
+a doubling is treated as divergence); the last sweep fine-tunes the learned
+ranks on the data alone.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from tnlearn.models import _constraints as C
 from tnlearn.models._base import TNClassifier
 from tnlearn.models._state import check_finite_floats, header_float, header_int
 from tnlearn.models._adam import Adam
-from tnlearn.models._training import divergence, warn_diverged
+from tnlearn.models._training import DIVERGENCE_RISE, divergence, warn_diverged
 from tnlearn.models._validation import check_dtype, check_positive_float, check_positive_int
 from tnlearn.solvers import softmax
 from tnlearn.stages.tt import TTMatrix, check_tt_shapes, factorize, tt_from_dense
@@ -86,6 +90,9 @@ def _dense_layers(init_from, n_features, classes):
     return W1, b1, W2, b2
 
 
+#: Relative rise of the training cross-entropy that counts as divergence in a sweep with the ARD prior,
+#: which may raise the fit on purpose when it cuts slices (the bond steps lower the penalised objective).
+ARD_RISE = 1.0
 #: Hidden units of the default hidden layer, at least.
 MIN_HIDDEN = 256
 #: Adam steps per bond, at least, with ``epochs_per_bond="auto"``.
@@ -117,7 +124,8 @@ class TTNetClassifier(TNClassifier):
         rank slice of a bond, re-estimated at every split, penalises the
         merged block's slices (weighted L2 on the local problem) and slices
         whose standard deviation falls below ``rank_tol`` times the bond's
-        largest are removed.  The maths is in :mod:`tnlearn.ard`.
+        largest are removed; the last sweep fine-tunes the learned ranks
+        without the prior.  The maths is in :mod:`tnlearn.ard`.
     rank_tol : float, default=1e-2
         Relative slice standard deviation below which ``rank_prior="ard"``
         removes a slice.
@@ -301,25 +309,9 @@ class TTNetClassifier(TNClassifier):
         """Mean training cross-entropy of the current network over all samples."""
         return training_loss(self._decision(Xp), Y, "cross_entropy", self._backend.xp)
 
-    def _prior_penalty(self, n_samples):
-        """The ARD prior's part of the recorded loss: ``sum_k sum_r ||g_{k,r}||^2 / (2 N lambda_{k,r})``.
-
-        At the variances' estimates (``a = b = 0``) every kept slice of bond
-        ``k`` adds ``(D_k + 2) / (2 N)``: a parameter count per sample, so a
-        sweep that cuts ranks at a small cost in cross-entropy lowers the
-        recorded loss.  0 without a prior.
-        """
-        if self.rank_prior != "ard":
-            return 0.0
-        total = 0.0
-        for k, lam in enumerate(self.rank_variances_):
-            if lam is not None:
-                total += len(lam) * (self._slice_sizes[k] + 2.0) / (2.0 * n_samples)
-        return total
-
     def _precision(self, bond):
         """The ARD precision profile of ``bond``'s merged block, or None (no prior / legs not yet estimated)."""
-        if self.rank_prior != "ard":
+        if self.rank_prior != "ard" or not self._prior_active:
             return None
         lam = self.rank_variances_
         left = lam[bond - 1] if bond > 0 else None
@@ -334,8 +326,7 @@ class TTNetClassifier(TNClassifier):
         kept = self.tt_.ranks[bond]
         s = np.asarray(info.singular_values[:kept], dtype=np.float64)
         carrier = self.tt_.cores[bond + 1] if direction == "right" else self.tt_.cores[bond]
-        self._slice_sizes[bond] = carrier.size // kept
-        lam = ard.slice_variances(s, self._slice_sizes[bond])
+        lam = ard.slice_variances(s, carrier.size // kept)
         k = ard.n_supported(lam, self.rank_tol) if prune else kept
         if k < kept:  # the split's slices come in decreasing singular value: cutting is truncating
             xp = self._backend.xp
@@ -361,9 +352,11 @@ class TTNetClassifier(TNClassifier):
         before = loss_before + ard.block_penalty(block0, precision, n)[0]
         block, params = self._optimise_bond(bond, block0, precision, Xp, y_dev, rng, adam)
         self.b1_, self.V_, self.b2_ = params
+        if self.rank_prior == "ard" and not self._prior_active:  # fine-tuning: the learned rank is kept
+            truncation = Truncation(min(truncation.max_bond, tt.ranks[bond]), truncation.cutoff)
         info = tt.split(bond, block, direction, truncation)
         if self.rank_prior == "ard":
-            self._estimate_variances(bond, direction, info)
+            self._estimate_variances(bond, direction, info, prune=self._prior_active)
         data_after = self._objective(Xp, Y)
         after = data_after + ard.block_penalty(tt.merge(bond), precision, n)[0]
         if np.isfinite(after) and after <= before:
@@ -437,7 +430,6 @@ class TTNetClassifier(TNClassifier):
             self.V_, self.b2_ = backend.asarray(W2.astype(dtype)), backend.asarray(b2.astype(dtype))
         self.tt_.orthogonalize(0)  # mixed-canonical gauge, centre at core 0, where the first sweep starts
         self.rank_variances_ = [None] * (self.tt_.n_cores - 1)  # ARD: estimated at each bond's first split
-        self._slice_sizes = {}
         self.history_ = History(meta={"model": "tt-net", "in_shape": list(in_shape), "hidden_shape": list(hidden),
                                       "rank_prior": self.rank_prior, "dense_params": self.tt_.in_features * H,
                                       "init": "random" if dense is None else "dense"})
@@ -454,6 +446,8 @@ class TTNetClassifier(TNClassifier):
 
         def one_sweep():
             adam.learning_rate = self.learning_rate * self.lr_decay ** len(self.history_) * step["scale"]
+            # ARD: the last sweep fine-tunes the learned ranks on the data alone (no prior, no cuts)
+            self._prior_active = self.n_sweeps == 1 or len(self.history_) < self.n_sweeps - 1
             t0 = time.perf_counter()
             bar = None
             if self.verbose >= 2:
@@ -492,9 +486,10 @@ class TTNetClassifier(TNClassifier):
         """Append the sweep's record and return it; None (after a warning) when the sweep diverged."""
         xp = self._backend.xp
         f = self._decision(Xp)
-        data_loss = training_loss(f, Y, "cross_entropy", xp)
-        loss = data_loss + self._prior_penalty(Xp.shape[0])
-        reason = divergence(self._last_loss(), loss)
+        loss = training_loss(f, Y, "cross_entropy", xp)
+        # the ARD prior trades some fit for rank on purpose: there, only a doubling counts as divergence
+        reason = divergence(self._last_loss(), loss, ARD_RISE if self._prior_active and self.rank_prior else
+                            DIVERGENCE_RISE)
         if reason is not None:
             warn_diverged(type(self).__name__, len(self.history_) + 1, reason,
                           "lower learning_rate (e.g. learning_rate=1e-3) or use dtype='float64'")
@@ -506,7 +501,7 @@ class TTNetClassifier(TNClassifier):
             test_acc = float(np.mean(self.classes_[np.argmax(scores, axis=1)] == eval_data[1]))
         record = SweepRecord.from_splits(
             len(self.history_) + 1, loss, train_acc, test_acc, errors, self.tt_.ranks, seconds,
-            rejected_updates=rejected, data_loss=data_loss, tt_ranks=self.tt_.ranks,
+            rejected_updates=rejected, data_loss=loss, tt_ranks=self.tt_.ranks,
             compression=float(self.tt_.compression), n_params=self.tt_.n_params,
         )
         self.history_.append(record)
