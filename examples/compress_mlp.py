@@ -51,29 +51,37 @@ def compressed_accuracy(mlp, in_shape, hidden_shape, rank, X, y):
 
 
 def plot(rows, dense_acc, path, title):
+    """Two panels: every curve on the full accuracy range, and a zoom on the trained ones."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     comp = [r["compression"] for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.axhline(100 * dense_acc, color="k", lw=1, ls=":", label="dense MLP")
-    ax.plot(comp, [100 * r["compressed"] for r in rows], "s--", color="C1", label="TT-SVD of the dense layer")
-    ax.plot(comp, [100 * r["fine_tuned"] for r in rows], "o-", color="C0", label="... then fine-tuned by sweeps")
-    if all("scratch" in r for r in rows):
-        ax.plot(comp, [100 * r["scratch"] for r in rows], "^-.", color="C2", label="TT-net from random cores")
-    for r in rows:
-        ax.annotate(f"r={r['rank']}", (r["compression"], 100 * r["fine_tuned"]), textcoords="offset points",
-                    xytext=(0, 6), ha="center", fontsize=8)
-    ax.set_xscale("log")
-    ax.set_xlabel("compression of the hidden layer (dense / TT parameters)")
-    ax.set_ylabel("test accuracy (%)")
-    low = min(min(100 * r["fine_tuned"] for r in rows), 100 * dense_acc) - 5
-    ax.set_ylim(max(low, min(100 * r["compressed"] for r in rows) - 2), 100 * dense_acc + 2)
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower left")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, zoom in zip(axes, (False, True)):
+        ax.axhline(100 * dense_acc, color="k", lw=1, ls=":", label="dense MLP")
+        if not zoom:
+            ax.plot(comp, [100 * r["compressed"] for r in rows], "s--", color="C1",
+                    label="TT-SVD of the dense layer (no training)")
+        ax.plot(comp, [100 * r["fine_tuned"] for r in rows], "o-", color="C0", label="TT-SVD, then sweeps")
+        if all("scratch" in r for r in rows):
+            ax.plot(comp, [100 * r["scratch"] for r in rows], "^-.", color="C2", label="sweeps from random cores")
+        for r in rows:
+            ax.annotate(f"r={r['rank']}", (r["compression"], 100 * r["fine_tuned"]), textcoords="offset points",
+                        xytext=(0, -12), ha="center", fontsize=8)
+        ax.set_xscale("log")
+        ax.set_xlabel("compression of the hidden layer (dense / TT parameters)")
+        ax.set_ylabel("test accuracy (%)")
+        if zoom:
+            trained = [100 * r[k] for r in rows for k in ("fine_tuned", "scratch") if k in r]
+            ax.set_ylim(min(trained) - 1.5, 100 * dense_acc + 1)
+            ax.set_title("zoom: trained networks", fontsize=9)
+        else:
+            ax.set_ylim(0, 100)
+            ax.set_title(title, fontsize=9)
+            ax.legend(fontsize=8, loc="lower left")
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
@@ -91,7 +99,17 @@ def main(argv=None):
     p.add_argument("--scratch", action="store_true", help="also train each rank from random cores")
     p.add_argument("--out", default="figures", help="directory of the figure and the JSON table")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--plot-only", metavar="JSON", default=None,
+                   help="redraw OUT/dense_to_tt.png from a dense_to_tt.json written earlier, and exit")
     args = p.parse_args(argv)
+    if args.plot_only:
+        with open(args.plot_only) as fh:
+            saved = json.load(fh)
+        title = (f"{saved['dataset']}: dense MLP ({saved['hidden']} hidden) -> TT layer "
+                 f"({saved['n_train']:,} training images)")
+        os.makedirs(args.out, exist_ok=True)
+        plot(saved["rows"], saved["dense_accuracy"], os.path.join(args.out, "dense_to_tt.png"), title)
+        return 0
 
     from sklearn.neural_network import MLPClassifier
 
@@ -144,8 +162,7 @@ def main(argv=None):
         print(f"| {r['rank']} | {r['tt_params']:,} | {r['compression']:.0f}x | {100 * r['compressed']:.2f}% | "
               f"{100 * r['fine_tuned']:.2f}% |{extra}")
     os.makedirs(args.out, exist_ok=True)
-    title = (f"{ds.name}: dense {X.shape[1]}-{args.hidden}-{len(mlp.classes_)} MLP -> TT layer "
-             f"({len(y):,} training images)")
+    title = f"{ds.name}: dense MLP ({args.hidden} hidden) -> TT layer ({len(y):,} training images)"
     plot(rows, dense_acc, os.path.join(args.out, "dense_to_tt.png"), title)
     with open(os.path.join(args.out, "dense_to_tt.json"), "w") as fh:
         json.dump({"dataset": ds.name, "n_train": len(y), "dense_accuracy": dense_acc, "hidden": args.hidden,

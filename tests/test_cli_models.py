@@ -109,3 +109,22 @@ def test_python_defaults_are_the_command_lines():
     assert (tt.max_rank, tt.n_cores, tt.n_sweeps, tt.epochs_per_bond, tt.learning_rate, tt.lr_decay) == (
         args.tt_rank, args.tt_cores, args.sweeps, args.epochs_per_bond, args.learning_rate, args.lr_decay)
     assert (mps.max_bond, mps.n_sweeps, mps.cutoff) == (args.bond_dim, args.sweeps, args.cutoff)
+
+
+def test_tt_net_automatic_rank_from_the_cli(tmp_path, capsys):
+    out = tmp_path / "auto"
+    argv = ["train", "--dataset", "digits", "--model", "tt-net", "--tt-rank", "auto", "--tt-max-rank", "8",
+            "--sweeps", "2", "--out", str(out)]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "TT-rank auto (<= 8)" in text
+    model = load_model(out)
+    assert model.rank_prior == "ard" and model.max_rank == 8 and max(model.tt_.ranks) <= 8
+    history = json.loads((out / "history.json").read_text())
+    for record in history:  # every record carries the ranks found and the compression
+        assert len(record["tt_ranks"]) == 4 and record["compression"] > 1 and record["n_params"] > 0
+    assert history[-1]["tt_ranks"] == model.tt_.ranks
+    assert (out / "ranks.png").is_file()
+    assert main(["train", "--dataset", "digits", "--model", "tt-net", "--tt-rank", "many", "--out",
+                 str(tmp_path / "x")]) == 2
+    assert "must be an integer >= 1 or 'auto', got many" in capsys.readouterr().err

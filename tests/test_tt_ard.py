@@ -75,7 +75,7 @@ def test_default_schedule_and_width_learn_the_small_digits(digits_split):
     # 1,347 samples = 11 minibatches: "auto" gives each bond 100 Adam steps, not 5
     assert clf._steps_per_bond(len(X_tr)) == MIN_STEPS_PER_BOND
     assert clf._steps_per_bond(60000) == round(0.5 * 60000 / 128)
-    assert clf.tt_.out_features == 256  # the default hidden layer has at least 256 units
+    assert clf.tt_.out_features == 256  # the default hidden layer: 4 x the 64 inputs
     assert clf.score(X_te, y_te) >= 0.97
     rec = clf.history_[-1]
     assert rec.tt_ranks == clf.tt_.ranks and rec.compression == pytest.approx(clf.compression_)
