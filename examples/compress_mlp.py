@@ -75,7 +75,7 @@ def plot(rows, dense_acc, path, title):
         ax.set_ylabel("test accuracy (%)")
         if zoom:
             trained = [100 * r[k] for r in rows for k in ("fine_tuned", "scratch") if k in r]
-            ax.set_ylim(min(trained) - 1.5, 100 * dense_acc + 1)
+            ax.set_ylim(min(trained) - 1.5, max(trained + [100 * dense_acc]) + 1)
             ax.set_title("zoom: trained networks", fontsize=9)
         else:
             ax.set_ylim(0, 100)

@@ -77,8 +77,9 @@ def test_plot_compares_model_kinds(run, tmp_path, capsys):
 )
 def test_status_line_describes_the_model(model, extra, layout, tmp_path, capsys):
     """The line before training says what the model makes of the images (not "64 sites" for every model)."""
-    argv = ["train", "--dataset", "digits", "--model", model, "--sweeps", "1", "--bond-dim", "4", "--n-train", "100",
-            "--out", str(tmp_path / "run")] + extra
+    size = [] if model == "tt-net" else ["--bond-dim", "4"]  # tt-net has TT-ranks (--tt-rank), not a bond dimension
+    argv = ["train", "--dataset", "digits", "--model", model, "--sweeps", "1", "--n-train", "100",
+            "--out", str(tmp_path / "run")] + size + extra
     assert main(argv) == 0
     status = capsys.readouterr().out.splitlines()[0]
     assert status == f"digits: 100 train / 450 test {layout}"
@@ -90,6 +91,10 @@ def test_status_line_describes_the_model(model, extra, layout, tmp_path, capsys)
         (["--model", "conv-mps", "--order", "zigzag"], "--order zigzag would scramble the image patches"),
         (["--model", "tt-net", "--loss", "cross_entropy"], "--loss only applies to --model mps; tt-net trains with cross-entropy"),
         (["--model", "conv-mps", "--solver", "cg", "--truncation", "svd"], "--solver, --truncation only apply to --model mps; conv-mps's head uses gd"),
+        (["--tt-rank", "8"], "--tt-rank only applies to --model tt-net, and this run is --model mps: add --model tt-net"),
+        (["--model", "conv-mps", "--tt-max-rank", "8", "--lr-decay", "0.5"], "--tt-max-rank, --lr-decay only apply to --model tt-net"),
+        (["--model", "tt-net", "--channels", "2"], "--channels only applies to --model conv-mps, and this run is --model tt-net"),
+        (["--model", "tt-net", "--bond-dim", "8"], "--model tt-net has TT-ranks: use --tt-rank R"),
     ],
 )
 def test_options_that_do_not_apply_are_refused(extra, message, tmp_path, capsys):

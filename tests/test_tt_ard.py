@@ -176,5 +176,12 @@ def test_init_from_bad_networks(digits_split):
         TTNetClassifier().fit(X, y, init_from=(np.zeros((60, 8)), np.zeros(8), np.zeros((8, 10)), np.zeros(10)))
     with pytest.raises(ValueError, match="a fitted MLPClassifier or a tuple"):
         TTNetClassifier().fit(X, y, init_from="mlp")
-    with pytest.raises(ValueError, match="trained on classes"):
+    with pytest.raises(ValueError, match="has 100 units: pass hidden_shape with 5 factors whose product is 100, "
+                                         "e.g. hidden_shape=\\(5, 5, 2, 2, 1\\)"):
+        TTNetClassifier().fit(X, y, init_from=MLPClassifier(hidden_layer_sizes=(100,), max_iter=5).fit(X, y))
+    from sklearn.neural_network import MLPRegressor
+
+    with pytest.raises(ValueError, match="init_from: MLPRegressor is not a classifier; pass a fitted MLPClassifier"):
+        TTNetClassifier().fit(X, y, init_from=MLPRegressor(hidden_layer_sizes=(16,), max_iter=5).fit(X, y))
+    with pytest.raises(ValueError, match="trained on classes .* fit it on the same labels"):
         TTNetClassifier().fit(X, (y + 1), init_from=MLPClassifier(hidden_layer_sizes=(16,), max_iter=5).fit(X, y))

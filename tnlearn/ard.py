@@ -11,7 +11,7 @@ In a two-site sweep the network is kept in mixed-canonical gauge: every core
 but the merged centre block is orthonormal, so the whole weight of slice ``r``
 of a bond sits in one core (the other half has unit norm per slice and carries
 no information).  The prior therefore acts on the non-orthonormal half, and the
-sweep uses it in its two natural places (``../shared/ALGORITHMS.md`` section 4):
+sweep uses it in its two natural places:
 
 * **the local problem.**  The merged block ``B`` of bond ``j`` has shape
   ``(a, ..., b)``; its outer legs are bonds ``j - 1`` and ``j + 1`` and, in

@@ -164,9 +164,34 @@ def _train_comm(choice):
     return get_comm("mpi" if choice == "mpi" else None)
 
 
+#: Options that belong to one model, with their defaults: given to another model, they are an error.
+MODEL_OPTIONS = {
+    "conv-mps": {"patch": 2, "channels": 4, "conv_bond": None},
+    "tt-net": {"tt_rank": 4, "tt_max_rank": 16, "tt_cores": 5, "epochs_per_bond": "auto", "learning_rate": 2e-3,
+               "lr_decay": 1.0},
+}
+
+
+def _foreign_options(args, model):
+    """Refuse options of another model (they would be ignored without a word)."""
+    for owner, options in MODEL_OPTIONS.items():
+        if owner == model:
+            continue
+        changed = [f"--{k.replace('_', '-')}" for k, default in options.items()
+                   if getattr(args, k, default) != default]
+        if changed:
+            one = len(changed) == 1
+            raise ValueError(f"{', '.join(changed)} only appl{'ies' if one else 'y'} to --model {owner}, and this "
+                             f"run is --model {model}: add --model {owner} or drop {'it' if one else 'them'}")
+    if model == "tt-net" and getattr(args, "bond_dim", 16) != 16:
+        raise ValueError("--bond-dim sets the MPS's bond dimension; --model tt-net has TT-ranks: use --tt-rank R "
+                         "(or --tt-rank auto) and drop --bond-dim")
+
+
 def _staged_model_checks(args):
     """What the conv-mps and tt-net models do not support (yet), as errors that name the way out."""
     model = getattr(args, "model", "mps")
+    _foreign_options(args, model)
     if model == "mps":
         return
     if args.resume:

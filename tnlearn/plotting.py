@@ -288,10 +288,13 @@ def plot_ranks(histories, labels=None, ax=None):
         color = f"C{i % 10}"
         sweeps = [r.sweep for r in rows]
         ranks = np.array([r.tt_ranks for r in rows])
-        for b in range(ranks.shape[1]):
-            ax.plot(sweeps, ranks[:, b], "-", marker=".", color=color, lw=1, alpha=0.4 + 0.6 * (b + 1) / ranks.shape[1],
-                    label=f"{label}: ranks" if b == 0 and label else ("ranks" if b == 0 else None))
-        twin.plot(sweeps, [r.compression for r in rows], "--s", color=color, lw=2, ms=4,
+        single = len(histories) == 1
+        markers = "o^sDv<>p*h"
+        for b in range(ranks.shape[1]):  # one run: a colour per bond; several: a colour per run, a marker per bond
+            ax.plot(sweeps, ranks[:, b], "-", marker=markers[b % len(markers)], ms=4, lw=1,
+                    color=f"C{(b + 1) % 10}" if single else color,
+                    label=f"bond {b + 1}" if single else f"{label}: bond {b + 1}")
+        twin.plot(sweeps, [r.compression for r in rows], "--", color="k" if single else color, lw=2,
                   label=f"{label}: compression" if label else "compression")
         drawn = True
     if not drawn:

@@ -52,10 +52,29 @@ from tnlearn.sweeps import bond_sequence, training_loss
 from tnlearn.truncation import Truncation, check_truncation_args
 
 
+def _split_factors(n, k):
+    """``n`` as ``k`` integer factors (prime factors dealt largest first onto the smallest factor)."""
+    primes, m, p = [], n, 2
+    while m > 1 and p * p <= m:
+        while m % p == 0:
+            primes.append(p)
+            m //= p
+        p += 1
+    if m > 1:
+        primes.append(m)
+    factors = [1] * k
+    for q in sorted(primes, reverse=True):
+        factors[factors.index(min(factors))] *= q
+    return tuple(sorted(factors, reverse=True))
+
+
 def _dense_layers(init_from, n_features, classes):
     """``(W1, b1, W2, b2)`` (float64) of a one-hidden-layer ReLU network, checked against the data."""
     if hasattr(init_from, "coefs_"):  # a fitted MLPClassifier
         name = type(init_from).__name__
+        if not hasattr(init_from, "classes_"):
+            raise ValueError(f"init_from: {name} is not a classifier; pass a fitted MLPClassifier (or the layers "
+                             "(W1, b1, W2, b2) of a softmax classifier)")
         if len(init_from.coefs_) != 2:
             raise ValueError(f"init_from: the {name} has {len(init_from.coefs_) - 1} hidden layers; a TT-net "
                              "replaces exactly one (hidden_layer_sizes=(H,))")
@@ -67,8 +86,8 @@ def _dense_layers(init_from, n_features, classes):
                              "a TT-net starts from a softmax output layer, i.e. >= 3 classes")
         mlp_classes = getattr(init_from, "classes_", None)
         if mlp_classes is not None and not np.array_equal(np.asarray(mlp_classes), classes):
-            raise ValueError(f"init_from: the {name} was trained on classes {list(mlp_classes)}, y has "
-                             f"{list(classes)}")
+            raise ValueError(f"init_from: the {name} was trained on classes {[str(c) for c in mlp_classes]} "
+                             f"but y has {[str(c) for c in classes]}; fit it on the same labels as this model")
         layers = (init_from.coefs_[0], init_from.intercepts_[0], init_from.coefs_[1], init_from.intercepts_[1])
     else:
         try:
@@ -119,7 +138,8 @@ class TTNetClassifier(TNClassifier):
         1.7 points on Fashion-MNIST at rank 4 (``benchmarks/bench_tt.py``).
     max_rank : int, default=4
         Maximum TT-rank (the ``max_bond`` of every split); with
-        ``rank_prior="ard"`` the starting (and largest) rank, e.g. 16.
+        ``rank_prior="ard"`` the starting (and largest) rank: pass a generous
+        one, e.g. ``max_rank=16`` (``tnlearn train --tt-rank auto`` does).
     cutoff : float, default=0.0
         Relative discarded weight allowed at each split (``cutoff_mode="rsum2"``).
     rank_prior : {None, "ard"}, default=None
@@ -239,9 +259,10 @@ class TTNetClassifier(TNClassifier):
             width = max(HIDDEN_FACTOR * math.prod(in_shape), MIN_HIDDEN) if n_hidden is None else n_hidden
             hidden = factorize(width, len(in_shape))
         if n_hidden is not None and math.prod(hidden) != n_hidden:
+            given = "" if self.hidden_shape is None else f" but hidden_shape={tuple(hidden)} holds {math.prod(hidden)}"
             raise ValueError(
-                f"the dense hidden layer has {n_hidden} units but hidden_shape={tuple(hidden)} holds "
-                f"{math.prod(hidden)}: pass hidden_shape with product {n_hidden} (e.g. factors of it, one per core)"
+                f"the dense hidden layer has {n_hidden} units{given}: pass hidden_shape with {len(in_shape)} factors "
+                f"whose product is {n_hidden}, e.g. hidden_shape={_split_factors(n_hidden, len(in_shape))}"
             )
         if self.hidden_shape is not None and len(tuple(hidden)) != len(tuple(in_shape)):
             raise ValueError(
@@ -407,7 +428,8 @@ class TTNetClassifier(TNClassifier):
             TT-SVD (:func:`~tnlearn.stages.tt.tt_from_dense`, ``max_rank``,
             ``cutoff``) and the sweeps fine-tune it (Novikov et al. 2015: a
             trained dense layer turned into a TT layer).  ``prod(hidden_shape)``
-            must equal ``H`` (default: the power-of-two factorisation of ``H``).
+            must equal ``H`` (default: the power-of-two factorisation of ``H``;
+            for other widths pass ``hidden_shape``, the error suggests one).
 
         Returns
         -------
