@@ -48,6 +48,7 @@ CANDIDATES = {
     "ard16": {"max_rank": 16, "rank_prior": "ard"},
     "ard16-tol05": {"max_rank": 16, "rank_prior": "ard", "rank_tol": 0.05},
     "lr-decay": {"lr_decay": 0.5},
+    "hidden-ends": {"hidden_shape": (8, 4, 4, 4, 8)},  # 28x28 only: the 4096 hidden units' larger factors at the ends
     "old-default": {"epochs_per_bond": 0.5, "hidden": "input"},  # before the schedule / width fix
     "mlp": None,
 }
