@@ -130,6 +130,20 @@ def load(name, data_dir=None):
 DATASETS = ("digits8", "digits14", "fashion8k", "fashion8k-border", "fashion60k", "synthetic")
 
 
+def read_runs(path):
+    """The runs already in a JSON-lines file (one dict per line), or [] when there is no file."""
+    if not path or not Path(path).exists():
+        return []
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def append_run(path, row):
+    """Append one run to a JSON-lines file (nothing when ``path`` is None): a long protocol resumes from it."""
+    if path:
+        with open(path, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+
 def faults(accs, losses, rise=0.01, drop=0.01):
     """``(loss rises > rise, accuracy drops > drop)`` counted over consecutive sweeps."""
     n_rise = sum(1 for a, b in zip(losses, losses[1:]) if b > a * (1 + rise))
@@ -205,9 +219,7 @@ def main(argv=None):
         for name, kw in CANDIDATES.items():
             print(f"{name:16s} {kw}")
         return 0
-    done = []
-    if args.json and Path(args.json).exists():
-        done = [json.loads(line) for line in Path(args.json).read_text().splitlines() if line.strip()]
+    done = read_runs(args.json)
     if args.table_only:
         print(table(done))
         return 0
@@ -232,9 +244,7 @@ def main(argv=None):
                     print(f"{name} m={bond} {cand} seed={seed}: test "
                           f"{' / '.join(f'{100 * a:.1f}' for a in r['test_accuracy'])}  loss "
                           f"{' / '.join(f'{v:.4g}' for v in r['loss'])}  {r['seconds']:.0f} s", flush=True)
-                    if args.json:
-                        with open(args.json, "a") as fh:
-                            fh.write(json.dumps(r) + "\n")
+                    append_run(args.json, r)
     print()
     print(table(rows))
     return 0

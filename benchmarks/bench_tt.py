@@ -27,7 +27,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 import warnings
@@ -36,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_defaults import _digits  # noqa: E402  (same digits splits as the MPS protocol)
+from bench_defaults import _digits, append_run, read_runs  # noqa: E402  (same digits splits and run log)
 
 #: Candidates: TTNetClassifier keyword arguments on top of its defaults ("mlp": the dense baseline).
 CANDIDATES = {
@@ -150,9 +149,7 @@ def main(argv=None):
     p.add_argument("--table-only", action="store_true", help="print the table of --json's runs and exit")
     args = p.parse_args(argv)
 
-    done = []
-    if args.json and Path(args.json).exists():
-        done = [json.loads(line) for line in Path(args.json).read_text().splitlines() if line.strip()]
+    done = read_runs(args.json)
     if args.table_only:
         print(table(done))
         return 0
@@ -173,9 +170,7 @@ def main(argv=None):
                 accs = " / ".join(f"{100 * a:.1f}" for a in row["test_accuracy"])
                 print(f"{name} {candidate} seed={seed}: test {accs}  ranks {row['tt_ranks']}  "
                       f"compression {row['compression']:.0f}x  {row['seconds']:.0f} s", flush=True)
-                if args.json:
-                    with open(args.json, "a") as fh:
-                        fh.write(json.dumps(row) + "\n")
+                append_run(args.json, row)
     print(table([r for r in rows if r["dataset"] in args.datasets and r["candidate"] in args.candidates]))
     return 0
 

@@ -141,6 +141,14 @@ def precision_profile(left, right, ndim, xp=np):
     return None if prec is None else xp.asarray(prec)
 
 
+def penalty_gradient(block, precision, n_samples):
+    """``precision * B / N``, the gradient of :func:`block_penalty` (no reduction: no device sync).
+
+    The per-step part of the penalty, for the Adam loop of a bond.
+    """
+    return (precision * block / n_samples).astype(block.dtype)
+
+
 def block_penalty(block, precision, n_samples):
     """``P(B) = sum(precision * B**2) / (2 N)`` and its gradient ``precision * B / N``.
 
@@ -157,9 +165,9 @@ def block_penalty(block, precision, n_samples):
     """
     if precision is None:
         return 0.0, block * 0
-    weighted = precision * block
-    penalty = float((weighted * block).sum()) / (2.0 * n_samples)
-    return penalty, (weighted / n_samples).astype(block.dtype)
+    penalty = float((precision * block * block).sum()) / (2.0 * n_samples)
+    return penalty, penalty_gradient(block, precision, n_samples)
 
 
-__all__ = ["block_penalty", "n_supported", "precision_profile", "relative_precisions", "slice_variances"]
+__all__ = ["block_penalty", "n_supported", "penalty_gradient", "precision_profile", "relative_precisions",
+           "slice_variances"]

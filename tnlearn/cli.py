@@ -164,26 +164,25 @@ def _train_comm(choice):
     return get_comm("mpi" if choice == "mpi" else None)
 
 
-#: Options that belong to one model, with their defaults: given to another model, they are an error.
+#: Options that belong to one model: set away from their default for another model, they are an error.
 MODEL_OPTIONS = {
-    "conv-mps": {"patch": 2, "channels": 4, "conv_bond": None},
-    "tt-net": {"tt_rank": 4, "tt_max_rank": 16, "tt_cores": 5, "epochs_per_bond": "auto", "learning_rate": 2e-3,
-               "lr_decay": 1.0},
+    "conv-mps": ("patch", "channels", "conv_bond"),
+    "tt-net": ("tt_rank", "tt_max_rank", "tt_cores", "epochs_per_bond", "learning_rate", "lr_decay"),
 }
 
 
 def _foreign_options(args, model):
     """Refuse options of another model (they would be ignored without a word)."""
+    defaults = vars(build_parser().parse_args(["train", "--out", "."]))  # the parser's defaults, said once
     for owner, options in MODEL_OPTIONS.items():
         if owner == model:
             continue
-        changed = [f"--{k.replace('_', '-')}" for k, default in options.items()
-                   if getattr(args, k, default) != default]
+        changed = [f"--{k.replace('_', '-')}" for k in options if getattr(args, k, defaults[k]) != defaults[k]]
         if changed:
             one = len(changed) == 1
             raise ValueError(f"{', '.join(changed)} only appl{'ies' if one else 'y'} to --model {owner}, and this "
                              f"run is --model {model}: add --model {owner} or drop {'it' if one else 'them'}")
-    if model == "tt-net" and getattr(args, "bond_dim", 16) != 16:
+    if model == "tt-net" and getattr(args, "bond_dim", defaults["bond_dim"]) != defaults["bond_dim"]:
         raise ValueError("--bond-dim sets the MPS's bond dimension; --model tt-net has TT-ranks: use --tt-rank R "
                          "(or --tt-rank auto) and drop --bond-dim")
 

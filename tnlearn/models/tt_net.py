@@ -357,7 +357,7 @@ class TTNetClassifier(TNClassifier):
             pos += len(idx)
             dblock, db1, dV, db2 = self._batch_gradients(Xp[idx], y_dev[idx], block, bond, params)
             if precision is not None:
-                dblock = dblock + ard.block_penalty(block, precision, n)[1]
+                dblock = dblock + ard.penalty_gradient(block, precision, n)
             block = adam.step("block", block, dblock)
             params = [adam.step(name, p, g) for name, p, g in zip(("b1", "V", "b2"), params, (db1, dV, db2))]
         return block, params
@@ -375,11 +375,13 @@ class TTNetClassifier(TNClassifier):
         right = lam[bond + 1] if bond + 1 < len(lam) else None
         return ard.precision_profile(left, right, 6, self._backend.xp)
 
-    def _estimate_variances(self, bond, direction, info, prune=True):
-        """Re-estimate bond ``bond``'s slice variances from its split and (``prune``) cut the slices ARD rejects.
+    @staticmethod
+    def _penalty(block, precision, n):
+        """The ARD penalty of a block, 0 without one."""
+        return 0.0 if precision is None else ard.block_penalty(block, precision, n)[0]
 
-        Returns the number of slices removed.
-        """
+    def _estimate_variances(self, bond, direction, info, prune=True):
+        """Re-estimate bond ``bond``'s slice variances from its split and (``prune``) cut the slices ARD rejects."""
         kept = self.tt_.ranks[bond]
         s = np.asarray(info.singular_values[:kept], dtype=np.float64)
         carrier = self.tt_.cores[bond + 1] if direction == "right" else self.tt_.cores[bond]
@@ -390,7 +392,6 @@ class TTNetClassifier(TNClassifier):
             self.tt_.cores[bond] = xp.ascontiguousarray(self.tt_.cores[bond][..., :k])
             self.tt_.cores[bond + 1] = xp.ascontiguousarray(self.tt_.cores[bond + 1][:k])
         self.rank_variances_[bond] = lam[:k]
-        return kept - k
 
     def _update_bond(self, bond, direction, Xp, Y, y_dev, rng, adam, truncation, loss_before):
         """One safeguarded two-site update; returns ``(split info, loss after, accepted)``.
@@ -406,7 +407,7 @@ class TTNetClassifier(TNClassifier):
         precision = self._precision(bond)
         n = Xp.shape[0]
         block0 = tt.merge(bond)
-        before = loss_before + ard.block_penalty(block0, precision, n)[0]
+        before = loss_before + self._penalty(block0, precision, n)
         block, params = self._optimise_bond(bond, block0, precision, Xp, y_dev, rng, adam)
         self.b1_, self.V_, self.b2_ = params
         if self.rank_prior == "ard" and not self._prior_active:  # fine-tuning: the learned rank is kept
@@ -415,7 +416,7 @@ class TTNetClassifier(TNClassifier):
         if self.rank_prior == "ard":
             self._estimate_variances(bond, direction, info, prune=self._prior_active)
         data_after = self._objective(Xp, Y)
-        after = data_after + ard.block_penalty(tt.merge(bond), precision, n)[0]
+        after = data_after + (0.0 if precision is None else self._penalty(tt.merge(bond), precision, n))
         if np.isfinite(after) and after <= before:
             return info, data_after, True
         tt.cores[bond], tt.cores[bond + 1] = old_cores
