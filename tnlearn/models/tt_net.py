@@ -167,8 +167,9 @@ class TTNetClassifier(TNClassifier):
         rank slice of a bond, re-estimated at every split, penalises the
         merged block's slices (weighted L2 on the local problem) and slices
         whose standard deviation falls below ``rank_tol`` times the bond's
-        largest are removed; the last sweep fine-tunes the learned ranks
-        without the prior.  The maths is in :mod:`tnlearn.ard`.
+        largest are removed.  Ranks only shrink (a removed slice has infinite
+        precision and does not come back); the last sweep fine-tunes the
+        learned ranks without the prior.  The maths is in :mod:`tnlearn.ard`.
     rank_tol : float, default=1e-2
         Relative slice standard deviation below which ``rank_prior="ard"``
         removes a slice.
@@ -410,7 +411,7 @@ class TTNetClassifier(TNClassifier):
         before = loss_before + self._penalty(block0, precision, n)
         block, params = self._optimise_bond(bond, block0, precision, Xp, y_dev, rng, adam)
         self.b1_, self.V_, self.b2_ = params
-        if self.rank_prior == "ard" and not self._prior_active:  # fine-tuning: the learned rank is kept
+        if self.rank_prior == "ard":  # ARD only removes slices: a pruned slice has infinite precision
             truncation = Truncation(min(truncation.max_bond, tt.ranks[bond]), truncation.cutoff)
         info = tt.split(bond, block, direction, truncation)
         if self.rank_prior == "ard":
