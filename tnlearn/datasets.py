@@ -196,10 +196,10 @@ def _assemble(name: str, paths) -> Dataset:
     images = []
     for p, X in zip(paths[::2], arrays[::2]):
         lo, hi = (0, 255) if np.issubdtype(X.dtype, np.integer) else (0.0, 1.0)
-        if X.size and (X.min() < lo or X.max() > hi):
+        if X.dtype != np.uint8 and X.size and (X.min() < lo or X.max() > hi):  # uint8 cannot leave [0, 255]
             raise _bad(p, f"pixel values must lie in [{lo}, {hi}] for dtype {X.dtype}")
-        X = X.astype(np.float32)
-        images.append(X / np.float32(255) if hi == 255 else X)
+        # one pass and one allocation (the same float32 bits as astype, then / 255)
+        images.append(np.divide(X, np.float32(255), dtype=np.float32) if hi == 255 else X.astype(np.float32))
     return Dataset(images[0], arrays[1].astype(np.int64), images[1],
                    arrays[3].astype(np.int64), name, tuple(arrays[0].shape[1:]))
 
@@ -637,10 +637,10 @@ def load_dataset(name, data_dir=None, pool=None, n_train=None, random_state=0,
         ds = loader(data_dir=data_dir, cache_dir=cache_dir, download=download)
     pool = (1 if key in ("digits", "cifar10") else 2) if pool is None else int(pool)
     X_tr, y_tr, X_te = ds.X_train, ds.y_train, ds.X_test
+    if n_train is not None:  # the subset depends on the labels only: pool just the images kept
+        X_tr, y_tr = subsample(X_tr, y_tr, n_train, random_state)
     if pool != 1:
         X_tr, X_te = avg_pool(X_tr, pool), avg_pool(X_te, pool)
-    if n_train is not None:
-        X_tr, y_tr = subsample(X_tr, y_tr, n_train, random_state)
     return Dataset(X_tr, y_tr, X_te, ds.y_test, key, tuple(X_tr.shape[1:]))
 
 
