@@ -3,6 +3,7 @@
 import json
 import sys
 
+import numpy as np
 import pytest
 
 from tnlearn.cli import main
@@ -92,7 +93,7 @@ def test_status_line_describes_the_model(model, extra, layout, tmp_path, capsys)
         (["--model", "tt-net", "--loss", "cross_entropy"], "--loss only applies to --model mps; tt-net trains with cross-entropy"),
         (["--model", "conv-mps", "--solver", "cg", "--truncation", "svd"], "--solver, --truncation only apply to --model mps; conv-mps's head uses gd"),
         (["--tt-rank", "8"], "--tt-rank only applies to --model tt-net, and this run is --model mps: add --model tt-net"),
-        (["--model", "conv-mps", "--tt-max-rank", "8", "--lr-decay", "0.5"], "--tt-max-rank, --lr-decay only apply to --model tt-net"),
+        (["--model", "conv-mps", "--tt-max-rank", "12", "--lr-decay", "0.5"], "--tt-max-rank, --lr-decay only apply to --model tt-net"),
         (["--model", "tt-net", "--channels", "2"], "--channels only applies to --model conv-mps, and this run is --model tt-net"),
         (["--model", "tt-net", "--bond-dim", "8"], "--model tt-net has TT-ranks: use --tt-rank R"),
     ],
@@ -133,3 +134,17 @@ def test_tt_net_automatic_rank_from_the_cli(tmp_path, capsys):
     assert main(["train", "--dataset", "digits", "--model", "tt-net", "--tt-rank", "many", "--out",
                  str(tmp_path / "x")]) == 2
     assert "must be an integer >= 1 or 'auto', got many" in capsys.readouterr().err
+
+
+def test_automatic_rank_starts_where_a_28x28_tt_layer_stays_1000x_smaller():
+    """--tt-rank auto starts at --tt-max-rank 8: at most rank 8, the default 28x28 layer is >= 1,000x compressed."""
+    from tnlearn.cli import build_parser
+    from tnlearn.models import TTNetClassifier
+    from tnlearn.stages.tt import TTMatrix
+
+    args = build_parser().parse_args(["train", "--model", "tt-net", "--tt-rank", "auto"])
+    assert args.tt_max_rank == 8
+    in_shape, hidden = TTNetClassifier()._shapes(28 * 28)
+    rng = np.random.default_rng(0)
+    assert TTMatrix.random(in_shape, hidden, 8, rng).compression >= 1000
+    assert TTMatrix.random(in_shape, hidden, 9, rng).compression < 1000  # 8 is the largest such rank

@@ -592,8 +592,9 @@ def build_parser():
     g.add_argument("--tt-rank", type=_rank_or_auto, default=4, metavar="R",
                    help="max TT-rank, or 'auto': ranks learned from --tt-max-rank down by a Bayesian low-rank "
                         "(ARD) prior, Hawkins & Zhang (default: 4)")
-    g.add_argument("--tt-max-rank", type=_positive_int, default=16, metavar="R",
-                   help="starting (largest) TT-rank of --tt-rank auto (default: 16)")
+    g.add_argument("--tt-max-rank", type=_positive_int, default=8, metavar="R",
+                   help="starting (largest) TT-rank of --tt-rank auto (default: 8, the largest that keeps a "
+                        "28x28 input's TT layer >= 1,000x smaller than the dense one: 1,170x)")
     g.add_argument("--tt-cores", type=_positive_int, default=5, metavar="K",
                    help="TT cores; the input is zero-padded to a power of two (default: 5: 784 -> 4^5)")
     g.add_argument("--epochs-per-bond", type=_epochs_or_auto, default="auto", metavar="E",
