@@ -96,6 +96,10 @@ def test_status_line_describes_the_model(model, extra, layout, tmp_path, capsys)
         (["--model", "conv-mps", "--tt-max-rank", "12", "--lr-decay", "0.5"], "--tt-max-rank, --lr-decay only apply to --model tt-net"),
         (["--model", "tt-net", "--channels", "2"], "--channels only applies to --model conv-mps, and this run is --model tt-net"),
         (["--model", "tt-net", "--bond-dim", "8"], "--model tt-net has TT-ranks: use --tt-rank R"),
+        (["--model", "tt-net", "--tt-max-rank", "12"], "this run has a fixed --tt-rank 4: add --tt-rank auto"),
+        (["--model", "tt-net", "--tt-rank", "2", "--tt-max-rank", "16"], "set the fixed rank with --tt-rank 16"),
+        (["--model", "tt-net", "--tt-cores", "1"], "argument --tt-cores: must be an integer >= 2, got 1"),
+        (["--dataset", "digits", "--n-train", "5000"], "from 1347 samples: ask for 1 to 1347"),
     ],
 )
 def test_options_that_do_not_apply_are_refused(extra, message, tmp_path, capsys):
@@ -148,3 +152,15 @@ def test_automatic_rank_starts_where_a_28x28_tt_layer_stays_1000x_smaller():
     rng = np.random.default_rng(0)
     assert TTMatrix.random(in_shape, hidden, 8, rng).compression >= 1000
     assert TTMatrix.random(in_shape, hidden, 9, rng).compression < 1000  # 8 is the largest such rank
+
+
+def test_a_tt_net_run_directory_is_not_offered_resume(tmp_path, capsys):
+    """--resume continues mps runs only: the message for an occupied --out must not suggest it for tt-net."""
+    out = tmp_path / "tt"
+    argv = ["train", "--dataset", "digits", "--model", "tt-net", "--sweeps", "1", "--n-train", "200",
+            "--quiet", "--no-plots", "--out", str(out)]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "already holds a trained run" in err and "--overwrite" in err and "--resume" not in err

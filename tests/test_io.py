@@ -134,3 +134,17 @@ def test_callable_feature_maps_cannot_be_saved(tiny_problem, tmp_path):
     clf = MPSClassifier(max_bond=2, n_sweeps=1, feature_map=fmap, random_state=0).fit(X, y)
     with pytest.raises(ValueError, match="named feature map"):
         save_model(clf, tmp_path / "m.npz")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_model_file_permissions_follow_the_umask(fitted, tmp_path, umask):
+    """The atomic write goes through mkstemp (always 0600): the saved file must get the usual mode."""
+    import os
+    import stat
+
+    old = os.umask(umask)
+    try:
+        save_model(fitted[0], tmp_path / "model.npz")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "model.npz").stat().st_mode) == 0o666 & ~umask

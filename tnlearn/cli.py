@@ -94,14 +94,18 @@ def _load_history(run_dir):
         raise ValueError(f"{path} does not hold tnlearn sweep records ({exc})") from None
 
 
-def _positive_int(text):
+def _positive_int(text, least=1):
     try:
         value = int(text)
     except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+        value = least - 1
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be an integer >= {least}, got {text}")
     return value
+
+
+def _tt_cores(text):
+    return _positive_int(text, least=2)  # a sweep moves over bonds: two cores at least
 
 
 def _load_data(name, data_dir, pool, n_train, seed, download, order):
@@ -121,7 +125,8 @@ def _data_options(p, default_dataset):
     p.add_argument("--no-download", dest="download", action="store_false",
                    help="never download missing (fashion-)MNIST files")
     p.add_argument("--pool", type=_positive_int, metavar="P",
-                   help="average-pooling factor (default: 2 for (fashion-)MNIST, 1 for digits and CIFAR-10)")
+                   help="average-pooling factor (default: 2 for (fashion-)MNIST with --model mps, 1 for "
+                        "digits, CIFAR-10 and the conv-mps / tt-net models)")
     p.add_argument("--order", choices=ORDERS, default=None if default_dataset is None else "row",
                    help="pixel order along the chain (default: row)")
 
@@ -185,6 +190,11 @@ def _foreign_options(args, model):
     if model == "tt-net" and getattr(args, "bond_dim", defaults["bond_dim"]) != defaults["bond_dim"]:
         raise ValueError("--bond-dim sets the MPS's bond dimension; --model tt-net has TT-ranks: use --tt-rank R "
                          "(or --tt-rank auto) and drop --bond-dim")
+    if (model == "tt-net" and getattr(args, "tt_rank", "auto") != "auto"
+            and getattr(args, "tt_max_rank", defaults["tt_max_rank"]) != defaults["tt_max_rank"]):
+        raise ValueError(f"--tt-max-rank is where --tt-rank auto starts, and this run has a fixed --tt-rank "
+                         f"{args.tt_rank}: add --tt-rank auto, or set the fixed rank with --tt-rank "
+                         f"{args.tt_max_rank} and drop --tt-max-rank")
 
 
 def _staged_model_checks(args):
@@ -334,8 +344,10 @@ def cmd_train(args):
         raise ValueError(f"--out {out} exists and is not a directory")
     held = [name for name in RUN_MODELS if (out / name).exists()]
     if not args.resume and held and not args.overwrite:
-        raise ValueError(f"--out {out} already holds a trained run ({', '.join(held)}): continue it with "
-                         f"`--resume {out}`, replace it with --overwrite, or choose another directory")
+        resumable = getattr(args, "model", "mps") == "mps"
+        how = f"continue it with `--resume {out}`, replace it" if resumable else "replace it"
+        raise ValueError(f"--out {out} already holds a trained run ({', '.join(held)}): {how} with --overwrite, "
+                         "or choose another directory")
     if args.resume:
         _staged_model_checks(args)
     args.backend = args.backend or "numpy"
@@ -437,7 +449,8 @@ def cmd_train(args):
     run["total_seconds"] = time.perf_counter() - t0
     _write_json(out / "run.json", run)  # the results first: plots are the slow, optional part
     plots = write_run_plots([clf.history_], [size], out) if args.plots else []
-    which = f"after {kept} sweeps" if kept == len(clf.history_) else f"of sweep {kept} of {len(clf.history_)}"
+    which = (f"after {kept} sweep{'s' * (kept != 1)}" if kept == len(clf.history_)
+             else f"of sweep {kept} of {len(clf.history_)}")
     print(f"test accuracy {last.test_accuracy:.4f} {which} ({getattr(args, 'model', 'mps')}, {size}) "
           f"in {run['total_seconds']:.1f} s; wrote history.json, run.json, model.npz and "
           f"{len(plots)} plots to {out}")
@@ -557,7 +570,8 @@ def build_parser():
     p.add_argument("--truncation", choices=("data", "svd"), default="data",
                    help="split: data-metric SVD or plain SVD (default: data)")
     p.add_argument("--alpha", type=_non_negative_float, default=None, metavar="A",
-                   help="L2 penalty alpha/2 |W|^2 on the network (default: the estimator's, auto: 3 (M/64)^2)")
+                   help="L2 penalty alpha/2 |W|^2 on the network (default: the estimator's 'auto': "
+                        "3 (M/64)^2 max(1, 8000/n_samples), M the bond dimension)")
     p.add_argument("--early-stopping", action="store_true",
                    help="hold out --validation-fraction of the training images, stop when their accuracy has not "
                         "improved for --n-iter-no-change sweeps and keep the best sweep's network (mps model)")
@@ -595,7 +609,7 @@ def build_parser():
     g.add_argument("--tt-max-rank", type=_positive_int, default=8, metavar="R",
                    help="starting (largest) TT-rank of --tt-rank auto (default: 8, the largest that keeps a "
                         "28x28 input's TT layer >= 1,000x smaller than the dense one: 1,170x)")
-    g.add_argument("--tt-cores", type=_positive_int, default=5, metavar="K",
+    g.add_argument("--tt-cores", type=_tt_cores, default=5, metavar="K",
                    help="TT cores; the input is zero-padded to a power of two (default: 5: 784 -> 4^5)")
     g.add_argument("--epochs-per-bond", type=_epochs_or_auto, default="auto", metavar="E",
                    help="passes of minibatch Adam per bond, or 'auto': half an epoch and at least 100 steps "
@@ -617,12 +631,13 @@ def build_parser():
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("plot", help="plot and compare the histories of runs",
-                       description="Write accuracy.png, truncation.png and bond_dims.png comparing runs, and "
-                                   "entanglement.png (entropy across every bond, in bits) when every "
-                                   "RUNDIR holds its model.npz.")
+                       description="Write accuracy.png, truncation.png and bond_dims.png comparing runs, "
+                                   "ranks.png (TT-rank per bond and compression against sweep) for tt-net runs, "
+                                   "and entanglement.png (entropy across every bond, in bits) when every "
+                                   "RUNDIR holds its MPS model.npz.")
     p.add_argument("run_dirs", nargs="+", metavar="RUNDIR", help="run directories holding history.json")
     p.add_argument("--out", metavar="DIR", help="output directory (default: the RUNDIR, or ./plots for several)")
-    p.add_argument("--labels", nargs="+", metavar="LABEL", help="one legend label per run (default: m=<bond dim>)")
+    p.add_argument("--labels", nargs="+", metavar="LABEL", help="one legend label per run (default: the run's size, e.g. m=20 or tt-net rank 4)")
     p.set_defaults(func=cmd_plot)
     return parser
 

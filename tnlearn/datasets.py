@@ -439,7 +439,8 @@ def subsample(X, y, n, random_state=0, stratify=True):
     if len(y) != N:
         raise ValueError(f"X has {N} samples but y has {len(y)}")
     if not 1 <= n <= N:
-        raise ValueError(f"cannot draw a subset of n={n} from {N} samples")
+        raise ValueError(f"cannot draw a subset of n={n} from {N} samples: ask for 1 to {N} "
+                         "(load_dataset's n_train; on the command line --n-train)")
     if n == N:
         perm = np.random.default_rng(random_state).permutation(N)
         return np.asarray(X)[perm], np.asarray(y)[perm]

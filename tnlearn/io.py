@@ -55,6 +55,7 @@ def atomic_savez(path, arrays):
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; a model file is as readable as any other
         with os.fdopen(fd, "wb") as fh:
             np.savez(fh, **arrays)
             fh.flush()
@@ -102,6 +103,13 @@ def _common_header(model, params):
         "n_features_in": int(model.n_features_in_),
         "history": model.history_.to_json(),
     }
+
+
+def _umask():
+    """The process's umask (read by setting it and putting it back: the OS offers no plain getter)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def save_model(model, path):

@@ -280,7 +280,7 @@ def plot_ranks(histories, labels=None, ax=None):
     histories, labels = _runs(histories, labels, "histories")
     ax = _axes(ax)
     twin = ax.twinx()
-    drawn = False
+    drawn, top = False, 1
     for i, (h, label) in enumerate(zip(histories, labels)):
         rows = [r for r in h.records if r.tt_ranks is not None]
         if not rows:
@@ -294,16 +294,27 @@ def plot_ranks(histories, labels=None, ax=None):
             ax.plot(sweeps, ranks[:, b], "-", marker=markers[b % len(markers)], ms=4, lw=1,
                     color=f"C{(b + 1) % 10}" if single else color,
                     label=f"bond {b + 1}" if single else f"{label}: bond {b + 1}")
-        twin.plot(sweeps, [r.compression for r in rows], "--", color="k" if single else color, lw=2,
+        comp = [r.compression for r in rows]
+        twin.plot(sweeps, comp, "--", color="k" if single else color, lw=2,
                   label=f"{label}: compression" if label else "compression")
+        # the last compression as a number: a log axis between two decades cannot be read to 47x
+        twin.annotate(f"{comp[-1]:,.0f}x", (sweeps[-1], comp[-1]), textcoords="offset points", xytext=(4, 4),
+                      fontsize=8, color="k" if single else color)
+        top = max(top, int(ranks.max()))
         drawn = True
     if not drawn:
         raise ValueError("no run has TT-layer records (history_[k].tt_ranks): only TT-net runs have them")
     twin.set_yscale("log")
     _readable_log_axis(twin)
     twin.set_ylabel("Compression (dense / TT parameters, dashed)")
-    ax.set_ylim(bottom=0)
-    return _finish(ax, "Sweep", "TT-rank of each bond", "TT-ranks and compression per sweep", integer_y=True)
+    ax.set_ylim(0, 1.45 * top + 0.5)  # head room: the legend sits above the rank lines, not on them
+    _finish(ax, "Sweep", "TT-rank of each bond", "TT-ranks and compression per sweep", integer_y=True)
+    handles, names = ax.get_legend_handles_labels()
+    more, more_names = twin.get_legend_handles_labels()
+    # one legend for both axes, in rows across the head room above the rank lines
+    ax.legend(handles + more, names + more_names, loc="upper left", ncol=min(4, len(names + more_names)),
+              frameon=False, fontsize="small")
+    return ax
 
 
 def _save(plot, items, labels, out_dir, name):
