@@ -52,7 +52,8 @@ import warnings
 import numpy as np
 
 FRACTIONS = (0.80, 0.85, 0.90)
-BENCH_HINT = "pip install 'tnlearn[bench]'"
+BENCH_HINT = ("pip install 'tnlearn[bench]' (on a machine without a GPU, first the CPU build of torch: "
+              "pip install torch --index-url https://download.pytorch.org/whl/cpu)")
 
 
 # ---------------------------------------------------------------------- results

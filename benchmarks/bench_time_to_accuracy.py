@@ -83,7 +83,8 @@ from pathlib import Path
 
 import numpy as np
 
-BENCH_HINT = "pip install 'tnlearn[bench]'"
+BENCH_HINT = ("pip install 'tnlearn[bench]' (on a machine without a GPU, first the CPU build of torch: "
+              "pip install torch --index-url https://download.pytorch.org/whl/cpu)")
 DATASETS = {"digits14": (0.90, 0.95), "fashion8k": (0.80, 0.85)}
 LIBRARIES = ("tnlearn", "torch MPS")
 
