@@ -426,3 +426,13 @@ def test_subsample_and_split():
     assert sorted(np.concatenate([X_tr, X_val])) == list(range(100))
     with pytest.raises(ValueError, match="val_fraction"):
         train_val_split(X, y, 1.5)
+
+
+def test_dataset_repr_gives_shapes_not_arrays():
+    from tnlearn.datasets import load_dataset
+
+    ds = load_dataset("digits")
+    text = repr(ds)
+    assert text == (f"Dataset(name='digits', image_shape=(8, 8), n_train={len(ds.y_train)}, "
+                    f"n_test={len(ds.y_test)}, classes=10, dtype=float32)")
+    assert len(text) < 200

@@ -59,6 +59,11 @@ class Dataset:
     name: str
     image_shape: tuple
 
+    def __repr__(self):  # shapes, not the arrays: a data set is tens of megabytes
+        return (f"Dataset(name={self.name!r}, image_shape={tuple(self.image_shape)}, "
+                f"n_train={len(self.y_train)}, n_test={len(self.y_test)}, "
+                f"classes={np.unique(self.y_train).size}, dtype={self.X_train.dtype})")
+
 
 # ----------------------------------------------------------------------------- IDX
 _IDX_TYPES = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
