@@ -141,6 +141,23 @@ def test_load_mnist_from_data_dir(tmp_path, gz):
     np.testing.assert_array_equal(ds.y_test, raw[3])
 
 
+def test_raw_images_and_the_subset_converted_after(tmp_path):
+    """raw=True keeps the stored uint8; load_dataset converts only the subset, to the same bits as before."""
+    from tnlearn.datasets import avg_pool, load_dataset
+
+    raw = make_mnist_dir(tmp_path / "d", n_train=40)
+    ds_raw = load_mnist(data_dir=tmp_path / "d", download=False, raw=True)
+    assert ds_raw.X_train.dtype == np.uint8
+    np.testing.assert_array_equal(ds_raw.X_train, raw[0])
+    full = load_mnist(data_dir=tmp_path / "d", download=False)
+    assert np.array_equal(full.X_train, raw[0].astype(np.float32) / np.float32(255))  # bit for bit
+    sub = load_dataset("mnist", data_dir=tmp_path / "d", n_train=20, random_state=3)
+    expected, y_expected = subsample(avg_pool(full.X_train, 2), full.y_train, 20, 3)
+    assert sub.X_train.dtype == np.float32
+    assert np.array_equal(sub.X_train, expected) and np.array_equal(sub.y_train, y_expected)
+    assert np.array_equal(sub.X_test, avg_pool(full.X_test, 2))
+
+
 def test_data_dir_missing_file(tmp_path):
     make_mnist_dir(tmp_path)
     (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()

@@ -184,8 +184,15 @@ def _locate(directory: Path, files=MNIST_FILES):
     return found, missing
 
 
-def _assemble(name: str, paths) -> Dataset:
-    """Read and check the four IDX files; images -> float32 in [0, 1]."""
+def _unit_float(X):
+    """Images as float32 in [0, 1]: integers divided by 255 (one pass, one allocation), floats cast."""
+    if np.issubdtype(X.dtype, np.integer):  # the same float32 bits as astype, then / 255
+        return np.divide(X, np.float32(255), dtype=np.float32)
+    return X.astype(np.float32)
+
+
+def _assemble(name: str, paths, raw=False) -> Dataset:
+    """Read and check the four IDX files; images -> float32 in [0, 1] (``raw``: as stored)."""
     arrays = [read_idx(p) for p in paths]
     for i in (0, 2):
         (img_path, lab_path), (X, y) = paths[i:i + 2], arrays[i:i + 2]
@@ -203,8 +210,7 @@ def _assemble(name: str, paths) -> Dataset:
         lo, hi = (0, 255) if np.issubdtype(X.dtype, np.integer) else (0.0, 1.0)
         if X.dtype != np.uint8 and X.size and (X.min() < lo or X.max() > hi):  # uint8 cannot leave [0, 255]
             raise _bad(p, f"pixel values must lie in [{lo}, {hi}] for dtype {X.dtype}")
-        # one pass and one allocation (the same float32 bits as astype, then / 255)
-        images.append(np.divide(X, np.float32(255), dtype=np.float32) if hi == 255 else X.astype(np.float32))
+        images.append(X if raw else _unit_float(X))
     return Dataset(images[0], arrays[1].astype(np.int64), images[1],
                    arrays[3].astype(np.int64), name, tuple(arrays[0].shape[1:]))
 
@@ -288,7 +294,7 @@ def _fetch_all(title, cache: Path, missing, md5s, mirrors, fetch, files=MNIST_FI
 
 
 def _load_mnist_like(name, title, md5s, mirrors, system_dirs, data_dir, cache_dir,
-                     download, fetch) -> Dataset:
+                     download, fetch, raw=False) -> Dataset:
     if data_dir is not None:
         directory = Path(data_dir).expanduser()
         paths, missing = _locate(directory)
@@ -297,7 +303,7 @@ def _load_mnist_like(name, title, md5s, mirrors, system_dirs, data_dir, cache_di
             raise FileNotFoundError(
                 f"{title}: missing {', '.join(missing)} in {directory}{note}; data_dir "
                 f"must hold the four files {', '.join(MNIST_FILES)} (with or without .gz).")
-        return _assemble(name, paths)
+        return _assemble(name, paths, raw)
     if cache_dir is not None:
         cache = Path(cache_dir).expanduser()
     elif os.environ.get("TNLEARN_DATA"):
@@ -307,12 +313,12 @@ def _load_mnist_like(name, title, md5s, mirrors, system_dirs, data_dir, cache_di
     for directory in (cache, *map(Path, system_dirs)):
         paths, missing = _locate(directory)
         if not missing:
-            return _assemble(name, paths)
+            return _assemble(name, paths, raw)
     _, missing = _locate(cache)
     if not download:
         raise _unavailable(title, cache, missing, "it is not cached and download=False")
     _download(title, cache, missing, md5s, mirrors, fetch or _urllib_fetch)
-    return _assemble(name, _locate(cache)[0])
+    return _assemble(name, _locate(cache)[0], raw)
 
 
 _LOADER_DOC = """Load {title} as a :class:`Dataset` of float32 images (n, 28, 28) in [0, 1].
@@ -333,6 +339,9 @@ _LOADER_DOC = """Load {title} as a :class:`Dataset` of float32 images (n, 28, 28
         Download missing files when nothing usable is on disk.
     fetch : callable ``url -> bytes``, optional
         Downloader (default: urllib); injectable for tests.
+    raw : bool
+        Keep the images as stored (uint8, 0-255) instead of float32 in [0, 1]:
+        a quarter of the memory, for code that keeps a subset before converting.
 
     Returns
     -------
@@ -345,15 +354,15 @@ _LOADER_DOC = """Load {title} as a :class:`Dataset` of float32 images (n, 28, 28
     """
 
 
-def load_mnist(data_dir=None, cache_dir=None, download=True, fetch=None) -> Dataset:
+def load_mnist(data_dir=None, cache_dir=None, download=True, fetch=None, raw=False) -> Dataset:
     return _load_mnist_like("mnist", "MNIST", MNIST_MD5, MNIST_MIRRORS, (),
-                            data_dir, cache_dir, download, fetch)
+                            data_dir, cache_dir, download, fetch, raw)
 
 
-def load_fashion_mnist(data_dir=None, cache_dir=None, download=True, fetch=None) -> Dataset:
+def load_fashion_mnist(data_dir=None, cache_dir=None, download=True, fetch=None, raw=False) -> Dataset:
     return _load_mnist_like("fashion-mnist", "Fashion-MNIST", FASHION_MNIST_MD5,
                             FASHION_MNIST_MIRRORS, FASHION_MNIST_SYSTEM_DIRS,
-                            data_dir, cache_dir, download, fetch)
+                            data_dir, cache_dir, download, fetch, raw)
 
 
 load_mnist.__doc__ = _LOADER_DOC.format(title="MNIST", name="mnist", system="")
@@ -640,11 +649,13 @@ def load_dataset(name, data_dir=None, pool=None, n_train=None, random_state=0,
         ds = load_digits(random_state=random_state)
     else:
         loader = {"mnist": load_mnist, "fashion-mnist": load_fashion_mnist, "cifar10": load_cifar10}[key]
-        ds = loader(data_dir=data_dir, cache_dir=cache_dir, download=download)
+        extra = {} if key == "cifar10" else {"raw": True}  # IDX images stay uint8 until the subset is drawn
+        ds = loader(data_dir=data_dir, cache_dir=cache_dir, download=download, **extra)
     pool = (1 if key in ("digits", "cifar10") else 2) if pool is None else int(pool)
     X_tr, y_tr, X_te = ds.X_train, ds.y_train, ds.X_test
-    if n_train is not None:  # the subset depends on the labels only: pool just the images kept
+    if n_train is not None:  # the subset depends on the labels only: convert and pool just the images kept
         X_tr, y_tr = subsample(X_tr, y_tr, n_train, random_state)
+    X_tr, X_te = _unit_float(X_tr), _unit_float(X_te)
     if pool != 1:
         X_tr, X_te = avg_pool(X_tr, pool), avg_pool(X_te, pool)
     return Dataset(X_tr, y_tr, X_te, ds.y_test, key, tuple(X_tr.shape[1:]))
