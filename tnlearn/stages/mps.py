@@ -128,9 +128,11 @@ def pca_init_cores(
         top = log_capture.max() if shard is None else shard.max(log_capture.max())
         weight = xp.exp(-balance * (log_capture - top)).astype(dtype)
         weight = xp.minimum(weight, max_weight)
+        blocks = []  # phi_j (x) R_{j+1} per chunk, kept for the new environments below (n x d D_{j+1} values)
         for start in range(0, n, chunk_size):
             M = backend.row_outer(phi_sites[j, start : start + chunk_size], right[start : start + chunk_size])
             rho += (M.T @ (M * weight[start : start + chunk_size, None])).astype(np.float64)
+            blocks.append(M)
         if shard is not None:
             rho = shard.sum(rho)
         evals, evecs = np.linalg.eigh(backend.asnumpy(rho))
@@ -142,9 +144,9 @@ def pca_init_cores(
         cores[j] = backend.asarray(np.ascontiguousarray(V.T).reshape(k, d, right.shape[1]))
         Vb = backend.asarray(V)
         new_right = xp.empty((n, k), dtype=dtype)
-        for start in range(0, n, chunk_size):
-            sl = slice(start, start + chunk_size)
-            new_right[sl] = backend.row_outer(phi_sites[j, sl], right[sl]) @ Vb
+        for start, M in zip(range(0, n, chunk_size), blocks):
+            new_right[start : start + chunk_size] = M @ Vb
+        del blocks
         log_capture += log_normalise_rows(new_right, xp)
         right = new_right
     if targets is None:
