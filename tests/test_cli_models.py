@@ -100,6 +100,9 @@ def test_status_line_describes_the_model(model, extra, layout, tmp_path, capsys)
         (["--model", "tt-net", "--tt-rank", "2", "--tt-max-rank", "16"], "set the fixed rank with --tt-rank 16"),
         (["--model", "tt-net", "--tt-cores", "1"], "argument --tt-cores: must be an integer >= 2, got 1"),
         (["--dataset", "digits", "--n-train", "5000"], "from 1347 samples: ask for 1 to 1347"),
+        (["--tt-rank", "4"], "--tt-rank only applies to --model tt-net"),  # written out, even at its default
+        (["--model", "mps", "--tt-max-rank=8"], "--tt-max-rank only applies to --model tt-net"),
+        (["--model", "tt-net", "--bond-dim", "20"], "--model tt-net has TT-ranks"),
     ],
 )
 def test_options_that_do_not_apply_are_refused(extra, message, tmp_path, capsys):

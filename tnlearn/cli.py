@@ -176,22 +176,37 @@ MODEL_OPTIONS = {
 }
 
 
+def _flag(dest):
+    return f"--{dest.replace('_', '-')}"
+
+
+def _given_options(argv):
+    """The model options written on the command line (``--tt-rank 4`` counts even at its default value)."""
+    tokens = list(sys.argv[1:] if argv is None else argv)
+    dests = [d for options in MODEL_OPTIONS.values() for d in options] + ["bond_dim", "tt_max_rank"]
+    return {d for d in dests for t in tokens if t == _flag(d) or t.startswith(_flag(d) + "=")}
+
+
 def _foreign_options(args, model):
     """Refuse options of another model (they would be ignored without a word)."""
     defaults = vars(build_parser().parse_args(["train", "--out", "."]))  # the parser's defaults, said once
+    given = getattr(args, "given_options", set())
+
+    def changed_or_given(k):
+        return k in given or getattr(args, k, defaults[k]) != defaults[k]
+
     for owner, options in MODEL_OPTIONS.items():
         if owner == model:
             continue
-        changed = [f"--{k.replace('_', '-')}" for k in options if getattr(args, k, defaults[k]) != defaults[k]]
+        changed = [_flag(k) for k in options if changed_or_given(k)]
         if changed:
             one = len(changed) == 1
             raise ValueError(f"{', '.join(changed)} only appl{'ies' if one else 'y'} to --model {owner}, and this "
                              f"run is --model {model}: add --model {owner} or drop {'it' if one else 'them'}")
-    if model == "tt-net" and getattr(args, "bond_dim", defaults["bond_dim"]) != defaults["bond_dim"]:
+    if model == "tt-net" and changed_or_given("bond_dim"):
         raise ValueError("--bond-dim sets the MPS's bond dimension; --model tt-net has TT-ranks: use --tt-rank R "
                          "(or --tt-rank auto) and drop --bond-dim")
-    if (model == "tt-net" and getattr(args, "tt_rank", "auto") != "auto"
-            and getattr(args, "tt_max_rank", defaults["tt_max_rank"]) != defaults["tt_max_rank"]):
+    if model == "tt-net" and getattr(args, "tt_rank", "auto") != "auto" and changed_or_given("tt_max_rank"):
         raise ValueError(f"--tt-max-rank is where --tt-rank auto starts, and this run has a fixed --tt-rank "
                          f"{args.tt_rank}: add --tt-rank auto, or set the fixed rank with --tt-rank "
                          f"{args.tt_max_rank} and drop --tt-max-rank")
@@ -381,7 +396,7 @@ def cmd_train(args):
     else:
         clf = _new_model(args, ds, verbose)
 
-    options = {k: v for k, v in vars(args).items() if k not in ("func", "resume")}
+    options = {k: v for k, v in vars(args).items() if k not in ("func", "resume", "given_options")}
     options["data_dir"] = args.data_dir and os.path.abspath(args.data_dir)  # evaluate from any cwd
     pool = args.pool if args.pool is not None else (1 if ds.name == "digits" else 2)  # load_dataset's default
     run = {
@@ -668,6 +683,7 @@ def main(argv=None):
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help, --version, usage errors
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    args.given_options = _given_options(argv)
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning  # one line each, like the errors
