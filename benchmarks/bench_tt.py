@@ -51,8 +51,8 @@ CANDIDATES = {
     "ard16-tol35": {"max_rank": 16, "rank_prior": "ard", "rank_tol": 0.35},
     "ard16-tol50": {"max_rank": 16, "rank_prior": "ard", "rank_tol": 0.5},
     "lr-decay": {"lr_decay": 0.5},
-    "hidden-ends": {"hidden_shape": (8, 4, 4, 4, 8)},
-    "hidden8192": {"hidden_shape": (8, 8, 4, 4, 8)},  # 28x28 only: twice the default width, rank 4  # 28x28 only: the 4096 hidden units' larger factors at the ends
+    "hidden-ends": {"hidden_shape": (8, 4, 4, 4, 8)},  # 28x28 only: the 4096 hidden units' larger factors at the ends
+    "hidden8192": {"hidden_shape": (8, 8, 4, 4, 8)},  # 28x28 only: twice the default width, rank 4
     "old-default": {"epochs_per_bond": 0.5, "hidden": "input"},  # before the schedule / width fix
     "mlp": None,
 }

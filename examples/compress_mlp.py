@@ -12,7 +12,9 @@ trained from random cores is added for comparison.
 
 Prints a Markdown table (rank, TT parameters, compression = dense parameters /
 TT parameters, accuracy dense / compressed / fine-tuned) and writes
-``OUT/dense_to_tt.png`` (accuracy against compression) and ``OUT/dense_to_tt.json``.
+``OUT/<dataset>_dense_to_tt.png`` (accuracy against compression) and
+``OUT/<dataset>_dense_to_tt.json`` (one pair per data set: a digits run does not replace
+the Fashion-MNIST figure the README shows).
 
 Examples
 --------
@@ -53,6 +55,7 @@ def compressed_accuracy(mlp, in_shape, hidden_shape, rank, X, y):
 def plot(rows, dense_acc, path, title):
     """Two panels: every curve on the full accuracy range, and a zoom on the trained ones."""
     import matplotlib
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -71,6 +74,11 @@ def plot(rows, dense_acc, path, title):
             ax.annotate(f"r={r['rank']}", (r["compression"], 100 * r["fine_tuned"]), textcoords="offset points",
                         xytext=(0, -12), ha="center", fontsize=8)
         ax.set_xscale("log")
+        # plain numbers (20, 50, 100, ...): matplotlib's minor labels overprint on a range of a decade or two
+        narrow = max(comp) / min(comp) < 100
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1, 2, 5) if narrow else (1,)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("compression of the hidden layer (dense / TT parameters)")
         ax.set_ylabel("test accuracy (%)")
         if zoom:
@@ -100,7 +108,7 @@ def main(argv=None):
     p.add_argument("--out", default="figures", help="directory of the figure and the JSON table")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--plot-only", metavar="JSON", default=None,
-                   help="redraw OUT/dense_to_tt.png from a dense_to_tt.json written earlier, and exit")
+                   help="redraw OUT/<dataset>_dense_to_tt.png from a JSON table written earlier, and exit")
     args = p.parse_args(argv)
     if args.plot_only:
         with open(args.plot_only) as fh:
@@ -108,7 +116,8 @@ def main(argv=None):
         title = (f"{saved['dataset']}: dense MLP ({saved['hidden']} hidden) -> TT layer "
                  f"({saved['n_train']:,} training images)")
         os.makedirs(args.out, exist_ok=True)
-        plot(saved["rows"], saved["dense_accuracy"], os.path.join(args.out, "dense_to_tt.png"), title)
+        plot(saved["rows"], saved["dense_accuracy"], os.path.join(args.out, f"{saved['dataset']}_dense_to_tt.png"),
+             title)
         return 0
 
     from sklearn.neural_network import MLPClassifier
@@ -163,11 +172,12 @@ def main(argv=None):
               f"{100 * r['fine_tuned']:.2f}% |{extra}")
     os.makedirs(args.out, exist_ok=True)
     title = f"{ds.name}: dense MLP ({args.hidden} hidden) -> TT layer ({len(y):,} training images)"
-    plot(rows, dense_acc, os.path.join(args.out, "dense_to_tt.png"), title)
-    with open(os.path.join(args.out, "dense_to_tt.json"), "w") as fh:
+    stem = os.path.join(args.out, f"{ds.name}_dense_to_tt")
+    plot(rows, dense_acc, stem + ".png", title)
+    with open(stem + ".json", "w") as fh:
         json.dump({"dataset": ds.name, "n_train": len(y), "dense_accuracy": dense_acc, "hidden": args.hidden,
                    "in_shape": list(in_shape), "hidden_shape": list(hidden_shape), "rows": rows}, fh, indent=1)
-    print(f"wrote {os.path.join(args.out, 'dense_to_tt.png')} and dense_to_tt.json")
+    print(f"wrote {stem}.png and {stem}.json")
     return 0
 
 

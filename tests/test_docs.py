@@ -147,8 +147,8 @@ def test_example_compress_mlp(tmp_path, monkeypatch, capsys):
     _run_example("compress_mlp.py", ["--dataset", "digits", "--hidden", 64, "--cores", 3, "--ranks", 1, 4,
                                      "--sweeps", 1, "--out", tmp_path / "f"], monkeypatch)
     out = capsys.readouterr().out
-    assert (tmp_path / "f" / "dense_to_tt.png").is_file()
-    table = json.loads((tmp_path / "f" / "dense_to_tt.json").read_text())
+    assert (tmp_path / "f" / "digits_dense_to_tt.png").is_file()  # named by data set: never the README's figure
+    table = json.loads((tmp_path / "f" / "digits_dense_to_tt.json").read_text())
     assert [r["rank"] for r in table["rows"]] == [1, 4] and "| max TT-rank |" in out
     for row in table["rows"]:  # the sweeps win back what the TT-SVD of a trained dense layer loses
         assert row["fine_tuned"] > row["compressed"] and row["compression"] > 1

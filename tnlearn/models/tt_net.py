@@ -158,7 +158,8 @@ class TTNetClassifier(TNClassifier):
     max_rank : int, default=4
         Maximum TT-rank (the ``max_bond`` of every split); with
         ``rank_prior="ard"`` the starting (and largest) rank: pass a generous
-        one, e.g. ``max_rank=16`` (``tnlearn train --tt-rank auto`` does).
+        one, e.g. ``max_rank=16`` (``tnlearn train --tt-rank auto`` starts
+        from ``--tt-max-rank``, 8 by default).
     cutoff : float, default=0.0
         Relative discarded weight allowed at each split (``cutoff_mode="rsum2"``).
     rank_prior : {None, "ard"}, default=None
@@ -168,8 +169,8 @@ class TTNetClassifier(TNClassifier):
         merged block's slices (weighted L2 on the local problem) and slices
         whose standard deviation falls below ``rank_tol`` times the bond's
         largest are removed.  Ranks only shrink (a removed slice has infinite
-        precision and does not come back); the last sweep fine-tunes the
-        learned ranks without the prior.  The maths is in :mod:`tnlearn.ard`.
+        precision and does not come back); with ``n_sweeps >= 2`` the last
+        sweep fine-tunes the learned ranks without the prior.  The maths is in :mod:`tnlearn.ard`.
     rank_tol : float, default=1e-2
         Relative slice standard deviation below which ``rank_prior="ard"``
         removes a slice.
