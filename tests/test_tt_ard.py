@@ -185,3 +185,30 @@ def test_init_from_bad_networks(digits_split):
         TTNetClassifier().fit(X, y, init_from=MLPRegressor(hidden_layer_sizes=(16,), max_iter=5).fit(X, y))
     with pytest.raises(ValueError, match="trained on classes .* fit it on the same labels"):
         TTNetClassifier().fit(X, (y + 1), init_from=MLPClassifier(hidden_layer_sizes=(16,), max_iter=5).fit(X, y))
+
+
+@pytest.mark.parametrize("bad, says", [
+    ((1, 2, 3), "got a tuple of 3 items"),
+    ("mlp", "got str 'mlp'"),
+    (3.5, "got float 3.5"),
+])
+def test_init_from_errors_say_what_was_given(bad, says):
+    from sklearn.datasets import load_digits
+
+    from tnlearn.models.tt_net import TTNetClassifier
+
+    X, y = load_digits(return_X_y=True)
+    with pytest.raises(ValueError, match="must be a fitted MLPClassifier or a tuple") as info:
+        TTNetClassifier(n_sweeps=1).fit(X[:60] / 16, y[:60], init_from=bad)
+    assert says in str(info.value)
+
+
+def test_init_from_an_unfitted_mlp_says_fit_it_first():
+    from sklearn.datasets import load_digits
+    from sklearn.neural_network import MLPClassifier
+
+    from tnlearn.models.tt_net import TTNetClassifier
+
+    X, y = load_digits(return_X_y=True)
+    with pytest.raises(ValueError, match=r"an unfitted MLPClassifier \(call its fit first\)"):
+        TTNetClassifier(n_sweeps=1).fit(X[:60] / 16, y[:60], init_from=MLPClassifier())

@@ -112,8 +112,14 @@ def _dense_layers(init_from, n_features, classes):
             layers = tuple(init_from)
         except TypeError:
             layers = ()
-        if len(layers) != 4:
-            raise ValueError("init_from must be a fitted MLPClassifier or a tuple (W1, b1, W2, b2)")
+        if len(layers) != 4 or isinstance(init_from, str):
+            if hasattr(init_from, "hidden_layer_sizes"):  # an estimator before fit
+                got = f"an unfitted {type(init_from).__name__} (call its fit first)"
+            elif layers and not isinstance(init_from, str):
+                got = f"a {type(init_from).__name__} of {len(layers)} items"
+            else:
+                got = f"{type(init_from).__name__} {init_from!r:.40}"
+            raise ValueError(f"init_from must be a fitted MLPClassifier or a tuple (W1, b1, W2, b2); got {got}")
     W1, b1, W2, b2 = (np.asarray(a, dtype=np.float64) for a in layers)
     H, L = W1.shape[1] if W1.ndim == 2 else -1, len(classes)
     if W1.shape != (n_features, H) or b1.shape != (H,) or W2.shape != (H, L) or b2.shape != (L,):
