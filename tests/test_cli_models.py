@@ -167,3 +167,11 @@ def test_a_tt_net_run_directory_is_not_offered_resume(tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "already holds a trained run" in err and "--overwrite" in err and "--resume" not in err
+
+
+@pytest.mark.parametrize("spelling", ["fashion_mnist", "Fashion-MNIST", "FASHION_MNIST"])
+def test_dataset_names_are_read_as_load_dataset_reads_them(spelling):
+    from tnlearn.cli import build_parser
+
+    assert build_parser().parse_args(["train", "--dataset", spelling, "--out", "r"]).dataset == "fashion-mnist"
+    assert build_parser().parse_args(["train", "--dataset", "CIFAR-10", "--out", "r"]).dataset == "cifar10"

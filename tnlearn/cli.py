@@ -36,6 +36,12 @@ from pathlib import Path
 import numpy as np
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
+
+
+def _dataset_name(text):
+    """A data set's name as DATASETS spells it: any case, '_' for '-' (fashion_mnist), cifar-10 for cifar10."""
+    name = text.lower().replace("_", "-")
+    return "cifar10" if name == "cifar-10" else name
 MODELS = ("mps", "conv-mps", "tt-net")
 ORDERS = ("row", "column", "zigzag")
 
@@ -117,7 +123,7 @@ def _load_data(name, data_dir, pool, n_train, seed, download, order):
 
 
 def _data_options(p, default_dataset):
-    p.add_argument("--dataset", choices=DATASETS, default=default_dataset,
+    p.add_argument("--dataset", type=_dataset_name, choices=DATASETS, default=default_dataset,
                    help="data set" + (f" (default: {default_dataset})" if default_dataset else
                                       " (default: the one in run.json)"))
     p.add_argument("--data-dir", metavar="DIR", help="directory holding the four (fashion-)MNIST IDX files, or "
