@@ -162,3 +162,11 @@ def test_the_tt_layer_example_takes_cifar10(cifar_dir, tmp_path, monkeypatch):
     except SystemExit as exc:
         assert exc.code in (0, None)
     assert any((tmp_path / "f").rglob("*.png"))
+
+
+def test_raw_keeps_the_stored_bytes_and_the_default_divides_them_by_255(cifar_dir, batches):
+    raw = load_cifar10(data_dir=cifar_dir, raw=True)
+    assert raw.X_train.dtype == np.uint8
+    np.testing.assert_array_equal(raw.X_test, batches[D.CIFAR10_TEST][1])
+    unit = load_cifar10(data_dir=cifar_dir)
+    assert np.array_equal(unit.X_train, raw.X_train.astype(np.float32) / np.float32(255))  # bit for bit

@@ -188,7 +188,7 @@ def _unit_float(X):
     """Images as float32 in [0, 1]: integers divided by 255 (one pass, one allocation), floats cast."""
     if np.issubdtype(X.dtype, np.integer):  # the same float32 bits as astype, then / 255
         return np.divide(X, np.float32(255), dtype=np.float32)
-    return X.astype(np.float32)
+    return X.astype(np.float32, copy=False)  # already float32 (digits, a float IDX file): no copy
 
 
 def _assemble(name: str, paths, raw=False) -> Dataset:
@@ -553,17 +553,17 @@ def _cifar_batches(directory: Path):
     return None
 
 
-def _assemble_cifar(batches) -> Dataset:
+def _assemble_cifar(batches, raw=False) -> Dataset:
     train = [read_cifar_batch(batches[n], n) for n in CIFAR10_TRAIN]
     X_test, y_test = read_cifar_batch(batches[CIFAR10_TEST], CIFAR10_TEST)
     X_train = np.concatenate([x for x, _ in train])
     y_train = np.concatenate([y for _, y in train])
-    scale = np.float32(255)
-    return Dataset(X_train.astype(np.float32) / scale, y_train, X_test.astype(np.float32) / scale, y_test,
-                   "cifar10", tuple(X_train.shape[1:]))
+    if not raw:
+        X_train, X_test = _unit_float(X_train), _unit_float(X_test)
+    return Dataset(X_train, y_train, X_test, y_test, "cifar10", tuple(X_train.shape[1:]))
 
 
-def load_cifar10(data_dir=None, cache_dir=None, download=True, fetch=None) -> Dataset:
+def load_cifar10(data_dir=None, cache_dir=None, download=True, fetch=None, raw=False) -> Dataset:
     """Load CIFAR-10 (Krizhevsky 2009) from its binary distribution, without pickle.
 
     Lookup order: ``data_dir`` if given (``cifar-10-binary.tar.gz``, the extracted
@@ -574,9 +574,9 @@ def load_cifar10(data_dir=None, cache_dir=None, download=True, fetch=None) -> Da
 
     Parameters
     ----------
-    data_dir, cache_dir, download, fetch
+    data_dir, cache_dir, download, fetch, raw
         As :func:`load_mnist` (cache default ``$TNLEARN_DATA/cifar10`` or
-        ``~/.cache/tnlearn/cifar10``).
+        ``~/.cache/tnlearn/cifar10``; ``raw``: uint8 RGB as stored).
 
     Returns
     -------
@@ -597,7 +597,7 @@ def load_cifar10(data_dir=None, cache_dir=None, download=True, fetch=None) -> Da
             raise FileNotFoundError(
                 f"{title}: {directory}{note} holds neither {CIFAR10_ARCHIVE} nor the batch files "
                 f"{', '.join((*CIFAR10_TRAIN, CIFAR10_TEST))} (or their folder cifar-10-batches-bin)")
-        return _assemble_cifar(batches)
+        return _assemble_cifar(batches, raw)
     if cache_dir is not None:
         cache = Path(cache_dir).expanduser()
     elif os.environ.get("TNLEARN_DATA"):
@@ -606,12 +606,12 @@ def load_cifar10(data_dir=None, cache_dir=None, download=True, fetch=None) -> Da
         cache = Path("~/.cache/tnlearn/cifar10").expanduser()
     batches = _cifar_batches(cache)
     if batches is not None:
-        return _assemble_cifar(batches)
+        return _assemble_cifar(batches, raw)
     files = (CIFAR10_ARCHIVE,)
     if not download:
         raise _unavailable(title, cache, files, "it is not cached and download=False", files)
     _download(title, cache, files, CIFAR10_MD5, CIFAR10_MIRRORS, fetch or _urllib_fetch, files)
-    return _assemble_cifar(_cifar_batches(cache))
+    return _assemble_cifar(_cifar_batches(cache), raw)
 
 
 _NAMES = {"digits": "digits", "mnist": "mnist", "fashion-mnist": "fashion-mnist",
@@ -649,8 +649,8 @@ def load_dataset(name, data_dir=None, pool=None, n_train=None, random_state=0,
         ds = load_digits(random_state=random_state)
     else:
         loader = {"mnist": load_mnist, "fashion-mnist": load_fashion_mnist, "cifar10": load_cifar10}[key]
-        extra = {} if key == "cifar10" else {"raw": True}  # IDX images stay uint8 until the subset is drawn
-        ds = loader(data_dir=data_dir, cache_dir=cache_dir, download=download, **extra)
+        # images stay uint8 until the subset is drawn
+        ds = loader(data_dir=data_dir, cache_dir=cache_dir, download=download, raw=True)
     pool = (1 if key in ("digits", "cifar10") else 2) if pool is None else int(pool)
     X_tr, y_tr, X_te = ds.X_train, ds.y_train, ds.X_test
     if n_train is not None:  # the subset depends on the labels only: convert and pool just the images kept
