@@ -36,12 +36,6 @@ from pathlib import Path
 import numpy as np
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
-
-
-def _dataset_name(text):
-    """A data set's name as DATASETS spells it: any case, '_' for '-' (fashion_mnist), cifar-10 for cifar10."""
-    name = text.lower().replace("_", "-")
-    return "cifar10" if name == "cifar-10" else name
 MODELS = ("mps", "conv-mps", "tt-net")
 ORDERS = ("row", "column", "zigzag")
 
@@ -112,6 +106,13 @@ def _positive_int(text, least=1):
 
 def _tt_cores(text):
     return _positive_int(text, least=2)  # a sweep moves over bonds: two cores at least
+
+
+def _dataset_name(text):
+    """``--dataset`` in any spelling load_dataset accepts (fashion_mnist, CIFAR-10), as DATASETS writes it."""
+    from tnlearn.datasets import dataset_key
+
+    return dataset_key(text) or text  # an unknown name is left for argparse's choices to refuse
 
 
 def _load_data(name, data_dir, pool, n_train, seed, download, order):
@@ -189,7 +190,7 @@ def _flag(dest):
 def _given_options(argv):
     """The model options written on the command line (``--tt-rank 4`` counts even at its default value)."""
     tokens = list(sys.argv[1:] if argv is None else argv)
-    dests = [d for options in MODEL_OPTIONS.values() for d in options] + ["bond_dim", "tt_max_rank"]
+    dests = [d for options in MODEL_OPTIONS.values() for d in options] + ["bond_dim"]  # the ones checked below
     return {d for d in dests for t in tokens if t == _flag(d) or t.startswith(_flag(d) + "=")}
 
 

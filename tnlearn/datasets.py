@@ -21,7 +21,7 @@ import numpy as np
 
 __all__ = ["IDXFormatError", "DatasetUnavailableError", "ChecksumError", "Dataset",
            "MNIST_FILES", "read_idx", "write_idx", "load_mnist", "load_fashion_mnist", "load_cifar10",
-           "read_cifar_batch", "CIFARFormatError",
+           "read_cifar_batch", "CIFARFormatError", "dataset_key",
            "load_digits", "load_dataset", "avg_pool", "subsample", "train_val_split",
            "flatten_images"]
 
@@ -618,6 +618,11 @@ _NAMES = {"digits": "digits", "mnist": "mnist", "fashion-mnist": "fashion-mnist"
           "fashion_mnist": "fashion-mnist", "cifar10": "cifar10", "cifar-10": "cifar10"}
 
 
+def dataset_key(name):
+    """The canonical name of a data set (``"fashion_mnist"``, ``"Fashion-MNIST"`` -> ``"fashion-mnist"``), or None."""
+    return _NAMES.get(str(name).lower())
+
+
 def load_dataset(name, data_dir=None, pool=None, n_train=None, random_state=0,
                  download=True, cache_dir=None) -> Dataset:
     """Load a data set by name, pool its images and optionally subsample training.
@@ -642,7 +647,7 @@ def load_dataset(name, data_dir=None, pool=None, n_train=None, random_state=0,
         Images (n, H // pool, W // pool) float32 in [0, 1] (CIFAR-10: (n, 32 // pool,
         32 // pool, 3)), labels int64.
     """
-    key = _NAMES.get(str(name).lower())
+    key = dataset_key(name)
     if key is None:
         raise ValueError(f"unknown data set {name!r}; accepted names: {', '.join(_NAMES)}")
     if key == "digits":
