@@ -281,6 +281,8 @@ def plot_ranks(histories, labels=None, ax=None):
     ax = _axes(ax)
     twin = ax.twinx()
     drawn, top = False, 1
+    single = len(histories) == 1  # one run: a colour per bond; several: a colour per run, a marker per bond
+    markers = "o^sDv<>p*h"
     for i, (h, label) in enumerate(zip(histories, labels)):
         rows = [r for r in h.records if r.tt_ranks is not None]
         if not rows:
@@ -288,9 +290,7 @@ def plot_ranks(histories, labels=None, ax=None):
         color = f"C{i % 10}"
         sweeps = [r.sweep for r in rows]
         ranks = np.array([r.tt_ranks for r in rows])
-        single = len(histories) == 1
-        markers = "o^sDv<>p*h"
-        for b in range(ranks.shape[1]):  # one run: a colour per bond; several: a colour per run, a marker per bond
+        for b in range(ranks.shape[1]):
             ax.plot(sweeps, ranks[:, b], "-", marker=markers[b % len(markers)], ms=4, lw=1,
                     color=f"C{(b + 1) % 10}" if single else color,
                     label=f"bond {b + 1}" if single else f"{label}: bond {b + 1}")

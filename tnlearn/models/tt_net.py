@@ -102,20 +102,20 @@ def _dense_layers(init_from, n_features, classes):
         if getattr(init_from, "out_activation_", "softmax") != "softmax":
             raise ValueError(f"init_from: the {name} has a {init_from.out_activation_!r} output (two classes); "
                              "a TT-net starts from a softmax output layer, i.e. >= 3 classes")
-        mlp_classes = getattr(init_from, "classes_", None)
-        if mlp_classes is not None and not np.array_equal(np.asarray(mlp_classes), classes):
+        mlp_classes = init_from.classes_  # there: a model without it was refused above
+        if not np.array_equal(np.asarray(mlp_classes), classes):
             raise ValueError(f"init_from: the {name} was trained on classes {[str(c) for c in mlp_classes]} "
                              f"but y has {[str(c) for c in classes]}; fit it on the same labels as this model")
         layers = (init_from.coefs_[0], init_from.intercepts_[0], init_from.coefs_[1], init_from.intercepts_[1])
     else:
         try:
-            layers = tuple(init_from)
+            layers = () if isinstance(init_from, str) else tuple(init_from)  # a string is not four layers
         except TypeError:
             layers = ()
-        if len(layers) != 4 or isinstance(init_from, str):
+        if len(layers) != 4:
             if hasattr(init_from, "hidden_layer_sizes"):  # an estimator before fit
                 got = f"an unfitted {type(init_from).__name__} (call its fit first)"
-            elif layers and not isinstance(init_from, str):
+            elif layers:
                 got = f"a {type(init_from).__name__} of {len(layers)} items"
             else:
                 got = f"{type(init_from).__name__} {init_from!r:.40}"
