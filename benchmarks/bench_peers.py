@@ -122,7 +122,8 @@ def run_tnlearn(X_train, y_train, X_test, y_test, args):
 
 # ---------------------------------------------------------------------- TensorKrowch
 def _plateaued(acc, patience, min_delta=0.002):
-    if len(acc) <= patience:
+    """No gain of ``min_delta`` in the last ``patience`` epochs (never with ``patience <= 0``: the check is off)."""
+    if patience <= 0 or len(acc) <= patience:
         return False
     return max(acc[-patience:]) < max(acc[:-patience]) + min_delta
 

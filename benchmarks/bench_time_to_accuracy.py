@@ -83,8 +83,9 @@ from pathlib import Path
 
 import numpy as np
 
-BENCH_HINT = ("pip install 'tnlearn[bench]' (on a machine without a GPU, first the CPU build of torch: "
-              "pip install torch --index-url https://download.pytorch.org/whl/cpu)")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_defaults import _digits  # noqa: E402  (the protocol's 14x14 digits split)
+from bench_peers import BENCH_HINT, _plateaued  # noqa: E402  (the peers' install hint and plateau rule)
 DATASETS = {"digits14": (0.90, 0.95), "fashion8k": (0.80, 0.85)}
 LIBRARIES = ("tnlearn", "torch MPS")
 
@@ -93,9 +94,6 @@ LIBRARIES = ("tnlearn", "torch MPS")
 def load_data(name, data_dir=None):
     """``(X_train, X_test, y_train, y_test)``: float32 pixels in [0, 1], int64 labels."""
     if name == "digits14":
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from bench_defaults import _digits
-
         X_train, X_test, y_train, y_test = _digits(True)
     elif name == "fashion8k":
         from tnlearn.datasets import flatten_images, load_dataset
@@ -229,12 +227,6 @@ def child_tnlearn(args):
     stopped = clf.history_.meta.get("stopped")
     print(f"DONE {len(clf.history_)} sweeps" + (f"; {stopped}" if stopped else ""), flush=True)
     return 0
-
-
-def _plateaued(acc, patience, min_delta=0.002):
-    if patience <= 0 or len(acc) <= patience:
-        return False
-    return max(acc[-patience:]) < max(acc[:-patience]) + min_delta
 
 
 def child_torch(args):

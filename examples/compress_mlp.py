@@ -52,6 +52,10 @@ def compressed_accuracy(mlp, in_shape, hidden_shape, rank, X, y):
     return float(np.mean(mlp.classes_[np.argmax(logits, axis=1)] == y)), tt, info
 
 
+def figure_title(dataset, hidden, n_train):
+    return f"{dataset}: dense MLP ({hidden} hidden) -> TT layer ({n_train:,} training images)"
+
+
 def plot(rows, dense_acc, path, title):
     """Two panels: every curve on the full accuracy range, and a zoom on the trained ones."""
     import matplotlib
@@ -113,8 +117,7 @@ def main(argv=None):
     if args.plot_only:
         with open(args.plot_only) as fh:
             saved = json.load(fh)
-        title = (f"{saved['dataset']}: dense MLP ({saved['hidden']} hidden) -> TT layer "
-                 f"({saved['n_train']:,} training images)")
+        title = figure_title(saved["dataset"], saved["hidden"], saved["n_train"])
         os.makedirs(args.out, exist_ok=True)
         plot(saved["rows"], saved["dense_accuracy"], os.path.join(args.out, f"{saved['dataset']}_dense_to_tt.png"),
              title)
@@ -171,7 +174,7 @@ def main(argv=None):
         print(f"| {r['rank']} | {r['tt_params']:,} | {r['compression']:.0f}x | {100 * r['compressed']:.2f}% | "
               f"{100 * r['fine_tuned']:.2f}% |{extra}")
     os.makedirs(args.out, exist_ok=True)
-    title = f"{ds.name}: dense MLP ({args.hidden} hidden) -> TT layer ({len(y):,} training images)"
+    title = figure_title(ds.name, args.hidden, len(y))
     stem = os.path.join(args.out, f"{ds.name}_dense_to_tt")
     plot(rows, dense_acc, stem + ".png", title)
     with open(stem + ".json", "w") as fh:

@@ -1,7 +1,7 @@
 """TT-net (Novikov et al. 2015): accuracy and compression against the maximum TT-rank.
 
 The flattened image, zero-padded to a power of two (784 -> 1024 = 4^5 for 28x28,
-64 = 4^3 for digits), goes through a TT dense layer to a hidden layer four times
+64 = 4 x 2 x 2 x 2 x 2 for digits), goes through a TT dense layer to a hidden layer four times
 as wide (the model's default), a ReLU, and a dense output layer; the TT cores are trained by two-site
 sweeps (merge, minibatch Adam on the merged block, truncated-SVD split).  For each
 maximum TT-rank the script reports test accuracy, the TT layer's parameters and its
