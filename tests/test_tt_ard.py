@@ -192,23 +192,16 @@ def test_init_from_bad_networks(digits_split):
     ("mlp", "got str 'mlp'"),
     (3.5, "got float 3.5"),
 ])
-def test_init_from_errors_say_what_was_given(bad, says):
-    from sklearn.datasets import load_digits
-
-    from tnlearn.models.tt_net import TTNetClassifier
-
-    X, y = load_digits(return_X_y=True)
+def test_init_from_errors_say_what_was_given(digits_split, bad, says):
+    X, _, y, _ = digits_split
     with pytest.raises(ValueError, match="must be a fitted MLPClassifier or a tuple") as info:
-        TTNetClassifier(n_sweeps=1).fit(X[:60] / 16, y[:60], init_from=bad)
+        TTNetClassifier(n_sweeps=1).fit(X, y, init_from=bad)
     assert says in str(info.value)
 
 
-def test_init_from_an_unfitted_mlp_says_fit_it_first():
-    from sklearn.datasets import load_digits
+def test_init_from_an_unfitted_mlp_says_fit_it_first(digits_split):
     from sklearn.neural_network import MLPClassifier
 
-    from tnlearn.models.tt_net import TTNetClassifier
-
-    X, y = load_digits(return_X_y=True)
+    X, _, y, _ = digits_split
     with pytest.raises(ValueError, match=r"an unfitted MLPClassifier \(call its fit first\)"):
-        TTNetClassifier(n_sweeps=1).fit(X[:60] / 16, y[:60], init_from=MLPClassifier())
+        TTNetClassifier(n_sweeps=1).fit(X, y, init_from=MLPClassifier())
