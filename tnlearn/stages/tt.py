@@ -310,6 +310,56 @@ class TTMatrix:
         shape = (self.cores[j].shape[0],) + self.cores[j].shape[1:3] + self.cores[j + 1].shape[1:]
         return expr(xin, gy, *cores).reshape(shape)
 
+    def block_dense(self, j, block):
+        """The dense matrix ``W`` with cores ``j, j+1`` replaced by a merged ``block``.
+
+        For layers whose matrix is smaller than a minibatch's activations (the
+        kernels of a convolution, applied at every pixel): forming ``W`` once
+        per step and using one GEMM beats contracting every row with the cores.
+
+        Parameters
+        ----------
+        j : int
+        block : array, shape (r_{j-1}, n_j, m_j, n_{j+1}, m_{j+1}, r_{j+1})
+
+        Returns
+        -------
+        array, shape (prod(in_shape), prod(out_shape)), on the backend
+        """
+        self._check_bond(j)
+        _, ins, outs, bterm, oterms, others = self._block_terms(j)
+        inputs = [bterm] + oterms
+        eq = ",".join(inputs) + "->" + "".join(ins) + "".join(outs)
+        cores = [self.cores[k] for k in others]
+        # the chain's boundary bonds (size 1) are summed over, as in the TT product itself
+        expr = self._expression(("bdense", j), eq, block.shape, *(c.shape for c in cores))
+        return expr(block, *cores).reshape(self.in_features, self.out_features)
+
+    def block_gradient_from_dense(self, j, dW):
+        """Gradient with respect to the merged block of bond ``j`` of a loss whose gradient in ``W`` is ``dW``.
+
+        The adjoint of :meth:`block_dense`: ``dW`` contracted with the other cores.
+
+        Parameters
+        ----------
+        j : int
+        dW : array, shape (prod(in_shape), prod(out_shape))
+
+        Returns
+        -------
+        array, shape (r_{j-1}, n_j, m_j, n_{j+1}, m_{j+1}, r_{j+1})
+        """
+        self._check_bond(j)
+        _, ins, outs, bterm, oterms, others = self._block_terms(j)
+        inputs = ["".join(ins) + "".join(outs)] + oterms
+        present = set("".join(inputs))
+        eq = ",".join(inputs) + "->" + "".join(ch for ch in bterm if ch in present)
+        cores = [self.cores[k] for k in others]
+        g = dW.reshape(self.in_shape + self.out_shape)
+        expr = self._expression(("bdgrad", j), eq, g.shape, *(c.shape for c in cores))
+        shape = (self.cores[j].shape[0],) + self.cores[j].shape[1:3] + self.cores[j + 1].shape[1:]
+        return expr(g, *cores).reshape(shape)
+
     def split(self, j, block, direction, truncation):
         """Cut a merged block back into two cores by truncated SVD.
 

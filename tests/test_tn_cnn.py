@@ -1,0 +1,119 @@
+"""tn-cnn: a CNN whose kernels and dense layer are tensor trains, trained by safeguarded sweeps."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from tnlearn import TNCNNClassifier
+from tnlearn.io import load_model, save_model
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    X, y = load_digits(return_X_y=True)
+    return train_test_split(X / 16, y, test_size=0.25, stratify=y, random_state=0)
+
+
+@pytest.fixture(scope="module")
+def fitted(digits):
+    X_tr, X_te, y_tr, y_te = digits
+    return TNCNNClassifier(channels=(8, 16), n_hidden=64, n_sweeps=2, random_state=0).fit(X_tr, y_tr,
+                                                                                           eval_set=(X_te, y_te))
+
+
+def test_learns_the_digits_and_records_every_stage(fitted, digits):
+    X_tr, X_te, y_tr, y_te = digits
+    assert fitted.score(X_te, y_te) >= 0.95
+    h = fitted.history_
+    assert h[-1].test_accuracy == pytest.approx(fitted.score(X_te, y_te))
+    assert list(h[0].stages) == ["conv1", "conv2", "dense"] == fitted.stage_names()
+    for record in h:
+        for name, st in record.stages.items():
+            assert st["loss_after"] <= st["loss_before"] * (1 + 1e-6), name
+            assert st["max_truncation_error"] >= 0 and st["seconds"] > 0
+        assert record.n_params == fitted.n_params_
+    for name, stage in zip(fitted.stage_names(), fitted.stages_):
+        assert h[-1].stages[name]["bond_dims"] == stage.bond_dims
+    # the recorded loss is the sweeps' objective: it never rises, and it is the mean training cross-entropy
+    losses = h.column("loss")
+    assert all(b <= a * (1 + 1e-6) for a, b in zip(losses, losses[1:]))
+    p = fitted.predict_proba(X_tr)
+    ce = -np.mean(np.log(p[np.arange(len(y_tr)), np.searchsorted(fitted.classes_, y_tr)]))
+    assert ce == pytest.approx(losses[-1], rel=1e-3)
+
+
+def test_the_dense_rank_cap_holds_and_parameters_add_up(fitted):
+    dense = fitted.stages_[-1]
+    assert max(dense.bond_dims) <= fitted.max_rank
+    total = sum(st.tt.n_params + st.bias.size for st in fitted.stages_) + fitted.V_.size + fitted.b_.size
+    assert fitted.n_params_ == total
+
+
+def test_an_absurd_step_is_undone_bond_by_bond_and_the_loss_never_rises(digits):
+    X_tr, _, y_tr, _ = digits
+    clf = TNCNNClassifier(channels=(4,), n_hidden=16, n_sweeps=2, learning_rate=5.0, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clf.fit(X_tr[:400], y_tr[:400])
+    assert sum(r.rejected_updates for r in clf.history_) > 0
+    for r in clf.history_:
+        for st in r.stages.values():
+            assert st["loss_after"] <= st["loss_before"]
+    losses = clf.history_.column("loss")
+    assert all(b <= a for a, b in zip(losses, losses[1:]))
+
+
+def test_same_seed_same_network(digits):
+    X_tr, _, y_tr, _ = digits
+    make = lambda: TNCNNClassifier(channels=(4,), n_hidden=16, n_sweeps=1, random_state=3).fit(X_tr[:300], y_tr[:300])  # noqa: E731
+    np.testing.assert_array_equal(make().decision_function(X_tr[:20]), make().decision_function(X_tr[:20]))
+
+
+def test_save_and_load_give_the_same_scores(fitted, digits, tmp_path):
+    X_tr, X_te, _, _ = digits
+    path = tmp_path / "cnn.npz"
+    save_model(fitted, path)
+    loaded = load_model(path)
+    np.testing.assert_array_equal(loaded.decision_function(X_te), fitted.decision_function(X_te))
+    assert loaded.n_params_ == fitted.n_params_
+    assert len(loaded.history_) == len(fitted.history_)
+
+
+def test_a_file_with_a_broken_stage_is_refused(fitted, tmp_path):
+    from tnlearn.io import ModelFormatError
+
+    header, arrays = fitted._get_state()
+    clone = TNCNNClassifier(**fitted.get_params())
+    clone.n_features_in_, clone.classes_ = fitted.n_features_in_, fitted.classes_
+    bad = dict(header, stages=[dict(header["stages"][0], kernel=[3, "3"])] + header["stages"][1:])
+    with pytest.raises(ValueError, match="kernel"):
+        clone._set_state(bad, arrays, fitted._backend)
+    arrays_bad = dict(arrays, V=arrays["V"][:-1])
+    with pytest.raises(ValueError, match="output layer"):
+        clone._set_state(header, arrays_bad, fitted._backend)
+    assert issubclass(ModelFormatError, ValueError)
+
+
+def test_images_that_are_not_square_need_image_shape(digits):
+    X_tr, _, y_tr, _ = digits
+    X = np.hstack([X_tr, X_tr[:, :8]])  # 72 features: 8 x 9
+    with pytest.raises(ValueError, match=r"not a square grey image; pass image_shape"):
+        TNCNNClassifier(n_sweeps=1).fit(X, y_tr)
+    clf = TNCNNClassifier(channels=(4,), n_hidden=16, n_sweeps=1, image_shape=(8, 9), random_state=0).fit(X, y_tr)
+    assert clf.stages_[0].output_shape((8, 9, 1)) == (4, 4, 4)
+    with pytest.raises(ValueError, match=r"image_shape=\(8, 8\) does not hold 72 features"):
+        TNCNNClassifier(image_shape=(8, 8)).fit(X, y_tr)
+
+
+def test_bad_settings_name_the_fix(digits):
+    X_tr, _, y_tr, _ = digits
+    with pytest.raises(ValueError, match=r"channels=\(\) must be a non-empty tuple"):
+        TNCNNClassifier(channels=()).fit(X_tr, y_tr)
+    with pytest.raises(ValueError, match="smaller than pool_size=2: use fewer entries in channels"):
+        TNCNNClassifier(channels=(2, 2, 2, 2)).fit(X_tr, y_tr)  # 8 -> 4 -> 2 -> 1: the fourth cannot pool

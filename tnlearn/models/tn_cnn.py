@@ -1,0 +1,568 @@
+"""tn-cnn: a whole convolutional network as a network of small tensors, trained by two-site sweeps.
+
+::
+
+    image (H, W, 1), centred
+      -> [TT conv k x k, c_1 channels, ReLU, max-pool p]  ... one stage per entry of ``channels``
+      -> [dense TT layer on the flattened map, n_hidden units, ReLU]    (optional)
+      -> dense output layer, softmax cross-entropy
+
+Every convolution kernel and the dense layer is a tensor train
+(:class:`~tnlearn.stages.tt_conv.TTConv`: Garipov et al. 2016 for the kernels,
+Novikov et al. 2015 for the dense layer), so the network's weights are a
+chain of small cores per stage.  A sweep trains the stages one after another,
+bottom up; in a stage it visits every bond left to right and back, merges
+the two cores, moves the merged block — together with the biases of this
+stage and the ones above and the output layer — by minibatch Adam, with its
+gradient back-propagated through every stage above it, and cuts the block
+again by truncated SVD (``conv_rank`` / ``max_rank``, ``cutoff``), which
+records the discarded weight and lets the ranks adapt.  The stages below
+the one being swept are fixed, so its input is computed once per stage and
+cached (the sweep's environment).
+
+Every bond update is safeguarded as in :class:`~tnlearn.models.TTNetClassifier`:
+the mean training cross-entropy over all samples is evaluated after the split
+and the update is undone (and the Adam step halved for the rest of the fit)
+when it rose, so no sweep raises the recorded loss; a sweep that diverges
+anyway is rolled back with a warning.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from numbers import Integral
+
+import numpy as np
+from sklearn.utils._param_validation import Interval, StrOptions
+
+from tnlearn.backend import get_backend
+from tnlearn.history import History, SweepRecord
+from tnlearn.models import _constraints as C
+from tnlearn.models._adam import Adam
+from tnlearn.models._base import TNClassifier
+from tnlearn.models._state import check_finite_floats, header_float, header_int
+from tnlearn.models._training import DIVERGENCE_RISE, divergence, warn_diverged
+from tnlearn.models._validation import check_dtype, check_positive_float
+from tnlearn.solvers import softmax
+from tnlearn.stages.tt import TTMatrix
+from tnlearn.stages.tt_conv import TTConv
+from tnlearn.sweeps import bond_sequence
+from tnlearn.truncation import Truncation, check_truncation_args
+
+#: Adam steps per bond, at least, with ``epochs_per_bond="auto"``.
+MIN_STEPS_PER_BOND = 100
+#: Samples per chunk when the whole training set goes through the network (objective, scores, caches).
+FORWARD_CHUNK = 1024
+
+
+def image_geometry(n_features, image_shape):
+    """``(H, W, c)`` of flattened images: ``image_shape`` (``(H, W)`` or ``(H, W, c)``) or a square grey image.
+
+    Raises
+    ------
+    ValueError
+        When the shape does not hold ``n_features`` numbers, or the images are not square and no shape is given.
+    """
+    if image_shape is not None:
+        shape = tuple(int(s) for s in image_shape)
+        shape = shape + (1,) if len(shape) == 2 else shape
+        if len(shape) != 3 or math.prod(shape) != n_features:
+            raise ValueError(f"image_shape={tuple(image_shape)} does not hold {n_features} features; pass (H, W) or "
+                             f"(H, W, channels) with H * W * channels = {n_features}")
+        return shape
+    side = math.isqrt(n_features)
+    if side * side != n_features:
+        raise ValueError(f"X has {n_features} features, not a square grey image; pass image_shape=(H, W) or "
+                         "(H, W, channels) (pixels in row-major order, channels last)")
+    return side, side, 1
+
+
+class TNCNNClassifier(TNClassifier):
+    """A CNN whose convolution kernels and dense layer are tensor trains, trained by two-site sweeps.
+
+    Parameters
+    ----------
+    channels : tuple of int, default=(16, 32)
+        Output channels of each convolution stage (one stage per entry).
+    kernel_size : int, default=3
+        Side of the (square) kernels; "same" zero padding, stride 1.
+    pool_size : int, default=2
+        Max pooling after each convolution (1: none).
+    conv_rank : int or None, default=None
+        Largest TT-rank of the kernels (None: exact; a 3 x 3 kernel from 16 to
+        32 channels has TT-ranks at most 12 and 64).
+    n_hidden : int or None, default=256
+        Units of the dense TT layer after the convolutions (None: the output
+        layer reads the flattened feature map directly).
+    max_rank : int, default=8
+        Largest TT-rank of the dense TT layer.
+    cutoff : float, default=0.0
+        Relative discarded weight allowed at each split (``cutoff_mode="rsum2"``).
+    n_sweeps : int, default=4
+        Full sweeps; each visits every bond of every stage twice (right, then left).
+    epochs_per_bond : float or "auto", default="auto"
+        Passes of minibatch Adam over the training set at every bond;
+        ``"auto"``: half an epoch, at least 100 steps.
+    batch_size : int, default=128
+    learning_rate : float, default=2e-3
+    lr_decay : float, default=1.0
+        The Adam step of sweep ``k`` (1-based) is ``learning_rate * lr_decay**(k - 1)``.
+    image_shape : tuple, optional
+        ``(H, W)`` or ``(H, W, channels)`` (channels last); default: square grey images.
+    dtype : {"float32", "float64"}
+    backend : str, default="numpy"
+    random_state : int, Generator or None
+    verbose : int
+        1: a line per sweep; 2: also a progress bar over bonds.
+
+    Attributes
+    ----------
+    stages_ : list of TTConv
+        The convolution stages, then the dense TT layer (one patch over the whole map).
+    V_, b_ : ndarray
+        Output layer, shapes ``(n_inputs, n_classes)`` and ``(n_classes,)``.
+    classes_ : ndarray
+    history_ : History
+        ``stages[name]`` per sweep: ``bond_dims``, ``max_truncation_error``,
+        ``loss_before`` / ``loss_after``, ``seconds``, ``rejected_updates``.
+
+    References
+    ----------
+    Garipov, Podoprikhin, Novikov & Vetrov, "Ultimate tensorization: compressing convolutional
+    and FC layers alike", arXiv 1611.03214 (2016).  Novikov, Podoprikhin, Osokin & Vetrov,
+    "Tensorizing Neural Networks", NeurIPS 2015.  Stoudenmire & Schwab, "Supervised learning with
+    tensor networks", NeurIPS 2016 (the two-site sweep).
+    """
+
+    def __init__(
+        self,
+        channels=(16, 32),
+        kernel_size=3,
+        pool_size=2,
+        conv_rank=None,
+        n_hidden=256,
+        max_rank=8,
+        cutoff=0.0,
+        n_sweeps=4,
+        epochs_per_bond="auto",
+        batch_size=128,
+        learning_rate=2e-3,
+        lr_decay=1.0,
+        image_shape=None,
+        dtype="float32",
+        backend="numpy",
+        random_state=None,
+        verbose=0,
+    ):
+        self.channels = channels
+        self.kernel_size = kernel_size
+        self.pool_size = pool_size
+        self.conv_rank = conv_rank
+        self.n_hidden = n_hidden
+        self.max_rank = max_rank
+        self.cutoff = cutoff
+        self.n_sweeps = n_sweeps
+        self.epochs_per_bond = epochs_per_bond
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.lr_decay = lr_decay
+        self.image_shape = image_shape
+        self.dtype = dtype
+        self.backend = backend
+        self.random_state = random_state
+        self.verbose = verbose
+
+    _parameter_constraints = {
+        **C.COMMON,
+        "channels": [tuple, list], "kernel_size": C.POSITIVE_INT, "pool_size": C.POSITIVE_INT,
+        "conv_rank": [*C.POSITIVE_INT, None], "n_hidden": [*C.POSITIVE_INT, None], "max_rank": C.POSITIVE_INT,
+        "cutoff": C.NON_NEGATIVE, "n_sweeps": C.POSITIVE_INT, "epochs_per_bond": [StrOptions({"auto"}), *C.POSITIVE],
+        "batch_size": C.POSITIVE_INT, "learning_rate": C.POSITIVE, "lr_decay": C.POSITIVE,
+        "image_shape": [tuple, list, None],
+    }
+
+    def _check_params(self):
+        self._validate_hyperparameters()
+        channels = tuple(self.channels)
+        if not channels or any(isinstance(c, bool) or not isinstance(c, Integral) or c < 1 for c in channels):
+            raise ValueError(f"channels={self.channels!r} must be a non-empty tuple of integers >= 1, e.g. (16, 32)")
+        check_truncation_args(self.max_rank, self.cutoff, "rsum2")
+        if self.epochs_per_bond != "auto":
+            check_positive_float("epochs_per_bond", self.epochs_per_bond, "0.5")
+        check_positive_float("learning_rate", self.learning_rate, "2e-3")
+        check_dtype(self.dtype)
+
+    # -- the network --------------------------------------------------------------------------
+    def _build(self, shape, n_classes, rng, dtype, backend):
+        """Random stages for ``(H, W, c)`` images; returns the stages and the output layer's input size."""
+        stages = []
+        k = self.kernel_size
+        for c_out in self.channels:
+            if min(shape[:2]) < self.pool_size:
+                raise ValueError(f"the {shape[0]}x{shape[1]} feature map before convolution {len(stages) + 1} is "
+                                 f"smaller than pool_size={self.pool_size}: use fewer entries in channels="
+                                 f"{tuple(self.channels)} or a smaller pool_size")
+            stage = TTConv.random(shape, c_out, (k, k), rng, self.conv_rank, padding=k // 2, pool=self.pool_size,
+                                  dtype=dtype, backend=backend)
+            stages.append(stage)
+            shape = stage.output_shape(shape)
+        if self.n_hidden is not None:
+            stage = TTConv.random(shape, self.n_hidden, shape[:2], rng, self.max_rank, dtype=dtype, backend=backend)
+            stages.append(stage)
+            shape = stage.output_shape(shape)
+        n_in = math.prod(shape)
+        return stages, n_in
+
+    def _truncation(self, s):
+        """The split's truncation of stage ``s``: ``conv_rank`` for convolutions, ``max_rank`` for the dense TT."""
+        dense = self.n_hidden is not None and s == len(self.stages_) - 1
+        return Truncation(self.max_rank if dense else self.conv_rank, self.cutoff)
+
+    def stage_names(self):
+        """``["conv1", "conv2", ..., "dense"]``: the names of :attr:`stages_` in the history."""
+        names = [f"conv{i + 1}" for i in range(len(tuple(self.channels)))]
+        return names + (["dense"] if self.n_hidden is not None else [])
+
+    def _forward(self, z, s, trained=None, params=None, weights=None):
+        """Logits from the input ``z`` of stage ``s``, and the caches of stages ``s ..``.
+
+        ``trained = (j, block)`` replaces cores ``j, j+1`` of stage ``s``;
+        ``params`` the biases and output layer (``{"bias<i>": .., "V": .., "b": ..}``);
+        ``weights`` the kernel matrices of the stages (formed once per bond).
+        """
+        caches = []
+        for i in range(s, len(self.stages_)):
+            stage = self.stages_[i]
+            block, j = (trained[1], trained[0]) if trained is not None and i == s else (None, None)
+            W = weights[i] if weights is not None and block is None else None
+            bias = params[f"bias{i}"] if params is not None else None
+            z, cache = stage.forward(z, block, j, bias, W)
+            caches.append(cache)
+        h = z.reshape(z.shape[0], -1)
+        V, b = (params["V"], params["b"]) if params is not None else (self.V_, self.b_)
+        return h @ V + b, h, caches
+
+    def _batch_gradients(self, z, y, s, j, block, params, weights):
+        """Mean cross-entropy gradients of a minibatch: the block of bond ``j`` of stage ``s`` and ``params``."""
+        xp = self._backend.xp
+        f, h, caches = self._forward(z, s, (j, block), params, weights)
+        p = softmax(f, xp)
+        p[xp.arange(len(y)), y] -= 1
+        dF = p / len(y)
+        grads = {"V": h.T @ dF, "b": dF.sum(axis=0)}
+        d = (dF @ params["V"].T).reshape(caches[-1][2].shape[:1] + self._stage_output_shapes[-1])
+        d_block = None
+        for i in range(len(self.stages_) - 1, s - 1, -1):
+            d, d_block_i, d_bias = self.stages_[i].backward(d, caches[i - s], j if i == s else None, need_input=i > s)
+            grads[f"bias{i}"] = d_bias
+            if i == s:
+                d_block = d_block_i
+        return d_block, grads
+
+    def _stage_inputs(self, Z0, s):
+        """The input of stage ``s`` for every sample (the fixed stages below it applied chunk by chunk)."""
+        if s == 0:
+            return Z0
+        xp = self._backend.xp
+        out = None
+        for start in range(0, Z0.shape[0], FORWARD_CHUNK):
+            z = Z0[start : start + FORWARD_CHUNK]
+            for i in range(s):
+                z = self.stages_[i].forward(z)[0]
+            if out is None:
+                out = xp.empty((Z0.shape[0],) + z.shape[1:], dtype=z.dtype)
+            out[start : start + len(z)] = z
+        return out
+
+    def _logits_from(self, Z, s, weights=None):
+        """Logits of every sample from the cached input ``Z`` of stage ``s``, chunk by chunk."""
+        xp = self._backend.xp
+        out = xp.empty((Z.shape[0], len(self.classes_)), dtype=Z.dtype)
+        for start in range(0, Z.shape[0], FORWARD_CHUNK):
+            out[start : start + FORWARD_CHUNK] = self._forward(Z[start : start + FORWARD_CHUNK], s, weights=weights)[0]
+        return out
+
+    def _objective(self, Z, s, Y):
+        """Mean training cross-entropy of the current network, from stage ``s``'s cached input."""
+        from tnlearn.sweeps import training_loss
+
+        return training_loss(self._logits_from(Z, s), Y, "cross_entropy", self._backend.xp)
+
+    def _params(self):
+        params = {f"bias{i}": st.bias for i, st in enumerate(self.stages_)}
+        params.update(V=self.V_, b=self.b_)
+        return params
+
+    def _set_params(self, params):
+        for i, st in enumerate(self.stages_):
+            st.bias = params[f"bias{i}"]
+        self.V_, self.b_ = params["V"], params["b"]
+
+    def _steps_per_bond(self, n):
+        if self.epochs_per_bond == "auto":
+            return max(MIN_STEPS_PER_BOND, int(round(0.5 * n / self.batch_size)))
+        return max(1, int(round(self.epochs_per_bond * n / self.batch_size)))
+
+    def _update_bond(self, s, j, direction, Z, Y, y_dev, rng, adam, loss_before):
+        """One safeguarded two-site update of bond ``j`` of stage ``s``; ``(split info, loss after, accepted)``."""
+        stage = self.stages_[s]
+        tt = stage.tt
+        old_cores, old_params = (tt.cores[j], tt.cores[j + 1]), self._params()
+        block0 = tt.merge(j)
+        weights = {i: st.weight() for i, st in enumerate(self.stages_) if i != s}
+        params = {k: v for k, v in old_params.items() if k in ("V", "b") or int(k[4:]) >= s}
+        adam.reset("block")
+        block, n = block0, Z.shape[0]
+        order, pos = self._backend.asarray(rng.permutation(n)), 0
+        for _ in range(self._steps_per_bond(n)):
+            if pos >= n:
+                order, pos = self._backend.asarray(rng.permutation(n)), 0
+            idx = order[pos : pos + self.batch_size]
+            pos += len(idx)
+            full = {**old_params, **params}
+            d_block, grads = self._batch_gradients(Z[idx], y_dev[idx], s, j, block, full, weights)
+            block = adam.step("block", block, d_block)
+            params = {k: adam.step(k, v, grads[k]) for k, v in params.items()}
+        self._set_params({**old_params, **params})
+        info = tt.split(j, block, direction, self._truncation(s))
+        after = self._objective(Z, s, Y)
+        if np.isfinite(after) and after <= loss_before:
+            return info, after, True
+        tt.cores[j], tt.cores[j + 1] = old_cores
+        self._set_params(old_params)
+        info = tt.split(j, block0, direction, Truncation(old_cores[0].shape[3]))  # exact: block0 has that rank
+        return info, loss_before, False
+
+    # -- fitting ------------------------------------------------------------------------------------
+    def fit(self, X, y, eval_set=None, on_sweep=None):
+        """Train by sweeps over every stage's TT cores, bottom up.
+
+        Parameters
+        ----------
+        X : array-like, shape (n_samples, H * W * channels)
+            Flattened images, row-major, channels last (any range: centred and
+            scaled by the training pixels' mean and standard deviation).
+        y : array-like, shape (n_samples,)
+        eval_set : tuple (X_test, y_test), optional
+            Scored after every sweep (``history_[k].test_accuracy``).
+        on_sweep : callable, optional
+            Called as ``on_sweep(self)`` after every sweep.
+
+        Returns
+        -------
+        self
+
+        Raises
+        ------
+        ValueError
+            For images that do not match ``image_shape`` or are too small for the stages.
+        """
+        self._check_params()
+        X, classes, y_idx = self._validate_Xy(X, y)
+        eval_set = self._validate_eval_set(eval_set)
+        shape = image_geometry(X.shape[1], self.image_shape)
+        rng = np.random.default_rng(self.random_state)
+        backend = self._backend = get_backend(self.backend)
+        xp = backend.xp
+        dtype = np.dtype(self.dtype)
+        self.classes_ = classes
+        self.image_shape_ = shape
+        self.input_mean_ = float(X.mean())
+        self.input_scale_ = float(X.std()) or 1.0
+        L = len(classes)
+        self.stages_, n_in = self._build(shape, L, rng, dtype, backend)
+        self._stage_output_shapes = self._output_shapes()
+        for st in self.stages_:
+            st.tt.orthogonalize(0)
+        self.V_ = backend.asarray((rng.standard_normal((n_in, L)) * np.sqrt(2.0 / n_in)).astype(dtype))
+        self.b_ = xp.zeros(L, dtype=dtype)
+        self.history_ = History(meta={"model": "tn-cnn", "stages": self.stage_names(), "n_params": self.n_params_})
+        Z0 = self._prepare(X, xp)
+        Y = backend.asarray(np.eye(L, dtype=dtype)[y_idx])
+        y_dev = backend.asarray(y_idx)
+        eval_data = None if eval_set is None else (self._prepare(eval_set[0], xp), eval_set[1])
+        adam = Adam(self.learning_rate, xp=xp)
+        step = {"scale": 1.0}
+        names = self.stage_names()
+
+        def one_sweep():
+            adam.learning_rate = self.learning_rate * self.lr_decay ** len(self.history_) * step["scale"]
+            t0 = time.perf_counter()
+            schedules = [bond_sequence(st.tt.n_cores, "both") for st in self.stages_]
+            bar = None
+            if self.verbose >= 2:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=sum(map(len, schedules)), desc=f"sweep {len(self.history_) + 1}", leave=False)
+            errors, stages, rejected = [], {}, 0
+            loss = None
+            for s, schedule in enumerate(schedules):
+                ts = time.perf_counter()
+                Z = self._stage_inputs(Z0, s)
+                loss = self._objective(Z, s, Y) if loss is None else loss
+                before, stage_errors, stage_rejected = loss, [], 0
+                for j, direction in schedule:
+                    info, loss, accepted = self._update_bond(s, j, direction, Z, Y, y_dev, rng, adam, loss)
+                    stage_errors.append(float(info.discarded_weight))
+                    if not accepted:
+                        stage_rejected += 1
+                        step["scale"] *= 0.5
+                        adam.learning_rate *= 0.5
+                    if bar is not None:
+                        bar.update()
+                del Z
+                errors += stage_errors
+                rejected += stage_rejected
+                stages[names[s]] = {"bond_dims": self.stages_[s].bond_dims, "loss_before": before,
+                                    "loss_after": loss, "max_truncation_error": max(stage_errors),
+                                    "seconds": time.perf_counter() - ts, "rejected_updates": stage_rejected,
+                                    "n_params": self.stages_[s].n_params}
+            if bar is not None:
+                bar.close()
+            return self._record(Z0, Y, y_idx, eval_data, errors, stages, rejected, time.perf_counter() - t0)
+
+        def snapshot():
+            cores = [list(st.tt.cores) for st in self.stages_]
+            params = self._params()
+
+            def restore():
+                for st, c in zip(self.stages_, cores):
+                    st.tt.cores = c
+                self._set_params(params)
+            return restore
+
+        self._sweep_loop(self.n_sweeps, one_sweep, snapshot, on_sweep)
+        return self
+
+    def _output_shapes(self):
+        shapes, shape = [], self.image_shape_
+        for st in self.stages_:
+            shape = st.output_shape(shape)
+            shapes.append(shape)
+        return shapes
+
+    def _prepare(self, X, xp, dtype=None):
+        """Centred, scaled images ``(n, H, W, c)`` on the backend."""
+        dtype = self.stages_[0].tt.dtype if dtype is None else dtype
+        Xc = ((np.asarray(X, dtype=np.float64) - self.input_mean_) / self.input_scale_).astype(dtype)
+        return self._backend.asarray(Xc.reshape((len(X),) + tuple(self.image_shape_)))
+
+    def _record(self, Z0, Y, y_idx, eval_data, errors, stages, rejected, seconds):
+        from tnlearn.sweeps import training_loss
+
+        xp = self._backend.xp
+        f = self._logits_from(Z0, 0)
+        loss = training_loss(f, Y, "cross_entropy", xp)
+        reason = divergence(self._last_loss(), loss, DIVERGENCE_RISE)
+        if reason is not None:
+            warn_diverged(type(self).__name__, len(self.history_) + 1, reason,
+                          "lower learning_rate (e.g. learning_rate=1e-3) or use dtype='float64'")
+            return None
+        train_acc = float(np.mean(self._backend.asnumpy(xp.argmax(f, axis=1)) == y_idx))
+        test_acc = None
+        if eval_data is not None:
+            scores = self._backend.asnumpy(self._logits_from(eval_data[0], 0))
+            test_acc = float(np.mean(self.classes_[np.argmax(scores, axis=1)] == eval_data[1]))
+        ranks = [r for st in self.stages_ for r in st.bond_dims]
+        record = SweepRecord.from_splits(len(self.history_) + 1, loss, train_acc, test_acc, errors, ranks, seconds,
+                                         stages, rejected_updates=rejected, data_loss=loss, n_params=self.n_params_)
+        self.history_.append(record)
+        if self.verbose:
+            per_stage = "  ".join(f"{k} {v['bond_dims']}" for k, v in stages.items())
+            print(f"{record.headline()}  ranks {per_stage}  params {self.n_params_}  {seconds:.1f} s", flush=True)
+        return record
+
+    # -- prediction ---------------------------------------------------------------------------------
+    def _scores(self, X):
+        """Logits, shape (n_samples, n_classes), float64 (host), whatever the training dtype."""
+        be = self._backend
+        saved = [(list(st.tt.cores), st.bias) for st in self.stages_]
+        V, b = self.V_, self.b_
+        try:
+            for st in self.stages_:
+                st.tt = TTMatrix([c.astype(np.float64) for c in st.tt.cores], be)
+                st.bias = st.bias.astype(np.float64)
+            self.V_, self.b_ = V.astype(np.float64), b.astype(np.float64)
+            return be.asnumpy(self._logits_from(self._prepare(X, be.xp, np.float64), 0))
+        finally:
+            for st, (cores, bias) in zip(self.stages_, saved):
+                st.tt = TTMatrix(cores, be)
+                st.bias = bias
+            self.V_, self.b_ = V, b
+
+    def predict_proba(self, X):
+        """Softmax of the logits, shape (n_samples, n_classes)."""
+        self._check_fitted()
+        return softmax(self._scores(self._validate_X(X, reset=False)), np)
+
+    # -- size and files ------------------------------------------------------------------------------
+    @property
+    def n_params_(self):
+        """Trained parameters: every stage's TT cores and bias, the output layer."""
+        return int(sum(st.n_params for st in self.stages_) + self.V_.size + self.b_.size)
+
+    @property
+    def size_label(self):
+        """``"channels 16-32, TT-rank 8"``."""
+        return f"channels {'-'.join(map(str, self.channels))}, TT-rank {self.max_rank}"
+
+    def _get_state(self):
+        be = self._backend
+        arrays = {"V": be.asnumpy(self.V_), "b": be.asnumpy(self.b_)}
+        geometry = []
+        for i, st in enumerate(self.stages_):
+            arrays[f"stage{i}_bias"] = be.asnumpy(st.bias)
+            arrays.update({f"stage{i}_core{k}": be.asnumpy(c) for k, c in enumerate(st.tt.cores)})
+            geometry.append({"n_cores": st.tt.n_cores, "kernel": list(st.kernel), "stride": st.stride,
+                             "padding": st.padding, "pool": st.pool, "relu": st.relu})
+        header = {"stages": geometry, "image_shape": list(self.image_shape_), "input_mean": self.input_mean_,
+                  "input_scale": self.input_scale_}
+        return header, arrays
+
+    def _set_state(self, header, arrays, backend):
+        for key in ("channels", "image_shape"):  # JSON lists back to tuples
+            if getattr(self, key) is not None:
+                setattr(self, key, tuple(getattr(self, key)))
+        self._check_params()
+        dtype = np.dtype(self.dtype)
+        geometry = header["stages"]
+        shape = image_geometry(self.n_features_in_, header["image_shape"])
+        if not isinstance(geometry, list) or len(geometry) != len(self.stage_names()):
+            raise ValueError(f"the file has {len(geometry) if isinstance(geometry, list) else geometry!r} stages; "
+                             f"channels={self.channels} and n_hidden={self.n_hidden} make {len(self.stage_names())}")
+        stages = []
+        for i, g in enumerate(geometry):
+            n_cores = header_int(g, "n_cores")
+            cores = [arrays[f"stage{i}_core{k}"] for k in range(n_cores)]
+            for k, core in enumerate(cores):
+                check_finite_floats(f"stage{i}_core{k}", core, 4, dtype)
+            bias = arrays[f"stage{i}_bias"]
+            check_finite_floats(f"stage{i}_bias", bias, 1, dtype)
+            kernel = g["kernel"]
+            if not (isinstance(kernel, list) and len(kernel) == 2
+                    and all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in kernel)):
+                raise ValueError(f"stage {i}: kernel={kernel!r} must be a pair [kh, kw] of integers >= 1")
+            if not isinstance(g["relu"], bool):
+                raise ValueError(f"stage {i}: relu={g['relu']!r} must be true or false")
+            stage = TTConv(TTMatrix(cores, backend), backend.asarray(bias), tuple(kernel), header_int(g, "stride"),
+                           header_int(g, "padding"), header_int(g, "pool"), g["relu"])
+            if stage.c_in != shape[2]:
+                raise ValueError(f"stage {i} takes {stage.c_in} channels but its input has {shape[2]}")
+            shape = stage.output_shape(shape)
+            stages.append(stage)
+        V, b = arrays["V"], arrays["b"]
+        check_finite_floats("V", V, 2, dtype)
+        check_finite_floats("b", b, 1, dtype)
+        if V.shape != (math.prod(shape), len(self.classes_)) or b.shape != (len(self.classes_),):
+            raise ValueError(f"the output layer has shapes V {V.shape}, b {b.shape}; the stages give "
+                             f"{math.prod(shape)} features and there are {len(self.classes_)} classes")
+        self._backend = backend
+        self.stages_ = stages
+        self.image_shape_ = image_geometry(self.n_features_in_, header["image_shape"])
+        self.input_mean_ = header_float(header, "input_mean")
+        self.input_scale_ = header_float(header, "input_scale")
+        if not self.input_scale_ > 0:
+            raise ValueError(f"input_scale={self.input_scale_} must be positive")
+        self.V_, self.b_ = backend.asarray(V), backend.asarray(b)
+        self._stage_output_shapes = self._output_shapes()
