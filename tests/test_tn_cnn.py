@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import numpy as np
@@ -117,3 +118,23 @@ def test_bad_settings_name_the_fix(digits):
         TNCNNClassifier(channels=()).fit(X_tr, y_tr)
     with pytest.raises(ValueError, match="smaller than pool_size=2: use fewer entries in channels"):
         TNCNNClassifier(channels=(2, 2, 2, 2)).fit(X_tr, y_tr)  # 8 -> 4 -> 2 -> 1: the fourth cannot pool
+
+
+def test_a_saved_model_resumed_with_warm_start_continues_bit_for_bit(digits, tmp_path):
+    X_tr, X_te, y_tr, _ = digits
+    params = dict(channels=(4,), n_hidden=16, random_state=5, learning_rate=2e-2)  # large: rejections happen too
+    straight = TNCNNClassifier(n_sweeps=3, **params).fit(X_tr, y_tr)
+    first = TNCNNClassifier(n_sweeps=1, **params).fit(X_tr, y_tr)
+    save_model(first, tmp_path / "one.npz")
+    resumed = load_model(tmp_path / "one.npz")
+    resumed.set_params(warm_start=True, n_sweeps=2).fit(X_tr, y_tr)
+    assert len(resumed.history_) == 3
+    assert resumed.history_.column("loss") == straight.history_.column("loss")
+    np.testing.assert_array_equal(resumed.decision_function(X_te), straight.decision_function(X_te))
+
+
+def test_warm_start_refuses_new_classes(fitted, digits):
+    X_tr, _, y_tr, _ = digits
+    clone = copy.deepcopy(fitted)
+    with pytest.raises(ValueError, match=r"classes \[10\] unseen in the first fit"):
+        clone.set_params(warm_start=True, n_sweeps=1).fit(X_tr[:20], np.full(20, 10))

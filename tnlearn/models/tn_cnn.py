@@ -110,6 +110,11 @@ class TNCNNClassifier(TNClassifier):
         The Adam step of sweep ``k`` (1-based) is ``learning_rate * lr_decay**(k - 1)``.
     image_shape : tuple, optional
         ``(H, W)`` or ``(H, W, channels)`` (channels last); default: square grey images.
+    warm_start : bool, default=False
+        A second ``fit`` continues from the fitted network for ``n_sweeps``
+        more sweeps (same classes and features); a run resumed from a saved
+        model this way continues bit for bit (each sweep's minibatch order is
+        drawn from a generator seeded by ``seed_`` and the sweep number).
     dtype : {"float32", "float64"}
     backend : str, default="numpy"
     random_state : int, Generator or None
@@ -123,6 +128,10 @@ class TNCNNClassifier(TNClassifier):
     V_, b_ : ndarray
         Output layer, shapes ``(n_inputs, n_classes)`` and ``(n_classes,)``.
     classes_ : ndarray
+    seed_ : int
+        Seed of the sweeps' minibatch orders (drawn from ``random_state``).
+    step_scale_ : float
+        Factor of ``learning_rate`` left by the rejected bond updates (each halves it).
     history_ : History
         ``stages[name]`` per sweep: ``bond_dims``, ``max_truncation_error``,
         ``loss_before`` / ``loss_after``, ``seconds``, ``rejected_updates``.
@@ -150,6 +159,7 @@ class TNCNNClassifier(TNClassifier):
         learning_rate=2e-3,
         lr_decay=1.0,
         image_shape=None,
+        warm_start=False,
         dtype="float32",
         backend="numpy",
         random_state=None,
@@ -168,6 +178,7 @@ class TNCNNClassifier(TNClassifier):
         self.learning_rate = learning_rate
         self.lr_decay = lr_decay
         self.image_shape = image_shape
+        self.warm_start = warm_start
         self.dtype = dtype
         self.backend = backend
         self.random_state = random_state
@@ -179,7 +190,7 @@ class TNCNNClassifier(TNClassifier):
         "conv_rank": [*C.POSITIVE_INT, None], "n_hidden": [*C.POSITIVE_INT, None], "max_rank": C.POSITIVE_INT,
         "cutoff": C.NON_NEGATIVE, "n_sweeps": C.POSITIVE_INT, "epochs_per_bond": [StrOptions({"auto"}), *C.POSITIVE],
         "batch_size": C.POSITIVE_INT, "learning_rate": C.POSITIVE, "lr_decay": C.POSITIVE,
-        "image_shape": [tuple, list, None],
+        "image_shape": [tuple, list, None], "warm_start": ["boolean"],
     }
 
     def _check_params(self):
@@ -304,15 +315,22 @@ class TNCNNClassifier(TNClassifier):
             return max(MIN_STEPS_PER_BOND, int(round(0.5 * n / self.batch_size)))
         return max(1, int(round(self.epochs_per_bond * n / self.batch_size)))
 
-    def _update_bond(self, s, j, direction, Z, Y, y_dev, rng, adam, loss_before):
-        """One safeguarded two-site update of bond ``j`` of stage ``s``; ``(split info, loss after, accepted)``."""
+    def _update_bond(self, s, j, direction, Z, Y, y_dev, rng, learning_rate, loss_before):
+        """One safeguarded two-site update of bond ``j`` of stage ``s``; ``(split info, loss after, accepted)``.
+
+        The local problem — the mean cross-entropy as a function of the
+        merged block, the biases of stages ``s ..`` and the output layer — is
+        solved by minibatch Adam started afresh (no moments carried from the
+        previous bond), so an update depends only on the network, the
+        minibatch order drawn from ``rng`` and ``learning_rate``.
+        """
         stage = self.stages_[s]
         tt = stage.tt
         old_cores, old_params = (tt.cores[j], tt.cores[j + 1]), self._params()
         block0 = tt.merge(j)
         weights = {i: st.weight() for i, st in enumerate(self.stages_) if i != s}
         params = {k: v for k, v in old_params.items() if k in ("V", "b") or int(k[4:]) >= s}
-        adam.reset("block")
+        adam = Adam(learning_rate, xp=self._backend.xp)
         block, n = block0, Z.shape[0]
         order, pos = self._backend.asarray(rng.permutation(n)), 0
         for _ in range(self._steps_per_bond(n)):
@@ -333,6 +351,38 @@ class TNCNNClassifier(TNClassifier):
         self._set_params(old_params)
         info = tt.split(j, block0, direction, Truncation(old_cores[0].shape[3]))  # exact: block0 has that rank
         return info, loss_before, False
+
+    # -- fitting ------------------------------------------------------------------------------------
+    def _initialise(self, X, classes, backend):
+        """Fresh stages, output layer, input statistics, history and sweep seed for validated ``X``."""
+        rng = np.random.default_rng(self.random_state)
+        dtype = np.dtype(self.dtype)
+        self.classes_ = classes
+        self.image_shape_ = image_geometry(X.shape[1], self.image_shape)
+        self.input_mean_ = float(X.mean())
+        self.input_scale_ = float(X.std()) or 1.0
+        L = len(classes)
+        self.stages_, n_in = self._build(self.image_shape_, L, rng, dtype, backend)
+        self._stage_output_shapes = self._output_shapes()
+        for st in self.stages_:
+            st.tt.orthogonalize(0)  # mixed-canonical gauge, centre at core 0, where a stage's sweep starts
+        self.V_ = backend.asarray((rng.standard_normal((n_in, L)) * np.sqrt(2.0 / n_in)).astype(dtype))
+        self.b_ = backend.xp.zeros(L, dtype=dtype)
+        self.seed_ = int(rng.integers(2**62))  # seeds every sweep's minibatch order
+        self.step_scale_ = 1.0  # halved by every rejected bond update, for the rest of the fit
+        self.history_ = History(meta={"model": "tn-cnn", "stages": self.stage_names(), "n_params": self.n_params_})
+
+    def _continuation_data(self, X, y):
+        """``warm_start``: ``X`` and labels checked against the fitted model; returns ``(X, y_idx)``."""
+        X = self._validate_X(X, reset=False)
+        y = np.asarray(y).reshape(-1)
+        if len(y) != len(X):
+            raise ValueError(f"X has {len(X)} samples and y {len(y)} labels; pass one label per sample")
+        unknown = np.setdiff1d(np.unique(y), self.classes_)
+        if unknown.size:
+            raise ValueError(f"warm_start: y has classes {unknown.tolist()} unseen in the first fit; refit with "
+                             "warm_start=False to learn a new set of classes")
+        return X, np.searchsorted(self.classes_, y)
 
     # -- fitting ------------------------------------------------------------------------------------
     def fit(self, X, y, eval_set=None, on_sweep=None):
@@ -359,42 +409,36 @@ class TNCNNClassifier(TNClassifier):
             For images that do not match ``image_shape`` or are too small for the stages.
         """
         self._check_params()
-        X, classes, y_idx = self._validate_Xy(X, y)
+        continuing = self.warm_start and hasattr(self, "stages_")
+        if continuing:
+            X, y_idx = self._continuation_data(X, y)
+        else:
+            X, classes, y_idx = self._validate_Xy(X, y)
         eval_set = self._validate_eval_set(eval_set)
-        shape = image_geometry(X.shape[1], self.image_shape)
-        rng = np.random.default_rng(self.random_state)
-        backend = self._backend = get_backend(self.backend)
+        backend = self._backend = get_backend(self.backend) if not continuing else self._backend
         xp = backend.xp
-        dtype = np.dtype(self.dtype)
-        self.classes_ = classes
-        self.image_shape_ = shape
-        self.input_mean_ = float(X.mean())
-        self.input_scale_ = float(X.std()) or 1.0
-        L = len(classes)
-        self.stages_, n_in = self._build(shape, L, rng, dtype, backend)
-        self._stage_output_shapes = self._output_shapes()
-        for st in self.stages_:
-            st.tt.orthogonalize(0)
-        self.V_ = backend.asarray((rng.standard_normal((n_in, L)) * np.sqrt(2.0 / n_in)).astype(dtype))
-        self.b_ = xp.zeros(L, dtype=dtype)
-        self.history_ = History(meta={"model": "tn-cnn", "stages": self.stage_names(), "n_params": self.n_params_})
+        if not continuing:
+            self._initialise(X, classes, backend)
+        L = len(self.classes_)
+        dtype = self.stages_[0].tt.dtype
         Z0 = self._prepare(X, xp)
         Y = backend.asarray(np.eye(L, dtype=dtype)[y_idx])
         y_dev = backend.asarray(y_idx)
         eval_data = None if eval_set is None else (self._prepare(eval_set[0], xp), eval_set[1])
-        adam = Adam(self.learning_rate, xp=xp)
-        step = {"scale": 1.0}
         names = self.stage_names()
 
         def one_sweep():
-            adam.learning_rate = self.learning_rate * self.lr_decay ** len(self.history_) * step["scale"]
+            number = len(self.history_) + 1
+            learning_rate = self.learning_rate * self.lr_decay ** (number - 1) * self.step_scale_
+            # each sweep's minibatch orders come from its own generator: a resumed run draws the same ones
+            rng = np.random.default_rng([self.seed_, number])
             t0 = time.perf_counter()
             schedules = [bond_sequence(st.tt.n_cores, "both") for st in self.stages_]
             bar = None
             if self.verbose >= 2:
                 from tqdm.auto import tqdm
 
-                bar = tqdm(total=sum(map(len, schedules)), desc=f"sweep {len(self.history_) + 1}", leave=False)
+                bar = tqdm(total=sum(map(len, schedules)), desc=f"sweep {number}", unit="bond", leave=False)
             errors, stages, rejected = [], {}, 0
             loss = None
             for s, schedule in enumerate(schedules):
@@ -403,12 +447,12 @@ class TNCNNClassifier(TNClassifier):
                 loss = self._objective(Z, s, Y) if loss is None else loss
                 before, stage_errors, stage_rejected = loss, [], 0
                 for j, direction in schedule:
-                    info, loss, accepted = self._update_bond(s, j, direction, Z, Y, y_dev, rng, adam, loss)
+                    info, loss, accepted = self._update_bond(s, j, direction, Z, Y, y_dev, rng, learning_rate, loss)
                     stage_errors.append(float(info.discarded_weight))
-                    if not accepted:
+                    if not accepted:  # the step was too long: halve it for the rest of the fit
                         stage_rejected += 1
-                        step["scale"] *= 0.5
-                        adam.learning_rate *= 0.5
+                        self.step_scale_ *= 0.5
+                        learning_rate *= 0.5
                     if bar is not None:
                         bar.update()
                 del Z
@@ -424,12 +468,13 @@ class TNCNNClassifier(TNClassifier):
 
         def snapshot():
             cores = [list(st.tt.cores) for st in self.stages_]
-            params = self._params()
+            params, scale = self._params(), self.step_scale_
 
             def restore():
                 for st, c in zip(self.stages_, cores):
                     st.tt.cores = c
                 self._set_params(params)
+                self.step_scale_ = scale
             return restore
 
         self._sweep_loop(self.n_sweeps, one_sweep, snapshot, on_sweep)
@@ -517,7 +562,7 @@ class TNCNNClassifier(TNClassifier):
             geometry.append({"n_cores": st.tt.n_cores, "kernel": list(st.kernel), "stride": st.stride,
                              "padding": st.padding, "pool": st.pool, "relu": st.relu})
         header = {"stages": geometry, "image_shape": list(self.image_shape_), "input_mean": self.input_mean_,
-                  "input_scale": self.input_scale_}
+                  "input_scale": self.input_scale_, "seed": self.seed_, "step_scale": self.step_scale_}
         return header, arrays
 
     def _set_state(self, header, arrays, backend):
@@ -566,3 +611,7 @@ class TNCNNClassifier(TNClassifier):
             raise ValueError(f"input_scale={self.input_scale_} must be positive")
         self.V_, self.b_ = backend.asarray(V), backend.asarray(b)
         self._stage_output_shapes = self._output_shapes()
+        self.seed_ = header_int(header, "seed")
+        self.step_scale_ = header_float(header, "step_scale")
+        if not 0 < self.step_scale_ <= 1:
+            raise ValueError(f"step_scale={self.step_scale_} must be in (0, 1]")
