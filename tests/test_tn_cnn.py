@@ -138,3 +138,41 @@ def test_warm_start_refuses_new_classes(fitted, digits):
     clone = copy.deepcopy(fitted)
     with pytest.raises(ValueError, match=r"classes \[10\] unseen in the first fit"):
         clone.set_params(warm_start=True, n_sweeps=1).fit(X_tr[:20], np.full(20, 10))
+
+
+def _dense_layers(model):
+    layers = []
+    for st in model.stages_:
+        kh, kw = st.kernel
+        layers.append((st.weight().reshape(kh, kw, st.c_in, st.c_out), st.bias))
+    return layers + [(model.V_, model.b_)]
+
+
+def test_init_from_a_trained_cnn_starts_where_it_ended(fitted, digits):
+    X_tr, _, y_tr, _ = digits
+    again = TNCNNClassifier(**{**fitted.get_params(), "n_sweeps": 1}).fit(X_tr, y_tr, init_from=_dense_layers(fitted))
+    report = again.history_.meta["compression"]
+    assert again.history_.meta["init"] == "dense" and list(report) == fitted.stage_names()
+    for name, r in report.items():
+        assert r["relative_error"] < 1e-5, name  # the fitted stages have these ranks: the TT-SVD is exact
+    # the sweeps start from the trained network and never raise its loss
+    assert again.history_[0].stages["conv1"]["loss_before"] == pytest.approx(fitted.history_[-1].loss, rel=1e-3)
+    assert again.history_[0].loss <= fitted.history_[-1].loss * (1 + 1e-3)
+
+
+def test_init_from_at_lower_ranks_compresses_and_wrong_shapes_are_refused(fitted, digits):
+    X_tr, _, y_tr, _ = digits
+    layers = _dense_layers(fitted)
+    small = TNCNNClassifier(**{**fitted.get_params(), "n_sweeps": 1, "conv_rank": 4, "max_rank": 2})
+    small.fit(X_tr, y_tr, init_from=layers)
+    report = small.history_.meta["compression"]
+    assert max(report["conv2"]["ranks"]) <= 4 and max(report["dense"]["ranks"]) <= 2
+    assert report["dense"]["relative_error"] > 1e-3
+    assert report["dense"]["tt_params"] < report["dense"]["dense_params"]
+    with pytest.raises(ValueError, match=r"init_from must be a list of 4 \(weight, bias\) pairs"):
+        TNCNNClassifier(**fitted.get_params()).fit(X_tr, y_tr, init_from=layers[:2])
+    bad = [(np.zeros((5, 5, 1, 8)), np.zeros(8))] + layers[1:]
+    with pytest.raises(ValueError, match=r"init_from conv1: weight \(5, 5, 1, 8\).*pass a weight of shape \(3, 3, 1, 8\)"):
+        TNCNNClassifier(**fitted.get_params()).fit(X_tr, y_tr, init_from=bad)
+    with pytest.raises(ValueError, match="set warm_start=False"):
+        TNCNNClassifier(**{**fitted.get_params(), "warm_start": True}).fit(X_tr, y_tr).fit(X_tr, y_tr, init_from=layers)

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
-MODELS = ("mps", "conv-mps", "tt-net")
+MODELS = ("mps", "conv-mps", "tt-net", "tn-cnn")
 ORDERS = ("row", "column", "zigzag")
 
 
@@ -104,6 +104,10 @@ def _positive_int(text, least=1):
     return value
 
 
+def _non_negative_int(text):
+    return _positive_int(text, least=0)
+
+
 def _tt_cores(text):
     return _positive_int(text, least=2)  # a sweep moves over bonds: two cores at least
 
@@ -140,6 +144,8 @@ def _data_options(p, default_dataset):
 
 # ------------------------------------------------------------------------ train
 RUN_MODELS = ("model.npz", "interrupted.npz")  # what a run directory's training leaves: never replaced silently
+#: Models whose saved run continues with --resume (warm_start from model.npz)
+RESUMABLE = ("mps", "tn-cnn")
 
 
 def _resume_options(args):
@@ -176,10 +182,13 @@ def _train_comm(choice):
     return get_comm("mpi" if choice == "mpi" else None)
 
 
-#: Options that belong to one model: set away from their default for another model, they are an error.
+#: The Adam settings of the models whose stages sit below a non-linearity.
+_ADAM_OPTIONS = ("epochs_per_bond", "learning_rate", "lr_decay")
+#: Options that belong to some models only: set away from their default for another model, they are an error.
 MODEL_OPTIONS = {
     "conv-mps": ("patch", "channels", "conv_bond"),
-    "tt-net": ("tt_rank", "tt_max_rank", "tt_cores", "epochs_per_bond", "learning_rate", "lr_decay"),
+    "tt-net": ("tt_rank", "tt_max_rank", "tt_cores", *_ADAM_OPTIONS),
+    "tn-cnn": ("cnn_channels", "kernel_size", "conv_rank", "n_hidden", "tt_rank", *_ADAM_OPTIONS),
 }
 
 
@@ -202,17 +211,25 @@ def _foreign_options(args, model):
     def changed_or_given(k):
         return k in given or getattr(args, k, defaults[k]) != defaults[k]
 
+    own = set(MODEL_OPTIONS.get(model, ()))
+    foreign = {}  # option -> the models it belongs to
     for owner, options in MODEL_OPTIONS.items():
-        if owner == model:
-            continue
-        changed = [_flag(k) for k in options if changed_or_given(k)]
-        if changed:
-            one = len(changed) == 1
-            raise ValueError(f"{', '.join(changed)} only appl{'ies' if one else 'y'} to --model {owner}, and this "
-                             f"run is --model {model}: add --model {owner} or drop {'it' if one else 'them'}")
-    if model == "tt-net" and changed_or_given("bond_dim"):
-        raise ValueError("--bond-dim sets the MPS's bond dimension; --model tt-net has TT-ranks: use --tt-rank R "
-                         "(or --tt-rank auto) and drop --bond-dim")
+        for k in options:
+            if k not in own and changed_or_given(k):
+                foreign.setdefault(k, []).append(owner)
+    if foreign:
+        changed = [_flag(k) for k in foreign]
+        owners = sorted({o for os_ in foreign.values() for o in os_}, key=list(MODEL_OPTIONS).index)
+        one = len(changed) == 1
+        raise ValueError(f"{', '.join(changed)} only appl{'ies' if one else 'y'} to --model {' / '.join(owners)}, "
+                         f"and this run is --model {model}: add --model {owners[0]} or drop "
+                         f"{'it' if one else 'them'}")
+    if model in ("tt-net", "tn-cnn") and changed_or_given("bond_dim"):
+        raise ValueError(f"--bond-dim sets the MPS's bond dimension; --model {model} has TT-ranks: use --tt-rank R "
+                         f"{'(or --tt-rank auto) ' if model == 'tt-net' else ''}and drop --bond-dim")
+    if model == "tn-cnn" and getattr(args, "tt_rank", None) == "auto":
+        raise ValueError("--tt-rank auto (the ARD prior) is for --model tt-net; give --model tn-cnn a number, "
+                         "e.g. --tt-rank 8")
     if model == "tt-net" and getattr(args, "tt_rank", "auto") != "auto" and changed_or_given("tt_max_rank"):
         raise ValueError(f"--tt-max-rank is where --tt-rank auto starts, and this run has a fixed --tt-rank "
                          f"{args.tt_rank}: add --tt-rank auto, or set the fixed rank with --tt-rank "
@@ -225,9 +242,9 @@ def _staged_model_checks(args):
     _foreign_options(args, model)
     if model == "mps":
         return
-    if args.resume:
-        raise ValueError(f"--resume continues --model mps runs only; start the {model} run again "
-                         "(its checkpoints are complete models: tnlearn evaluate works on them)")
+    if args.resume and model not in RESUMABLE:
+        raise ValueError(f"--resume continues --model {' / '.join(RESUMABLE)} runs only; start the {model} run "
+                         "again (its checkpoints are complete models: tnlearn evaluate works on them)")
     from tnlearn.distributed import launched_size
 
     if args.distributed == "mpi" or (args.distributed == "auto" and launched_size() > 1):
@@ -236,18 +253,18 @@ def _staged_model_checks(args):
     if model == "conv-mps" and getattr(args, "dataset", None) == "cifar10":
         raise ValueError("--model conv-mps takes grayscale images and CIFAR-10 is colour (32x32x3): use --model mps "
                          "or tt-net, which take the flattened pixels with their three channels")
-    if model == "conv-mps" and args.order != "row":
-        raise ValueError(f"--order {args.order} would scramble the image patches: --model conv-mps reads the "
+    if model in ("conv-mps", "tn-cnn") and args.order != "row":
+        raise ValueError(f"--order {args.order} would scramble the image patches: --model {model} reads the "
                          "image in row order (drop --order)")
     head_only = {"loss": None, "solver": "gd", "truncation": "data", "precondition": None, "alpha": None,
                  "early_stopping": False, "validation_fraction": None, "n_iter_no_change": None}
-    if model == "tt-net":
+    if model in ("tt-net", "tn-cnn"):
         head_only.update({"n_iter": 1, "damping": None})
     changed = [f"--{k.replace('_', '-')}" for k, default in head_only.items() if getattr(args, k) != default]
     if changed:
         one = len(changed) == 1
         how = ("conv-mps's head uses gd / mse / data truncation with preconditioning" if model == "conv-mps"
-               else "tt-net trains with cross-entropy by minibatch Adam (--learning-rate, --lr-decay, "
+               else f"{model} trains with cross-entropy by minibatch Adam (--learning-rate, --lr-decay, "
                     "--epochs-per-bond)")
         raise ValueError(f"{', '.join(changed)} only appl{'ies' if one else 'y'} to --model mps; {how}: "
                          f"drop {'it' if one else 'them'}")
@@ -288,9 +305,16 @@ def _non_negative_float(text):
 
 
 def _new_model(args, ds, verbose):
-    from tnlearn.models import ConvMPSClassifier, MPSClassifier, TTNetClassifier
+    from tnlearn.models import ConvMPSClassifier, MPSClassifier, TNCNNClassifier, TTNetClassifier
 
     model = getattr(args, "model", "mps")
+    if model == "tn-cnn":
+        return TNCNNClassifier(channels=tuple(args.cnn_channels), kernel_size=args.kernel_size,
+                               conv_rank=args.conv_rank, n_hidden=args.n_hidden or None, max_rank=args.tt_rank,
+                               n_sweeps=args.sweeps, epochs_per_bond=args.epochs_per_bond,
+                               learning_rate=args.learning_rate, lr_decay=args.lr_decay,
+                               image_shape=tuple(ds.image_shape), dtype=args.dtype, backend=args.backend,
+                               random_state=args.seed, verbose=verbose)
     if model == "conv-mps":
         extra = {"damping": args.damping} if args.damping is not None else {}
         return ConvMPSClassifier(patch=args.patch, n_channels=args.channels, conv_bond=args.conv_bond,
@@ -330,6 +354,8 @@ def _model_layout(args, image_shape, n_features):
         except ValueError:  # a patch that does not fit: the model's own check says so when it is built
             return f"{p}x{p} patches -> conv stage -> MPS head"
         return f"{gh}x{gw} grid of {p}x{p} patches -> {gh * gw} head sites"
+    if model == "tn-cnn":
+        return _cnn_layout(args, image_shape)
     if model == "tt-net":
         import math
 
@@ -343,6 +369,23 @@ def _model_layout(args, image_shape, n_features):
         padded = f", zero-padded to {size} = {' x '.join(map(str, in_shape))}" if size != n_features else ""
         return f"{n_features} inputs ({args.order} order{padded}) -> TT layer with {len(in_shape)} cores"
     return f"{n_features} sites ({args.order} order)"
+
+
+def _cnn_layout(args, image_shape):
+    """``28x28x1 -> conv 3x3 16 ch + pool -> 14x14x16 -> ... -> dense TT 1568 -> 256 -> classes``."""
+    shape = tuple(image_shape) + ((1,) if len(image_shape) == 2 else ())
+    parts = ["x".join(map(str, shape))]
+    k = args.kernel_size
+    for c in args.cnn_channels:
+        shape = (shape[0] // 2, shape[1] // 2, c)
+        if min(shape[:2]) < 1:
+            break
+        parts.append(f"conv {k}x{k} {c} ch + max-pool 2 -> {'x'.join(map(str, shape))}")
+    flat = shape[0] * shape[1] * shape[2]
+    if args.n_hidden:
+        parts.append(f"dense TT layer (rank {args.tt_rank}) {flat} -> {args.n_hidden}")
+    parts.append("output layer")
+    return " -> ".join(parts)
 
 
 def cmd_train(args):
@@ -366,7 +409,7 @@ def cmd_train(args):
         raise ValueError(f"--out {out} exists and is not a directory")
     held = [name for name in RUN_MODELS if (out / name).exists()]
     if not args.resume and held and not args.overwrite:
-        resumable = getattr(args, "model", "mps") == "mps"
+        resumable = getattr(args, "model", "mps") in RESUMABLE
         how = f"continue it with `--resume {out}`, replace it" if resumable else "replace it"
         raise ValueError(f"--out {out} already holds a trained run ({', '.join(held)}): {how} with --overwrite, "
                          "or choose another directory")
@@ -445,10 +488,10 @@ def cmd_train(args):
         if clf.saves_mid_sweep and hasattr(clf, "head_"):  # the bond in progress was finished
             save_model(clf, out / "interrupted.npz")
             saved = f"; the network as it was mid-sweep (label on site {clf.head_.center}) is in {out}/interrupted.npz"
-        if getattr(args, "model", "mps") == "mps":
+        if getattr(args, "model", "mps") in RESUMABLE:
             how = f"continue with `tnlearn train --resume {out} --sweeps {args.sweeps}`"
         else:
-            how = f"--resume continues --model mps runs only; run the {args.model} training again"
+            how = f"--resume continues --model {' / '.join(RESUMABLE)} runs only; run the {args.model} training again"
         print(f"\ninterrupted: {_last_checkpoint(clf, out, args)}{saved}; {how}", file=sys.stderr)
         return 130
     except FloatingPointError as exc:
@@ -537,6 +580,8 @@ def cmd_plot(args):
             model, m = opts.get("model", "mps"), opts.get("bond_dim")
             if model == "tt-net":
                 labels.append(f"tt-net rank {opts.get('tt_rank')}")
+            elif model == "tn-cnn":
+                labels.append(f"tn-cnn {'-'.join(map(str, opts.get('cnn_channels') or []))} rank {opts.get('tt_rank')}")
             elif m is not None:
                 labels.append(f"m={m}" if model == "mps" else f"{model} m={m}")
             else:
@@ -569,13 +614,14 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a tensor-network classifier and write a run directory",
-                       description="Train an MPS, conv-mps or TT-net classifier by sweeps; write "
+                       description="Train an MPS, conv-mps, TT-net or tn-cnn classifier by sweeps; write "
                                    "history.json, run.json, model.npz and plots into --out.")
     _data_options(p, "digits")
     p.add_argument("--model", choices=MODELS, default="mps",
                    help="mps: MPS classifier on the (pooled) pixels; conv-mps: a tensor-network conv stage "
                         "over patches of the full-resolution image under an MPS head; tt-net: TT dense "
-                        "layer + ReLU + dense output (default: mps)")
+                        "layer + ReLU + dense output; tn-cnn: TT convolutions + TT dense layer + dense output "
+                        "(default: mps)")
     p.add_argument("--bond-dim", type=_positive_int, default=16, metavar="M",
                    help="max bond dimension of the MPS (head) (default: 16)")
     p.add_argument("--sweeps", type=_positive_int, default=4, metavar="S", help="full sweeps (default: 4)")
@@ -639,6 +685,16 @@ def build_parser():
     g.add_argument("--learning-rate", type=float, default=2e-3, metavar="LR", help="Adam step (default: 2e-3)")
     g.add_argument("--lr-decay", type=float, default=1.0, metavar="F",
                    help="Adam step factor per sweep (default: 1; 0.5 helped on Fashion-MNIST)")
+    g = p.add_argument_group("tn-cnn options (also --tt-rank for its dense TT layer, and the Adam options above)")
+    g.add_argument("--cnn-channels", type=_positive_int, nargs="+", default=[16, 32], metavar="C",
+                   help="output channels of each TT convolution stage, each followed by ReLU and 2x2 max pooling "
+                        "(default: 16 32)")
+    g.add_argument("--kernel-size", type=_positive_int, default=3, metavar="K", help="kernel side (default: 3)")
+    g.add_argument("--conv-rank", type=_positive_int, default=None, metavar="R",
+                   help="max TT-rank of the convolution kernels (default: exact)")
+    g.add_argument("--n-hidden", type=_non_negative_int, default=256, metavar="H",
+                   help="units of the dense TT layer after the convolutions; 0: none, the output layer reads the "
+                        "feature map (default: 256)")
     p.add_argument("--distributed", choices=("auto", "mpi", "none"), default="auto",
                    help="data-parallel training over MPI ranks: auto (default) uses MPI when started by "
                         "mpiexec/srun with several ranks; needs pip install 'tnlearn[mpi]'")

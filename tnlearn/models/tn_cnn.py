@@ -353,7 +353,7 @@ class TNCNNClassifier(TNClassifier):
         return info, loss_before, False
 
     # -- fitting ------------------------------------------------------------------------------------
-    def _initialise(self, X, classes, backend):
+    def _initialise(self, X, classes, backend, init_from=None):
         """Fresh stages, output layer, input statistics, history and sweep seed for validated ``X``."""
         rng = np.random.default_rng(self.random_state)
         dtype = np.dtype(self.dtype)
@@ -364,13 +364,53 @@ class TNCNNClassifier(TNClassifier):
         L = len(classes)
         self.stages_, n_in = self._build(self.image_shape_, L, rng, dtype, backend)
         self._stage_output_shapes = self._output_shapes()
+        meta = {"model": "tn-cnn", "stages": self.stage_names(), "init": "random"}
+        if init_from is None:
+            self.V_ = backend.asarray((rng.standard_normal((n_in, L)) * np.sqrt(2.0 / n_in)).astype(dtype))
+            self.b_ = backend.xp.zeros(L, dtype=dtype)
+        else:
+            meta.update(init="dense", compression=self._compress(init_from, n_in, L, dtype, backend))
         for st in self.stages_:
             st.tt.orthogonalize(0)  # mixed-canonical gauge, centre at core 0, where a stage's sweep starts
-        self.V_ = backend.asarray((rng.standard_normal((n_in, L)) * np.sqrt(2.0 / n_in)).astype(dtype))
-        self.b_ = backend.xp.zeros(L, dtype=dtype)
         self.seed_ = int(rng.integers(2**62))  # seeds every sweep's minibatch order
         self.step_scale_ = 1.0  # halved by every rejected bond update, for the rest of the fit
-        self.history_ = History(meta={"model": "tn-cnn", "stages": self.stage_names(), "n_params": self.n_params_})
+        meta["n_params"] = self.n_params_
+        self.history_ = History(meta=meta)
+
+    def _compress(self, layers, n_in, n_classes, dtype, backend):
+        """Replace the random stages by TT-SVDs of a trained CNN's layers (``fit(init_from=...)``).
+
+        Returns the per-stage report: ``relative_error``, ``ranks``, dense and TT parameters.
+        """
+        names = self.stage_names()
+        if not isinstance(layers, (list, tuple)) or len(layers) != len(names) + 1:
+            raise ValueError(f"init_from must be a list of {len(names) + 1} (weight, bias) pairs — "
+                             f"{', '.join(names)} and the output layer — got "
+                             f"{len(layers) if isinstance(layers, (list, tuple)) else type(layers).__name__}")
+        report = {}
+        for i, (name, stage, pair) in enumerate(zip(names, self.stages_, layers)):
+            W, b = (np.asarray(a, dtype=np.float64) for a in pair)
+            kh, kw = stage.kernel
+            want = (kh, kw, stage.c_in, stage.c_out)
+            if W.shape == want:
+                W = W.reshape(kh * kw * stage.c_in, stage.c_out)
+            if W.shape != (kh * kw * stage.c_in, stage.c_out) or b.shape != (stage.c_out,):
+                raise ValueError(f"init_from {name}: weight {W.shape} and bias {b.shape} do not fit this stage: "
+                                 f"pass a weight of shape {want} (rows, columns, input channels, output channels) "
+                                 f"and a bias of shape ({stage.c_out},)")
+            truncation = self._truncation(i)
+            fresh, info = TTConv.from_dense(W, b, stage.kernel, stage.tt.in_shape, stage.tt.out_shape,
+                                            truncation.max_bond, self.cutoff, stage.stride, stage.padding, stage.pool,
+                                            stage.relu, dtype, backend)
+            self.stages_[i] = fresh
+            report[name] = {"relative_error": info["relative_error"], "ranks": info["ranks"],
+                            "dense_params": int(W.size + b.size), "tt_params": fresh.n_params}
+        V, b = (np.asarray(a, dtype=np.float64) for a in layers[-1])
+        if V.shape != (n_in, n_classes) or b.shape != (n_classes,):
+            raise ValueError(f"init_from output layer: weight {V.shape} and bias {b.shape}; this network needs "
+                             f"({n_in}, {n_classes}) and ({n_classes},)")
+        self.V_, self.b_ = backend.asarray(V.astype(dtype)), backend.asarray(b.astype(dtype))
+        return report
 
     def _continuation_data(self, X, y):
         """``warm_start``: ``X`` and labels checked against the fitted model; returns ``(X, y_idx)``."""
@@ -385,7 +425,7 @@ class TNCNNClassifier(TNClassifier):
         return X, np.searchsorted(self.classes_, y)
 
     # -- fitting ------------------------------------------------------------------------------------
-    def fit(self, X, y, eval_set=None, on_sweep=None):
+    def fit(self, X, y, eval_set=None, on_sweep=None, init_from=None):
         """Train by sweeps over every stage's TT cores, bottom up.
 
         Parameters
@@ -398,6 +438,17 @@ class TNCNNClassifier(TNClassifier):
             Scored after every sweep (``history_[k].test_accuracy``).
         on_sweep : callable, optional
             Called as ``on_sweep(self)`` after every sweep.
+        init_from : list of (weight, bias) pairs, optional
+            Start from a trained CNN of the same architecture instead of random
+            cores (the bottom-up path: compress a trained network, then re-tune
+            it by sweeps).  One pair per stage — convolutions with weights of
+            shape ``(k, k, c_in, c_out)``, the dense layer ``(H' W' c, n_hidden)``
+            with its inputs in ``(row, column, channel)`` order — and the output
+            layer ``(n_inputs, n_classes)``, all acting on the centred, scaled
+            images ``(X - X.mean()) / X.std()`` with zero padding.  Each stage
+            is compressed by TT-SVD at ``conv_rank`` / ``max_rank`` and
+            ``cutoff``; ``history_.meta["compression"]`` reports the relative
+            error and ranks per stage.
 
         Returns
         -------
@@ -406,10 +457,14 @@ class TNCNNClassifier(TNClassifier):
         Raises
         ------
         ValueError
-            For images that do not match ``image_shape`` or are too small for the stages.
+            For images that do not match ``image_shape`` or are too small for the
+            stages, and for ``init_from`` layers whose shapes do not fit.
         """
         self._check_params()
         continuing = self.warm_start and hasattr(self, "stages_")
+        if continuing and init_from is not None:
+            raise ValueError("init_from starts a new network, and warm_start=True continues the fitted one: "
+                             "set warm_start=False to start from init_from")
         if continuing:
             X, y_idx = self._continuation_data(X, y)
         else:
@@ -418,7 +473,7 @@ class TNCNNClassifier(TNClassifier):
         backend = self._backend = get_backend(self.backend) if not continuing else self._backend
         xp = backend.xp
         if not continuing:
-            self._initialise(X, classes, backend)
+            self._initialise(X, classes, backend, init_from)
         L = len(self.classes_)
         dtype = self.stages_[0].tt.dtype
         Z0 = self._prepare(X, xp)
