@@ -1,4 +1,4 @@
-"""`tnlearn train --model conv-mps | tt-net`: the same run directory as the MPS, end to end on digits."""
+"""`tnlearn train --model conv-mps | tt-net | tn-cnn`: the same run directory as the MPS, end to end on digits."""
 
 import json
 import sys
@@ -12,7 +12,9 @@ from tnlearn.io import load_model
 MODELS = {
     "conv-mps": ["--model", "conv-mps", "--bond-dim", "8", "--channels", "3"],
     "tt-net": ["--model", "tt-net", "--tt-cores", "3", "--tt-rank", "2", "--epochs-per-bond", "2"],
+    "tn-cnn": ["--model", "tn-cnn", "--cnn-channels", "4", "--n-hidden", "16", "--tt-rank", "4"],
 }
+KINDS = {"conv-mps": "ConvMPSClassifier", "tt-net": "TTNetClassifier", "tn-cnn": "TNCNNClassifier"}
 
 
 @pytest.fixture(scope="module", params=sorted(MODELS))
@@ -33,9 +35,12 @@ def test_run_directory_and_model(run, capsys):
     run_info = json.loads((out / "run.json").read_text())
     assert run_info["options"]["model"] == name and run_info["pool"] == 1 and run_info["status"] == "finished"
     model = load_model(out / "model.npz")
-    assert type(model).__name__ == {"conv-mps": "ConvMPSClassifier", "tt-net": "TTNetClassifier"}[name]
+    assert type(model).__name__ == KINDS[name]
     if name == "conv-mps":
         assert "conv" in history[-1]["stages"] and model.n_channels == 3
+    if name == "tn-cnn":
+        assert list(history[-1]["stages"]) == ["conv1", "dense"] and (out / "stages.png").is_file()
+        assert model.channels == (4,) and model.n_hidden == 16 and model.max_rank == 4
     # evaluate reproduces the recorded test accuracy
     capsys.readouterr()
     assert main(["evaluate", str(out)]) == 0
@@ -45,9 +50,24 @@ def test_run_directory_and_model(run, capsys):
 
 def test_resume_is_refused_with_the_way_out(run, capsys):
     name, out = run
+    if name == "tn-cnn":
+        pytest.skip("tn-cnn runs resume (test_tn_cnn_resume_continues_bit_for_bit)")
     assert main(["train", "--resume", str(out), "--sweeps", "3"]) == 2
     err = capsys.readouterr().err
-    assert "--resume continues --model mps runs only" in err and name in err
+    assert "--resume continues --model mps / tn-cnn runs only" in err and name in err
+
+
+def test_tn_cnn_resume_continues_bit_for_bit(tmp_path):
+    base = ["train", "--dataset", "digits", "--n-train", "300", "--quiet", "--no-plots", "--model", "tn-cnn",
+            "--cnn-channels", "4", "--n-hidden", "16", "--epochs-per-bond", "1"]
+    assert main(base + ["--sweeps", "3", "--out", str(tmp_path / "straight")]) == 0
+    assert main(base + ["--sweeps", "1", "--out", str(tmp_path / "split")]) == 0
+    assert main(["train", "--resume", str(tmp_path / "split"), "--sweeps", "3", "--quiet", "--no-plots"]) == 0
+    a, b = (json.loads((tmp_path / d / "history.json").read_text()) for d in ("straight", "split"))
+    assert [r["loss"] for r in a] == [r["loss"] for r in b] and len(b) == 3
+    X = np.random.default_rng(0).random((5, 64))
+    np.testing.assert_array_equal(load_model(tmp_path / "straight").decision_function(X),
+                                  load_model(tmp_path / "split").decision_function(X))
 
 
 @pytest.mark.parametrize("mpi4py_installed", [True, False])
@@ -74,11 +94,14 @@ def test_plot_compares_model_kinds(run, tmp_path, capsys):
         ("conv-mps", ["--channels", "2"], "images 8x8 -> 4x4 grid of 2x2 patches -> 16 head sites"),
         ("tt-net", ["--tt-cores", "3", "--tt-rank", "2"],
          "images 8x8 -> 64 inputs (row order) -> TT layer with 3 cores"),
+        ("tn-cnn", ["--cnn-channels", "4", "8", "--n-hidden", "16"],
+         "images 8x8 -> 8x8x1 -> conv 3x3 4 ch + max-pool 2 -> 4x4x4 -> conv 3x3 8 ch + max-pool 2 -> 2x2x8 -> "
+         "dense TT layer (rank 8) 32 -> 16 -> output layer"),
     ],
 )
 def test_status_line_describes_the_model(model, extra, layout, tmp_path, capsys):
     """The line before training says what the model makes of the images (not "64 sites" for every model)."""
-    size = [] if model == "tt-net" else ["--bond-dim", "4"]  # tt-net has TT-ranks (--tt-rank), not a bond dimension
+    size = [] if model in ("tt-net", "tn-cnn") else ["--bond-dim", "4"]  # TT models have TT-ranks (--tt-rank)
     argv = ["train", "--dataset", "digits", "--model", model, "--sweeps", "1", "--n-train", "100",
             "--out", str(tmp_path / "run")] + size + extra
     assert main(argv) == 0
@@ -92,7 +115,14 @@ def test_status_line_describes_the_model(model, extra, layout, tmp_path, capsys)
         (["--model", "conv-mps", "--order", "zigzag"], "--order zigzag would scramble the image patches"),
         (["--model", "tt-net", "--loss", "cross_entropy"], "--loss only applies to --model mps; tt-net trains with cross-entropy"),
         (["--model", "conv-mps", "--solver", "cg", "--truncation", "svd"], "--solver, --truncation only apply to --model mps; conv-mps's head uses gd"),
-        (["--tt-rank", "8"], "--tt-rank only applies to --model tt-net, and this run is --model mps: add --model tt-net"),
+        (["--tt-rank", "8"], "--tt-rank only applies to --model tt-net / tn-cnn, and this run is --model mps: add --model tt-net"),
+        (["--model", "tt-net", "--cnn-channels", "8", "16"], "--cnn-channels only applies to --model tn-cnn, and this run is --model tt-net"),
+        (["--model", "tn-cnn", "--tt-cores", "3"], "--tt-cores only applies to --model tt-net, and this run is --model tn-cnn"),
+        (["--model", "tn-cnn", "--tt-rank", "auto"], "--tt-rank auto (the ARD prior) is for --model tt-net"),
+        (["--model", "tn-cnn", "--bond-dim", "8"], "--model tn-cnn has TT-ranks: use --tt-rank R and drop --bond-dim"),
+        (["--model", "tn-cnn", "--loss", "mse"], "--loss only applies to --model mps; tn-cnn trains with cross-entropy"),
+        (["--model", "tn-cnn", "--order", "column"], "--order column would scramble the image patches: --model tn-cnn"),
+        (["--model", "tn-cnn", "--n-hidden", "-1"], "argument --n-hidden: must be an integer >= 0, got -1"),
         (["--model", "conv-mps", "--tt-max-rank", "12", "--lr-decay", "0.5"], "--tt-max-rank, --lr-decay only apply to --model tt-net"),
         (["--model", "tt-net", "--channels", "2"], "--channels only applies to --model conv-mps, and this run is --model tt-net"),
         (["--model", "tt-net", "--bond-dim", "8"], "--model tt-net has TT-ranks: use --tt-rank R"),
@@ -112,15 +142,20 @@ def test_options_that_do_not_apply_are_refused(extra, message, tmp_path, capsys)
 
 def test_python_defaults_are_the_command_lines():
     """`tnlearn train --model X` and `XClassifier()` train the same model (the README shows both)."""
-    from tnlearn import ConvMPSClassifier, MPSClassifier, TTNetClassifier
-    from tnlearn.cli import build_parser
+    from tnlearn import ConvMPSClassifier, MPSClassifier, TNCNNClassifier, TTNetClassifier
+    from tnlearn.cli import _default_max_rank, build_parser
 
     args = build_parser().parse_args(["train", "--out", "r"])
+    cnn = TNCNNClassifier()
+    assert (cnn.channels, cnn.kernel_size, cnn.conv_rank, cnn.n_hidden, cnn.max_rank, cnn.epochs_per_bond,
+            cnn.learning_rate, cnn.lr_decay) == (tuple(args.cnn_channels), args.kernel_size, args.conv_rank,
+                                                 args.n_hidden, _default_max_rank("tn-cnn"), args.epochs_per_bond,
+                                                 args.learning_rate, args.lr_decay)
     conv, tt, mps = ConvMPSClassifier(), TTNetClassifier(), MPSClassifier()
     assert (conv.patch, conv.n_channels, conv.max_bond, conv.n_sweeps) == (args.patch, args.channels, args.bond_dim,
                                                                           args.sweeps)
     assert (tt.max_rank, tt.n_cores, tt.n_sweeps, tt.epochs_per_bond, tt.learning_rate, tt.lr_decay) == (
-        args.tt_rank, args.tt_cores, args.sweeps, args.epochs_per_bond, args.learning_rate, args.lr_decay)
+        _default_max_rank("tt-net"), args.tt_cores, args.sweeps, args.epochs_per_bond, args.learning_rate, args.lr_decay)
     assert (mps.max_bond, mps.n_sweeps, mps.cutoff) == (args.bond_dim, args.sweeps, args.cutoff)
 
 

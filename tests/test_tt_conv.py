@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
 import pytest
 
@@ -17,6 +19,11 @@ from tnlearn.stages.tt_conv import (
 )
 
 
+#: numpy under another name: the array-module code that other backends (cupy) run, instead of the numba kernels
+GENERIC = types.SimpleNamespace(**{k: getattr(np, k) for k in dir(np) if not k.startswith("__")})
+PATHS = pytest.mark.parametrize("xp", [np, GENERIC], ids=["numba", "array-module"])
+
+
 def _naive_patches(x, k, stride, padding):
     n, H, W, c = x.shape
     xp = np.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
@@ -28,16 +35,17 @@ def _naive_patches(x, k, stride, padding):
     return out
 
 
+@PATHS
 @pytest.mark.parametrize("k,stride,padding", [(3, 1, 1), (2, 2, 0), (3, 2, 1), (5, 1, 0)])
-def test_patches_match_a_loop_and_the_adjoint_is_exact(k, stride, padding):
+def test_patches_match_a_loop_and_the_adjoint_is_exact(k, stride, padding, xp):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 7, 6, 3))
-    cols = extract_patches(x, (k, k), stride, padding)
+    cols = extract_patches(x, (k, k), stride, padding, xp)
     np.testing.assert_array_equal(cols, _naive_patches(x, k, stride, padding))
     g = rng.standard_normal(cols.shape)
     # <P x, g> == <x, P^T g>
-    np.testing.assert_allclose(np.sum(cols * g), np.sum(x * extract_patches_adjoint(g, x.shape, (k, k), stride, padding)),
-                               rtol=1e-12)
+    back = extract_patches_adjoint(g, x.shape, (k, k), stride, padding, xp)
+    np.testing.assert_allclose(np.sum(cols * g), np.sum(x * back), rtol=1e-12)
 
 
 def test_one_patch_over_the_whole_map_is_the_flattened_map():
@@ -45,14 +53,15 @@ def test_one_patch_over_the_whole_map_is_the_flattened_map():
     np.testing.assert_array_equal(extract_patches(x, (3, 4)), x.reshape(2, 1, 1, 60))
 
 
-def test_max_pool_and_its_adjoint():
+@PATHS
+def test_max_pool_and_its_adjoint(xp):
     rng = np.random.default_rng(1)
     x = rng.standard_normal((2, 5, 4, 3))  # 5 rows: the last one is dropped by 2 x 2 pooling
-    out, arg = max_pool(x, 2)
+    out, arg = max_pool(x, 2, xp)
     want = x[:, :4].reshape(2, 2, 2, 2, 2, 3).max(axis=(2, 4))
     np.testing.assert_array_equal(out, want)
     g = rng.standard_normal(out.shape)
-    dx = max_pool_adjoint(g, arg, x.shape, 2)
+    dx = max_pool_adjoint(g, arg, x.shape, 2, xp)
     assert np.all(dx[:, 4] == 0)
     np.testing.assert_allclose(np.sum(out * g), np.sum(x * dx), rtol=1e-12)  # the selection is linear for fixed argmax
     assert np.count_nonzero(dx) == out.size

@@ -224,6 +224,8 @@ def _foreign_options(args, model):
         raise ValueError(f"{', '.join(changed)} only appl{'ies' if one else 'y'} to --model {' / '.join(owners)}, "
                          f"and this run is --model {model}: add --model {owners[0]} or drop "
                          f"{'it' if one else 'them'}")
+    if model in ("tt-net", "tn-cnn") and getattr(args, "tt_rank", None) is None:
+        args.tt_rank = _default_max_rank(model)  # each model's own default (4 for tt-net, 8 for tn-cnn)
     if model in ("tt-net", "tn-cnn") and changed_or_given("bond_dim"):
         raise ValueError(f"--bond-dim sets the MPS's bond dimension; --model {model} has TT-ranks: use --tt-rank R "
                          f"{'(or --tt-rank auto) ' if model == 'tt-net' else ''}and drop --bond-dim")
@@ -234,6 +236,13 @@ def _foreign_options(args, model):
         raise ValueError(f"--tt-max-rank is where --tt-rank auto starts, and this run has a fixed --tt-rank "
                          f"{args.tt_rank}: add --tt-rank auto, or set the fixed rank with --tt-rank "
                          f"{args.tt_max_rank} and drop --tt-max-rank")
+
+
+def _default_max_rank(model):
+    """The estimator's own default ``max_rank``: what ``--tt-rank`` means when it is not given."""
+    from tnlearn.models import TNCNNClassifier, TTNetClassifier
+
+    return {"tt-net": TTNetClassifier, "tn-cnn": TNCNNClassifier}[model]().max_rank
 
 
 def _staged_model_checks(args):
@@ -671,9 +680,9 @@ def build_parser():
     g.add_argument("--conv-bond", type=_positive_int, default=None, metavar="D",
                    help="max conv bond dimension (default: exact)")
     g = p.add_argument_group("tt-net options")
-    g.add_argument("--tt-rank", type=_rank_or_auto, default=4, metavar="R",
-                   help="max TT-rank, or 'auto': ranks learned from --tt-max-rank down by a Bayesian low-rank "
-                        "(ARD) prior, Hawkins & Zhang (default: 4)")
+    g.add_argument("--tt-rank", type=_rank_or_auto, default=None, metavar="R",
+                   help="max TT-rank, or 'auto' (tt-net): ranks learned from --tt-max-rank down by a Bayesian "
+                        "low-rank (ARD) prior, Hawkins & Zhang (default: 4 for tt-net, 8 for tn-cnn's dense layer)")
     g.add_argument("--tt-max-rank", type=_positive_int, default=8, metavar="R",
                    help="starting (largest) TT-rank of --tt-rank auto (default: 8, the largest that keeps a "
                         "28x28 input's TT layer >= 1,000x smaller than the dense one: 1,170x)")

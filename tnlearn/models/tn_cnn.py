@@ -262,7 +262,7 @@ class TNCNNClassifier(TNClassifier):
         p[xp.arange(len(y)), y] -= 1
         dF = p / len(y)
         grads = {"V": h.T @ dF, "b": dF.sum(axis=0)}
-        d = (dF @ params["V"].T).reshape(caches[-1][2].shape[:1] + self._stage_output_shapes[-1])
+        d = (dF @ params["V"].T).reshape((len(y),) + self._stage_output_shapes[-1])
         d_block = None
         for i in range(len(self.stages_) - 1, s - 1, -1):
             d, d_block_i, d_bias = self.stages_[i].backward(d, caches[i - s], j if i == s else None, need_input=i > s)

@@ -34,6 +34,7 @@ import math
 
 import numpy as np
 
+from tnlearn import _conv_kernels
 from tnlearn.stages.tt import TTMatrix, check_tt_shapes, tt_from_dense
 
 
@@ -65,6 +66,8 @@ def extract_patches(x, kernel, stride=1, padding=0, xp=np):
     Ho, Wo = conv_output_size(H, kh, stride, padding), conv_output_size(W, kw, stride, padding)
     if (kh, kw) == (H, W) and padding == 0:  # one patch: the whole map (a dense layer)
         return x.reshape(n, 1, 1, H * W * c)
+    if xp is np:
+        return _conv_kernels.patches(np.ascontiguousarray(x), kh, kw, stride, padding, Ho, Wo)
     if padding:
         x = xp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
     out = xp.empty((n, Ho, Wo, kh, kw, c), dtype=x.dtype)
@@ -91,6 +94,8 @@ def extract_patches_adjoint(d_patches, input_shape, kernel, stride=1, padding=0,
     _, Ho, Wo, _ = d_patches.shape
     if (kh, kw) == (H, W) and padding == 0:
         return d_patches.reshape(input_shape)
+    if xp is np:
+        return _conv_kernels.patches_adjoint(np.ascontiguousarray(d_patches), H, W, c, kh, kw, stride, padding)
     g = d_patches.reshape(n, Ho, Wo, kh, kw, c)
     out = xp.zeros((n, H + 2 * padding, W + 2 * padding, c), dtype=d_patches.dtype)
     for dy in range(kh):
@@ -108,6 +113,8 @@ def max_pool(x, size, xp=np):
     argmax : array of int8, same shape
         Position of the maximum inside its window (row-major), for :func:`max_pool_adjoint`.
     """
+    if xp is np:
+        return _conv_kernels.max_pool(np.ascontiguousarray(x), size)
     n, H, W, c = x.shape
     Ho, Wo = H // size, W // size
     win = x[:, : Ho * size, : Wo * size].reshape(n, Ho, size, Wo, size, c).transpose(0, 1, 3, 5, 2, 4)
@@ -124,6 +131,8 @@ def max_pool_adjoint(d_out, argmax, input_shape, size, xp=np):
     array, shape ``input_shape``
     """
     n, H, W, c = input_shape
+    if xp is np:
+        return _conv_kernels.max_pool_adjoint(np.ascontiguousarray(d_out), argmax, H, W, size)
     _, Ho, Wo, _ = d_out.shape
     onehot = (argmax[..., None] == xp.arange(size * size, dtype=np.int8)).astype(d_out.dtype)
     win = (onehot * d_out[..., None]).reshape(n, Ho, Wo, c, size, size).transpose(0, 1, 4, 2, 5, 3)
@@ -289,11 +298,11 @@ class TTConv:
         cols = extract_patches(x, self.kernel, self.stride, self.padding, xp)
         n, Ho, Wo, K = cols.shape
         pre = (cols.reshape(-1, K) @ W + b).reshape(n, Ho, Wo, self.c_out)
-        act = xp.maximum(pre, 0) if self.relu else pre
-        arg = None
-        if self.pool > 1:
-            act, arg = max_pool(act, self.pool, xp)
-        return act, (x.shape, cols, pre, arg, W)
+        # max pooling first, then the ReLU: the two commute (ReLU is monotone) and the ReLU, its
+        # mask and its gradient then act on a pool^2 times smaller array
+        pooled, arg = max_pool(pre, self.pool, xp) if self.pool > 1 else (pre, None)
+        act = xp.maximum(pooled, 0) if self.relu else pooled
+        return act, (x.shape, cols, pre.shape, pooled, arg, W)
 
     def backward(self, d_out, cache, j=None, need_input=True):
         """Gradients of a loss whose gradient in the output is ``d_out``.
@@ -315,12 +324,10 @@ class TTConv:
         d_bias : array, shape (c_out,)
         """
         xp = self.tt.backend.xp
-        x_shape, cols, pre, arg, W = cache
-        d = d_out
+        x_shape, cols, pre_shape, pooled, arg, W = cache
+        d = d_out * (pooled > 0) if self.relu else d_out
         if self.pool > 1:
-            d = max_pool_adjoint(d, arg, pre.shape, self.pool, xp)
-        if self.relu:
-            d = d * (pre > 0)
+            d = max_pool_adjoint(d, arg, pre_shape, self.pool, xp)
         K = cols.shape[-1]
         d2 = d.reshape(-1, self.c_out)
         d_bias = d2.sum(axis=0)
