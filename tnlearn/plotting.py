@@ -226,13 +226,17 @@ def plot_stages(histories, labels=None, ax=None):
     ax = _axes(ax)
     twin = ax.twinx()
     drawn = truncated = False
-    for i, (h, label) in enumerate(zip(histories, labels)):
-        names = sorted({name for r in h.records for name in r.stages})
+    losses = []
+    line = 0  # one colour per (run, stage)
+    for h, label in zip(histories, labels):
+        names = list(dict.fromkeys(name for r in h.records for name in r.stages))  # in training order
         for name in names:
             rows = [(r.sweep, r.stages[name]) for r in h.records if name in r.stages]
             sweeps = [sw for sw, _ in rows]
             tag = f"{label}: {name}" if label else name
-            color = f"C{i % 10}"
+            color = f"C{line % 10}"
+            line += 1
+            losses += [st[key] for _, st in rows for key in ("loss_before", "loss_after")]
             ax.plot(sweeps, [st["loss_after"] for _, st in rows], "-o", color=color, ms=4, label=f"{tag} loss after")
             ax.plot(sweeps, [st["loss_before"] for _, st in rows], ":x", color=color, ms=4, label=f"{tag} loss before")
             err = _log_values([st["max_truncation_error"] for _, st in rows])
@@ -242,14 +246,17 @@ def plot_stages(histories, labels=None, ax=None):
             drawn = True
     if not drawn:
         raise ValueError("no run has per-stage records (history_[k].stages): only multi-stage models have them")
+    finite = np.asarray([v for v in losses if np.isfinite(v)], dtype=float)
+    if finite.size and finite.min() > 0 and finite.max() > 50 * finite.min():  # e.g. 4.7 at the start, 1e-3 later
+        ax.set_yscale("log")
     if truncated:
         twin.set_yscale("log")
         _readable_log_axis(twin)
         twin.set_ylabel("Max. truncation error (dashed)")
-        title = "Lower stages: loss before / after each sweep"
+        title = "Stages: loss before / after each stage's sweep"
     else:
         twin.set_axis_off()
-        title = "Lower stages: loss before / after each sweep (no truncation)"
+        title = "Stages: loss before / after each stage's sweep (no truncation)"
     return _finish(ax, "Sweep", "Stage loss", title)
 
 
