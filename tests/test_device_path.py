@@ -128,14 +128,19 @@ def test_warm_start_and_probabilities_on_the_device(device, small_digits):
     np.testing.assert_allclose(fits[1].predict_proba(X_test), fits[0].predict_proba(X_test), rtol=rtol, atol=rtol / 100)
 
 
-@pytest.mark.parametrize("model", ["conv-mps", "tt-net"])
+@pytest.mark.parametrize("model", ["conv-mps", "tt-net", "tn-cnn"])
 def test_staged_models_on_the_device_match_numpy(device, small_digits, model):
-    from tnlearn import ConvMPSClassifier, TTNetClassifier
+    from tnlearn import ConvMPSClassifier, TNCNNClassifier, TTNetClassifier
 
     backend, reference, rtol = device
     X, y, X_test, _ = small_digits
     if model == "conv-mps":
         make = lambda **k: ConvMPSClassifier(max_bond=6, n_sweeps=2, image_shape=(8, 8), **k)  # noqa: E731
+    elif model == "tn-cnn":
+        make = lambda **k: TNCNNClassifier(channels=(4, 8), n_hidden=16, n_sweeps=1, **k)  # noqa: E731
+        # numpy runs numba kernels for the patches and pooling, a device the array-module code: the same
+        # maths summed in another order
+        rtol = max(rtol, 1e-10)
     else:
         make = lambda **k: TTNetClassifier(n_sweeps=1, **k)  # noqa: E731
     host = make(dtype="float64", random_state=0, backend=reference).fit(X, y)

@@ -150,7 +150,12 @@ def _dense_layers(model):
 
 def test_init_from_a_trained_cnn_starts_where_it_ended(fitted, digits):
     X_tr, _, y_tr, _ = digits
-    again = TNCNNClassifier(**{**fitted.get_params(), "n_sweeps": 1}).fit(X_tr, y_tr, init_from=_dense_layers(fitted))
+    X_te, y_te = digits[1], digits[3]
+    again = TNCNNClassifier(**{**fitted.get_params(), "n_sweeps": 1}).fit(X_tr, y_tr, eval_set=(X_te, y_te),
+                                                                          init_from=_dense_layers(fitted))
+    compressed = again.history_.meta["compressed"]  # the network before any sweep: the fitted one, exactly
+    assert compressed["test_accuracy"] == pytest.approx(fitted.history_[-1].test_accuracy, abs=1 / len(y_te))
+    assert compressed["loss"] == pytest.approx(fitted.history_[-1].loss, rel=1e-3)
     report = again.history_.meta["compression"]
     assert again.history_.meta["init"] == "dense" and list(report) == fitted.stage_names()
     for name, r in report.items():

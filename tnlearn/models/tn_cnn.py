@@ -448,7 +448,8 @@ class TNCNNClassifier(TNClassifier):
             images ``(X - X.mean()) / X.std()`` with zero padding.  Each stage
             is compressed by TT-SVD at ``conv_rank`` / ``max_rank`` and
             ``cutoff``; ``history_.meta["compression"]`` reports the relative
-            error and ranks per stage.
+            error and ranks per stage, ``history_.meta["compressed"]`` the
+            loss and accuracies of the compressed network before the sweeps.
 
         Returns
         -------
@@ -481,6 +482,8 @@ class TNCNNClassifier(TNClassifier):
         y_dev = backend.asarray(y_idx)
         eval_data = None if eval_set is None else (self._prepare(eval_set[0], xp), eval_set[1])
         names = self.stage_names()
+        if init_from is not None:  # the compressed network, before the sweeps re-tune it
+            self.history_.meta["compressed"] = self._evaluate(Z0, Y, y_idx, eval_data)
 
         def one_sweep():
             number = len(self.history_) + 1
@@ -548,22 +551,28 @@ class TNCNNClassifier(TNClassifier):
         Xc = ((np.asarray(X, dtype=np.float64) - self.input_mean_) / self.input_scale_).astype(dtype)
         return self._backend.asarray(Xc.reshape((len(X),) + tuple(self.image_shape_)))
 
-    def _record(self, Z0, Y, y_idx, eval_data, errors, stages, rejected, seconds):
+    def _evaluate(self, Z0, Y, y_idx, eval_data):
+        """``{"loss", "train_accuracy", "test_accuracy"}`` of the current network (test: None without eval data)."""
         from tnlearn.sweeps import training_loss
 
         xp = self._backend.xp
         f = self._logits_from(Z0, 0)
-        loss = training_loss(f, Y, "cross_entropy", xp)
+        result = {"loss": training_loss(f, Y, "cross_entropy", xp),
+                  "train_accuracy": float(np.mean(self._backend.asnumpy(xp.argmax(f, axis=1)) == y_idx)),
+                  "test_accuracy": None}
+        if eval_data is not None:
+            scores = self._backend.asnumpy(self._logits_from(eval_data[0], 0))
+            result["test_accuracy"] = float(np.mean(self.classes_[np.argmax(scores, axis=1)] == eval_data[1]))
+        return result
+
+    def _record(self, Z0, Y, y_idx, eval_data, errors, stages, rejected, seconds):
+        scores = self._evaluate(Z0, Y, y_idx, eval_data)
+        loss, train_acc, test_acc = scores["loss"], scores["train_accuracy"], scores["test_accuracy"]
         reason = divergence(self._last_loss(), loss, DIVERGENCE_RISE)
         if reason is not None:
             warn_diverged(type(self).__name__, len(self.history_) + 1, reason,
                           "lower learning_rate (e.g. learning_rate=1e-3) or use dtype='float64'")
             return None
-        train_acc = float(np.mean(self._backend.asnumpy(xp.argmax(f, axis=1)) == y_idx))
-        test_acc = None
-        if eval_data is not None:
-            scores = self._backend.asnumpy(self._logits_from(eval_data[0], 0))
-            test_acc = float(np.mean(self.classes_[np.argmax(scores, axis=1)] == eval_data[1]))
         ranks = [r for st in self.stages_ for r in st.bond_dims]
         record = SweepRecord.from_splits(len(self.history_) + 1, loss, train_acc, test_acc, errors, ranks, seconds,
                                          stages, rejected_updates=rejected, data_loss=loss, n_params=self.n_params_)
