@@ -78,7 +78,7 @@ def test_staged_models_refuse_mpi(tmp_path, capsys, monkeypatch, mpi4py_installe
     argv = ["train", "--model", "tt-net", "--distributed", "mpi", "--out", str(tmp_path / "r")]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert "--distributed mpi trains --model mps only" in err and "pip install" not in err
+    assert "--distributed mpi trains --model mps / tn-cnn only" in err and "pip install" not in err
 
 
 def test_plot_compares_model_kinds(run, tmp_path, capsys):

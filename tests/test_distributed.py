@@ -288,3 +288,49 @@ def test_cli_train_under_mpiexec(tmp_path):
     assert [r["sweep"] for r in history] == [1, 2]
     assert run["final_test_accuracy"] == history[-1]["test_accuracy"] > 0.5
     assert (out / "model.npz").is_file() and not list(out.glob(".*.tmp"))
+
+
+TN_CNN_SCRIPT = """
+import sys
+import numpy as np
+from sklearn.datasets import load_digits
+from tnlearn import TNCNNClassifier
+from tnlearn.distributed import get_comm
+
+comm = get_comm("mpi")
+X, y = load_digits(return_X_y=True)
+X, y = X[:301] / 16, y[:301]
+clf = TNCNNClassifier(channels=(4,), n_hidden=16, n_sweeps=2, dtype="float64", random_state=0,
+                      learning_rate=2e-2).fit(X, y, comm=comm)
+if comm.rank == 0:
+    np.savez(sys.argv[1], dec=clf.decision_function(X), loss=clf.history_.column("loss"),
+             rejected=clf.history_.column("rejected_updates"))
+"""
+
+
+def test_tn_cnn_under_mpiexec_trains_the_network_one_process_trains(tmp_path):
+    """Two ranks, each with half the samples: the same minibatches, summed gradients, the same network."""
+    from sklearn.datasets import load_digits
+
+    from tnlearn import TNCNNClassifier
+
+    script = tmp_path / "tn_cnn_mpi.py"
+    script.write_text(TN_CNN_SCRIPT)
+    _run_mpi([sys.executable, str(script), str(tmp_path / "mpi.npz")], cwd=tmp_path)
+    got = np.load(tmp_path / "mpi.npz")
+    X, y = load_digits(return_X_y=True)
+    X, y = X[:301] / 16, y[:301]
+    one = TNCNNClassifier(channels=(4,), n_hidden=16, n_sweeps=2, dtype="float64", random_state=0,
+                          learning_rate=2e-2).fit(X, y)
+    np.testing.assert_allclose(got["loss"], one.history_.column("loss"), rtol=1e-9)
+    np.testing.assert_array_equal(got["rejected"], one.history_.column("rejected_updates"))
+    np.testing.assert_allclose(got["dec"], one.decision_function(X), rtol=1e-7, atol=1e-9)
+
+
+def test_cli_trains_tn_cnn_under_mpiexec(tmp_path):
+    out = tmp_path / "run"
+    proc = _run_mpi([sys.executable, "-m", "tnlearn.cli", "train", "--model", "tn-cnn", "--cnn-channels", "4",
+                     "--n-hidden", "16", "--sweeps", "1", "--n-train", "300", "--out", str(out)], cwd=tmp_path)
+    assert proc.stdout.count("test accuracy") == 1 and proc.stdout.count("sweep   1") == 1  # rank 0 reports
+    run = json.loads((out / "run.json").read_text())
+    assert run["mpi_ranks"] == 2 and run["status"] == "finished" and run["options"]["model"] == "tn-cnn"

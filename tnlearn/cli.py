@@ -146,6 +146,8 @@ def _data_options(p, default_dataset):
 RUN_MODELS = ("model.npz", "interrupted.npz")  # what a run directory's training leaves: never replaced silently
 #: Models whose saved run continues with --resume (warm_start from model.npz)
 RESUMABLE = ("mps", "tn-cnn")
+#: Models that train data-parallel over MPI ranks (fit(comm=...))
+DISTRIBUTED = ("mps", "tn-cnn")
 
 
 def _resume_options(args):
@@ -256,9 +258,9 @@ def _staged_model_checks(args):
                          "again (its checkpoints are complete models: tnlearn evaluate works on them)")
     from tnlearn.distributed import launched_size
 
-    if args.distributed == "mpi" or (args.distributed == "auto" and launched_size() > 1):
-        raise ValueError(f"--distributed mpi trains --model mps only; run {model} in one process "
-                         "(not under mpiexec / srun)")
+    if model not in DISTRIBUTED and (args.distributed == "mpi" or (args.distributed == "auto" and launched_size() > 1)):
+        raise ValueError(f"--distributed mpi trains --model {' / '.join(DISTRIBUTED)} only; run {model} in one "
+                         "process (not under mpiexec / srun)")
     if model == "conv-mps" and getattr(args, "dataset", None) == "cifar10":
         raise ValueError("--model conv-mps takes grayscale images and CIFAR-10 is colour (32x32x3): use --model mps "
                          "or tt-net, which take the flattened pixels with their three channels")
@@ -488,7 +490,7 @@ def cmd_train(args):
 
     t_fit = time.perf_counter()
     try:
-        fit_extra = {"comm": comm} if getattr(args, "model", "mps") == "mps" else {}
+        fit_extra = {"comm": comm} if getattr(args, "model", "mps") in DISTRIBUTED else {}
         clf.fit(X_train, ds.y_train, eval_set=(X_test, ds.y_test), on_sweep=checkpoint, **fit_extra)
     except KeyboardInterrupt:
         if not root:  # every rank stops after the same bond; rank 0 reports

@@ -37,6 +37,7 @@ import numpy as np
 from sklearn.utils._param_validation import Interval, StrOptions
 
 from tnlearn.backend import get_backend
+from tnlearn.distributed import check_same_data, get_comm, make_shard
 from tnlearn.history import History, SweepRecord
 from tnlearn.models import _constraints as C
 from tnlearn.models._adam import Adam
@@ -254,13 +255,17 @@ class TNCNNClassifier(TNClassifier):
         V, b = (params["V"], params["b"]) if params is not None else (self.V_, self.b_)
         return h @ V + b, h, caches
 
-    def _batch_gradients(self, z, y, s, j, block, params, weights):
-        """Mean cross-entropy gradients of a minibatch: the block of bond ``j`` of stage ``s`` and ``params``."""
+    def _batch_gradients(self, z, y, s, j, block, params, weights, batch_size):
+        """Cross-entropy gradients of minibatch rows ``z``: the block of bond ``j`` of stage ``s`` and ``params``.
+
+        The gradients of the summed loss over ``batch_size``: the mean's over a
+        minibatch of that size, or one rank's share of it.
+        """
         xp = self._backend.xp
         f, h, caches = self._forward(z, s, (j, block), params, weights)
         p = softmax(f, xp)
         p[xp.arange(len(y)), y] -= 1
-        dF = p / len(y)
+        dF = p / batch_size
         grads = {"V": h.T @ dF, "b": dF.sum(axis=0)}
         d = (dF @ params["V"].T).reshape((len(y),) + self._stage_output_shapes[-1])
         d_block = None
@@ -295,10 +300,12 @@ class TNCNNClassifier(TNClassifier):
         return out
 
     def _objective(self, Z, s, Y):
-        """Mean training cross-entropy of the current network, from stage ``s``'s cached input."""
+        """Mean training cross-entropy of the current network over all ranks' samples, from stage ``s``'s input."""
         from tnlearn.sweeps import training_loss
 
-        return training_loss(self._logits_from(Z, s), Y, "cross_entropy", self._backend.xp)
+        shard = self._shard
+        local = training_loss(self._logits_from(Z, s), Y, "cross_entropy", self._backend.xp)
+        return float(shard.comm.allreduce_sum(np.float64(local * shard.n_local))) / shard.n_total
 
     def _params(self):
         params = {f"bias{i}": st.bias for i, st in enumerate(self.stages_)}
@@ -331,19 +338,28 @@ class TNCNNClassifier(TNClassifier):
         weights = {i: st.weight() for i, st in enumerate(self.stages_) if i != s}
         params = {k: v for k, v in old_params.items() if k in ("V", "b") or int(k[4:]) >= s}
         adam = Adam(learning_rate, xp=self._backend.xp)
-        block, n = block0, Z.shape[0]
-        order, pos = self._backend.asarray(rng.permutation(n)), 0
+        shard = self._shard
+        block, n = block0, shard.n_total
+        # the minibatches are drawn over all samples (the same order on every rank); each rank
+        # takes the rows of its shard and the gradient sums are added across ranks
+        order, pos = rng.permutation(n), 0
         for _ in range(self._steps_per_bond(n)):
             if pos >= n:
-                order, pos = self._backend.asarray(rng.permutation(n)), 0
+                order, pos = rng.permutation(n), 0
             idx = order[pos : pos + self.batch_size]
             pos += len(idx)
+            mine = idx[(idx >= shard.start) & (idx < shard.stop)] - shard.start
+            mine = self._backend.asarray(mine)
             full = {**old_params, **params}
-            d_block, grads = self._batch_gradients(Z[idx], y_dev[idx], s, j, block, full, weights)
+            d_block, grads = self._batch_gradients(Z[mine], y_dev[mine], s, j, block, full, weights, len(idx))
+            if shard.comm.size > 1:
+                d_block, grads = self._sum_over_ranks(d_block, grads, list(params))
             block = adam.step("block", block, d_block)
             params = {k: adam.step(k, v, grads[k]) for k, v in params.items()}
         self._set_params({**old_params, **params})
         info = tt.split(j, block, direction, self._truncation(s))
+        if shard.comm.size > 1:
+            info = self._broadcast_bond(s, j, list(params), info)
         after = self._objective(Z, s, Y)
         if np.isfinite(after) and after <= loss_before:
             return info, after, True
@@ -351,6 +367,32 @@ class TNCNNClassifier(TNClassifier):
         self._set_params(old_params)
         info = tt.split(j, block0, direction, Truncation(old_cores[0].shape[3]))  # exact: block0 has that rank
         return info, loss_before, False
+
+    def _sum_over_ranks(self, d_block, grads, names):
+        """The minibatch's gradient sums added over the ranks (one ``Allreduce``)."""
+        be = self._backend
+        parts = [d_block] + [grads[k] for k in names]
+        flat = self._shard.sum(be.xp.concatenate([p.ravel() for p in parts]))
+        out, start = [], 0
+        for p in parts:
+            out.append(flat[start : start + p.size].reshape(p.shape).astype(p.dtype))
+            start += p.size
+        return out[0], dict(zip(names, out[1:]))
+
+    def _broadcast_bond(self, s, j, names, info):
+        """Rank 0's split cores of bond ``j`` of stage ``s`` and its trained parameters on every rank."""
+        from tnlearn.truncation import TruncationInfo
+
+        be, comm, tt = self._backend, self._shard.comm, self.stages_[s].tt
+        params = self._params()
+        meta = np.array([info.kept, info.discarded_weight], dtype=np.float64)
+        arrays = [meta, np.asarray(info.singular_values, dtype=np.float64), be.asnumpy(tt.cores[j]),
+                  be.asnumpy(tt.cores[j + 1])] + [be.asnumpy(params[k]) for k in names]
+        arrays = comm.bcast_arrays(arrays if comm.rank == 0 else [])
+        tt.cores[j], tt.cores[j + 1] = be.asarray(arrays[2]), be.asarray(arrays[3])
+        self._set_params({**params, **{k: be.asarray(a) for k, a in zip(names, arrays[4:])}})
+        return TruncationInfo(kept=int(arrays[0][0]), discarded_weight=float(arrays[0][1]),
+                              singular_values=arrays[1])
 
     # -- fitting ------------------------------------------------------------------------------------
     def _initialise(self, X, classes, backend, init_from=None):
@@ -425,7 +467,7 @@ class TNCNNClassifier(TNClassifier):
         return X, np.searchsorted(self.classes_, y)
 
     # -- fitting ------------------------------------------------------------------------------------
-    def fit(self, X, y, eval_set=None, on_sweep=None, init_from=None):
+    def fit(self, X, y, eval_set=None, on_sweep=None, init_from=None, comm=None):
         """Train by sweeps over every stage's TT cores, bottom up.
 
         Parameters
@@ -450,6 +492,13 @@ class TNCNNClassifier(TNClassifier):
             ``cutoff``; ``history_.meta["compression"]`` reports the relative
             error and ranks per stage, ``history_.meta["compressed"]`` the
             loss and accuracies of the compressed network before the sweeps.
+        comm : "mpi", mpi4py communicator or tnlearn.distributed communicator, optional
+            Train data-parallel over this communicator's ranks (every rank
+            calls ``fit`` with the same data): each rank holds a contiguous
+            shard of the samples, every minibatch is drawn over all samples
+            alike, its gradient sums are added across ranks (one ``Allreduce``
+            per Adam step) and rank 0's split is broadcast after every bond,
+            so ``K`` ranks train the network one process trains, to rounding.
 
         Returns
         -------
@@ -473,8 +522,15 @@ class TNCNNClassifier(TNClassifier):
         eval_set = self._validate_eval_set(eval_set)
         backend = self._backend = get_backend(self.backend) if not continuing else self._backend
         xp = backend.xp
+        comm = get_comm(comm)
+        if comm.size > 1:
+            check_same_data(comm, X, y_idx)
         if not continuing:
             self._initialise(X, classes, backend, init_from)
+            if comm.size > 1:  # rank 0's start (a random_state of None draws differently on every rank)
+                self._broadcast_network(comm)
+        self._shard = shard = make_shard(comm, len(X), backend)
+        X, y_idx = X[shard.start : shard.stop], y_idx[shard.start : shard.stop]
         L = len(self.classes_)
         dtype = self.stages_[0].tt.dtype
         Z0 = self._prepare(X, xp)
@@ -493,7 +549,7 @@ class TNCNNClassifier(TNClassifier):
             t0 = time.perf_counter()
             schedules = [bond_sequence(st.tt.n_cores, "both") for st in self.stages_]
             bar = None
-            if self.verbose >= 2:
+            if self.verbose >= 2 and self._shard.is_root:
                 from tqdm.auto import tqdm
 
                 bar = tqdm(total=sum(map(len, schedules)), desc=f"sweep {number}", unit="bond", leave=False)
@@ -535,8 +591,26 @@ class TNCNNClassifier(TNClassifier):
                 self.step_scale_ = scale
             return restore
 
-        self._sweep_loop(self.n_sweeps, one_sweep, snapshot, on_sweep)
+        try:
+            self._sweep_loop(self.n_sweeps, one_sweep, snapshot, on_sweep)
+        finally:
+            del self._shard  # training state: holds the communicator
         return self
+
+    def _broadcast_network(self, comm):
+        """Every stage's cores and bias, the output layer and the sweep seed as rank 0 has them."""
+        be = self._backend
+        arrays = [np.array([self.seed_], dtype=np.int64), be.asnumpy(self.V_), be.asnumpy(self.b_)]
+        for st in self.stages_:
+            arrays += [be.asnumpy(st.bias)] + [be.asnumpy(c) for c in st.tt.cores]
+        arrays = comm.bcast_arrays(arrays if comm.rank == 0 else [])
+        self.seed_ = int(arrays[0][0])
+        self.V_, self.b_ = be.asarray(arrays[1]), be.asarray(arrays[2])
+        pos = 3
+        for st in self.stages_:
+            st.bias = be.asarray(arrays[pos])
+            st.tt.cores = [be.asarray(a) for a in arrays[pos + 1 : pos + 1 + st.tt.n_cores]]
+            pos += 1 + st.tt.n_cores
 
     def _output_shapes(self):
         shapes, shape = [], self.image_shape_
@@ -555,10 +629,12 @@ class TNCNNClassifier(TNClassifier):
         """``{"loss", "train_accuracy", "test_accuracy"}`` of the current network (test: None without eval data)."""
         from tnlearn.sweeps import training_loss
 
-        xp = self._backend.xp
+        xp, shard = self._backend.xp, self._shard
         f = self._logits_from(Z0, 0)
-        result = {"loss": training_loss(f, Y, "cross_entropy", xp),
-                  "train_accuracy": float(np.mean(self._backend.asnumpy(xp.argmax(f, axis=1)) == y_idx)),
+        loss = training_loss(f, Y, "cross_entropy", xp) * shard.n_local
+        hits = np.sum(self._backend.asnumpy(xp.argmax(f, axis=1)) == y_idx, dtype=np.float64)
+        loss, hits = shard.comm.allreduce_sum(np.array([loss, hits]))
+        result = {"loss": float(loss) / shard.n_total, "train_accuracy": float(hits) / shard.n_total,
                   "test_accuracy": None}
         if eval_data is not None:
             scores = self._backend.asnumpy(self._logits_from(eval_data[0], 0))
@@ -577,7 +653,7 @@ class TNCNNClassifier(TNClassifier):
         record = SweepRecord.from_splits(len(self.history_) + 1, loss, train_acc, test_acc, errors, ranks, seconds,
                                          stages, rejected_updates=rejected, data_loss=loss, n_params=self.n_params_)
         self.history_.append(record)
-        if self.verbose:
+        if self.verbose and self._shard.is_root:
             per_stage = "  ".join(f"{k} {v['bond_dims']}" for k, v in stages.items())
             print(f"{record.headline()}  ranks {per_stage}  params {self.n_params_}  {seconds:.1f} s", flush=True)
         return record
