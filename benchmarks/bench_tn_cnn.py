@@ -5,8 +5,9 @@ Candidates (``--candidates``), each trained on each data set (``--datasets``):
 * ``default`` and variants: :class:`tnlearn.TNCNNClassifier` with its defaults,
   or the keyword arguments in ``CANDIDATES``;
 * ``cnn``: the same architecture with dense kernels and a dense hidden layer,
-  trained end to end by PyTorch's Adam (``--cnn-epochs`` epochs, batch 128,
-  learning rate 1e-3): the CNN the tensor network stands for.  Needs the
+  trained end to end by PyTorch's Adam (batch 128, learning rate 1e-3;
+  ``--cnn-epochs``, default 10 epochs and at least 2,000 steps): the CNN the
+  tensor network stands for.  Needs the
   ``bench`` extra (``pip install 'tnlearn[bench]'``);
 * ``retune``: LOTUS's bottom-up path — that trained CNN's kernels and dense
   layer are compressed by TT-SVD (``--retune-ranks CONV DENSE``) into a
@@ -28,6 +29,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 import warnings
@@ -51,6 +53,15 @@ CANDIDATES = {
     "lr-decay": {"lr_decay": 0.5},
 }
 BASELINES = ("cnn", "retune")
+#: The dense CNN trains for at least this many epochs and this many Adam steps (1,347 digits: 11 steps an epoch)
+MIN_CNN_EPOCHS, MIN_CNN_STEPS = 10, 2000
+
+
+def cnn_epochs(n_samples, given=None, batch_size=128):
+    """Epochs of the dense CNN: ``given``, or enough for ``MIN_CNN_EPOCHS`` and ``MIN_CNN_STEPS`` (whichever is more)."""
+    if given is not None:
+        return given
+    return max(MIN_CNN_EPOCHS, math.ceil(MIN_CNN_STEPS / math.ceil(n_samples / batch_size)))
 
 
 def _architecture(params):
@@ -149,11 +160,12 @@ def run_tn_cnn(data, params, n_sweeps, seed, init_from=None):
     return row
 
 
-def run_one(name, data, candidate, n_sweeps, seed, cnn_epochs, retune_ranks):
+def run_one(name, data, candidate, n_sweeps, seed, epochs, retune_ranks):
     params = dict(CANDIDATES.get(candidate, {}))
+    epochs = cnn_epochs(len(data[0]), epochs)
     if candidate in BASELINES:
         arch = _architecture({})
-        layers, cnn_row = train_cnn(data, arch, cnn_epochs, seed)
+        layers, cnn_row = train_cnn(data, arch, epochs, seed)
         if candidate == "cnn":
             row = cnn_row
         else:
@@ -164,7 +176,7 @@ def run_one(name, data, candidate, n_sweeps, seed, cnn_epochs, retune_ranks):
     else:
         row = run_tn_cnn(data, params, n_sweeps, seed)
     row.update({"dataset": name, "candidate": candidate, "seed": seed,
-                "n_sweeps": cnn_epochs if candidate == "cnn" else n_sweeps})
+                "n_sweeps": epochs if candidate == "cnn" else n_sweeps})
     return row
 
 
@@ -193,7 +205,8 @@ def main(argv=None):
     p.add_argument("--candidates", nargs="+", default=["default", "cnn", "retune"],
                    choices=[*CANDIDATES, *BASELINES])
     p.add_argument("--sweeps", type=int, default=4, help="tn-cnn sweeps per run (default: 4, the model's)")
-    p.add_argument("--cnn-epochs", type=int, default=10, help="epochs of the dense CNN (default: 10)")
+    p.add_argument("--cnn-epochs", type=int, default=None,
+                   help=f"epochs of the dense CNN (default: {MIN_CNN_EPOCHS}, or more to make {MIN_CNN_STEPS} Adam steps)")
     p.add_argument("--retune-ranks", type=int, nargs=2, default=[0, 8], metavar=("CONV", "DENSE"),
                    help="TT-ranks of the compressed CNN's kernels (0: exact) and dense layer (default: 0 8)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
