@@ -122,7 +122,7 @@ def train_cnn(data, params, epochs, seed):
             loss = torch.nn.functional.cross_entropy(forward(Xt[idx]), yt[idx])
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
         losses.append(total / len(Xt))
         with torch.no_grad():
             pred = torch.cat([forward(Xv[s : s + 1024]).argmax(1) for s in range(0, len(Xv), 1024)]).numpy()

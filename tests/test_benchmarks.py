@@ -134,3 +134,25 @@ def test_cpu_runs_can_be_held_to_the_reference_machines_core_count(monkeypatch):
     before = {info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"}
     bench_gpu.time_sweeps(4, "numpy", 1, args)
     assert seen[1] == before  # no cap unless asked
+
+
+# ------------------------------------------------------------------ the tn-cnn benchmark
+def test_the_dense_cnn_trains_long_enough_on_small_data():
+    import bench_tn_cnn
+
+    assert bench_tn_cnn.cnn_epochs(60000) == 10  # 469 steps an epoch: 10 epochs make > 2,000 steps
+    assert bench_tn_cnn.cnn_epochs(1347) == 182  # 11 steps an epoch
+    assert bench_tn_cnn.cnn_epochs(1347, given=3) == 3
+
+
+def test_the_trained_cnn_becomes_the_same_tn_cnn_when_nothing_is_truncated():
+    """The PyTorch weights' layout (NCHW, (out, in)) is converted to tn-cnn's: exact ranks reproduce the CNN."""
+    pytest.importorskip("torch", reason="the dense CNN peer needs the bench extra")
+    import bench_tn_cnn
+    from bench_tt import load
+
+    data = load("digits8")
+    row = bench_tn_cnn.run_one("digits8", data, "retune", 1, 0, 20, (0, 10**6))
+    assert row["compressed"]["test_accuracy"] == pytest.approx(row["cnn"]["test_accuracy"], abs=1e-12)
+    assert all(r["relative_error"] < 1e-5 for r in row["compression"].values())
+    assert "retune" in bench_tn_cnn.table([row]) and f"{row['n_params']:,}" in bench_tn_cnn.table([row])

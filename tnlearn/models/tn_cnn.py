@@ -53,6 +53,7 @@ from tnlearn.truncation import Truncation, check_truncation_args
 
 #: Adam steps per bond, at least, with ``epochs_per_bond="auto"``.
 MIN_STEPS_PER_BOND = 100
+AVERAGE_FIRST = True
 #: Samples per chunk when the whole training set goes through the network (objective, scores, caches).
 FORWARD_CHUNK = 1024
 
@@ -340,10 +341,12 @@ class TNCNNClassifier(TNClassifier):
         adam = Adam(learning_rate, xp=self._backend.xp)
         shard = self._shard
         block, n = block0, shard.n_total
+        steps = self._steps_per_bond(n)
+        mean, count = None, 0  # the average of the iterates over the second half of the steps
         # the minibatches are drawn over all samples (the same order on every rank); each rank
         # takes the rows of its shard and the gradient sums are added across ranks
         order, pos = rng.permutation(n), 0
-        for _ in range(self._steps_per_bond(n)):
+        for step in range(steps):
             if pos >= n:
                 order, pos = rng.permutation(n), 0
             idx = order[pos : pos + self.batch_size]
@@ -356,13 +359,20 @@ class TNCNNClassifier(TNClassifier):
                 d_block, grads = self._sum_over_ranks(d_block, grads, list(params))
             block = adam.step("block", block, d_block)
             params = {k: adam.step(k, v, grads[k]) for k, v in params.items()}
-        self._set_params({**old_params, **params})
-        info = tt.split(j, block, direction, self._truncation(s))
-        if shard.comm.size > 1:
-            info = self._broadcast_bond(s, j, list(params), info)
-        after = self._objective(Z, s, Y)
-        if np.isfinite(after) and after <= loss_before:
-            return info, after, True
+            if step >= steps // 2:
+                count += 1
+                current = {"block": block, **params}
+                mean = dict(current) if mean is None else {k: v + (current[k] - v) / count for k, v in mean.items()}
+        last = {"block": block, **params}
+        candidates = [mean, last] if AVERAGE_FIRST else [last, mean]
+        for candidate in candidates:
+            self._set_params({**old_params, **{k: v for k, v in candidate.items() if k != "block"}})
+            info = tt.split(j, candidate["block"], direction, self._truncation(s))
+            if shard.comm.size > 1:
+                info = self._broadcast_bond(s, j, list(params), info)
+            after = self._objective(Z, s, Y)
+            if np.isfinite(after) and after <= loss_before:
+                return info, after, True
         tt.cores[j], tt.cores[j + 1] = old_cores
         self._set_params(old_params)
         info = tt.split(j, block0, direction, Truncation(old_cores[0].shape[3]))  # exact: block0 has that rank
