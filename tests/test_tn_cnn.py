@@ -181,3 +181,24 @@ def test_init_from_at_lower_ranks_compresses_and_wrong_shapes_are_refused(fitted
         TNCNNClassifier(**fitted.get_params()).fit(X_tr, y_tr, init_from=bad)
     with pytest.raises(ValueError, match="set warm_start=False"):
         TNCNNClassifier(**{**fitted.get_params(), "warm_start": True}).fit(X_tr, y_tr).fit(X_tr, y_tr, init_from=layers)
+
+
+def test_minibatch_adam_walks_epochs_and_averages_the_second_half():
+    from tnlearn.models._adam import Adam, minibatch_adam
+
+    seen, draws = [], []
+
+    def draw():
+        draws.append(1)
+        return np.arange(5)
+
+    def gradients(idx, p):
+        seen.append(list(idx))
+        return {"w": p["w"] - 3.0}  # the gradient of |w - 3|^2 / 2
+
+    last, mean = minibatch_adam(Adam(0.1), {"w": np.zeros(2)}, gradients, draw, steps=6, batch_size=2,
+                                average_from=3)
+    assert seen == [[0, 1], [2, 3], [4], [0, 1], [2, 3], [4]] and len(draws) == 2  # short last batch, new epoch
+    # the average of iterates 4..6 lies behind the last one on the way to 3
+    assert np.all(0 < mean["w"]) and np.all(mean["w"] < last["w"]) and np.all(last["w"] < 3)
+    assert minibatch_adam(Adam(0.1), {"w": np.zeros(2)}, gradients, draw, 1, 2)[1] is None

@@ -65,3 +65,48 @@ class Adam:
         v += (1 - self.beta2) * (grad * grad)
         lr = self.learning_rate * np.sqrt(1 - self.beta2**t) / (1 - self.beta1**t)
         return param - (lr * m / (xp.sqrt(v) + self.eps)).astype(param.dtype)
+
+
+def minibatch_adam(adam, params, gradients, draw_order, steps, batch_size, average_from=None):
+    """``steps`` minibatch Adam steps on named arrays: the local solver of a block below a non-linearity.
+
+    Parameters
+    ----------
+    adam : Adam
+        Its moments of ``params``' names are used and updated (reset the
+        ones that must start afresh before the call).
+    params : dict of str -> array
+        The arrays moved (e.g. the merged block and the dense layers above it), in update order.
+    gradients : callable
+        ``gradients(idx, params) -> dict`` of the loss's gradients with respect to
+        every entry of ``params`` on the minibatch ``idx`` (global sample indices).
+    draw_order : callable
+        ``draw_order() -> permutation`` of all samples; called at the start and
+        whenever an epoch is used up (the last minibatch of an epoch may be short).
+    steps, batch_size : int
+    average_from : int, optional
+        From this step on (0-based) also keep the running average of the iterates
+        (Polyak-Ruppert averaging: less minibatch noise than the last iterate).
+
+    Returns
+    -------
+    last : dict
+        ``params`` after the last step.
+    mean : dict or None
+        Average of the iterates of steps ``average_from ..`` (None without ``average_from``).
+    """
+    params = dict(params)
+    mean, count = None, 0
+    order = draw_order()
+    pos = 0
+    for step in range(steps):
+        if pos >= len(order):
+            order, pos = draw_order(), 0
+        idx = order[pos : pos + batch_size]
+        pos += len(idx)
+        grads = gradients(idx, params)
+        params = {name: adam.step(name, value, grads[name]) for name, value in params.items()}
+        if average_from is not None and step >= average_from:
+            count += 1
+            mean = dict(params) if mean is None else {k: v + (params[k] - v) / count for k, v in mean.items()}
+    return params, mean

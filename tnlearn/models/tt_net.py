@@ -43,7 +43,7 @@ from tnlearn.history import History, SweepRecord
 from tnlearn.models import _constraints as C
 from tnlearn.models._base import TNClassifier
 from tnlearn.models._state import check_finite_floats, header_float, header_int
-from tnlearn.models._adam import Adam
+from tnlearn.models._adam import Adam, minibatch_adam
 from tnlearn.models._training import DIVERGENCE_RISE, divergence, warn_diverged
 from tnlearn.models._validation import check_dtype, check_positive_float, check_positive_int
 from tnlearn.solvers import softmax
@@ -354,21 +354,19 @@ class TTNetClassifier(TNClassifier):
         block (:func:`tnlearn.ard.precision_profile`).  Returns the block and
         the dense parameters ``[b1, V, b2]``; the model is not changed.
         """
-        params = [self.b1_, self.V_, self.b2_]
         n = Xp.shape[0]
         adam.reset("block")
-        order, pos = self._backend.asarray(rng.permutation(n)), 0
-        for _ in range(self._steps_per_bond(n)):
-            if pos >= n:  # an epoch is complete: a fresh order (the last batch of one may be short)
-                order, pos = self._backend.asarray(rng.permutation(n)), 0
-            idx = order[pos : pos + self.batch_size]
-            pos += len(idx)
-            dblock, db1, dV, db2 = self._batch_gradients(Xp[idx], y_dev[idx], block, bond, params)
+
+        def gradients(idx, p):
+            dblock, db1, dV, db2 = self._batch_gradients(Xp[idx], y_dev[idx], p["block"], bond, [p["b1"], p["V"], p["b2"]])
             if precision is not None:
-                dblock = dblock + ard.penalty_gradient(block, precision, n)
-            block = adam.step("block", block, dblock)
-            params = [adam.step(name, p, g) for name, p, g in zip(("b1", "V", "b2"), params, (db1, dV, db2))]
-        return block, params
+                dblock = dblock + ard.penalty_gradient(p["block"], precision, n)
+            return {"block": dblock, "b1": db1, "V": dV, "b2": db2}
+
+        last, _ = minibatch_adam(adam, {"block": block, "b1": self.b1_, "V": self.V_, "b2": self.b2_}, gradients,
+                                 lambda: self._backend.asarray(rng.permutation(n)), self._steps_per_bond(n),
+                                 self.batch_size)
+        return last["block"], [last["b1"], last["V"], last["b2"]]
 
     def _objective(self, Xp, Y):
         """Mean training cross-entropy of the current network over all samples."""
