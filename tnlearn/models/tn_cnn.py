@@ -207,7 +207,7 @@ class TNCNNClassifier(TNClassifier):
         check_dtype(self.dtype)
 
     # -- the network --------------------------------------------------------------------------
-    def _build(self, shape, n_classes, rng, dtype, backend):
+    def _build(self, shape, rng, dtype, backend):
         """Random stages for ``(H, W, c)`` images; returns the stages and the output layer's input size."""
         stages = []
         k = self.kernel_size
@@ -296,6 +296,8 @@ class TNCNNClassifier(TNClassifier):
         """Logits of every sample from the cached input ``Z`` of stage ``s``, chunk by chunk."""
         xp = self._backend.xp
         out = xp.empty((Z.shape[0], len(self.classes_)), dtype=Z.dtype)
+        if weights is None:  # every kernel matrix formed once, not once per chunk
+            weights = {i: self.stages_[i].weight() for i in range(s, len(self.stages_))}
         for start in range(0, Z.shape[0], FORWARD_CHUNK):
             out[start : start + FORWARD_CHUNK] = self._forward(Z[start : start + FORWARD_CHUNK], s, weights=weights)[0]
         return out
@@ -410,7 +412,7 @@ class TNCNNClassifier(TNClassifier):
         self.input_mean_ = float(X.mean())
         self.input_scale_ = float(X.std()) or 1.0
         L = len(classes)
-        self.stages_, n_in = self._build(self.image_shape_, L, rng, dtype, backend)
+        self.stages_, n_in = self._build(self.image_shape_, rng, dtype, backend)
         self._stage_output_shapes = self._output_shapes()
         meta = {"model": "tn-cnn", "stages": self.stage_names(), "init": "random"}
         if init_from is None:
