@@ -185,14 +185,17 @@ def table(rows):
            "loss per sweep | rejected | s |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         accs = [100 * a for a in r["test_accuracy"]]
-        if r["candidate"] == "retune":
+        name = r["candidate"]
+        if name == "retune":
+            conv, dense = r["retune_ranks"]
+            name = f"retune (kernels {'exact' if not conv else f'rank {conv}'}, dense rank {dense})"
             before = (f"CNN {100 * r['cnn']['test_accuracy']:.1f} ({r['cnn']['n_params']:,} params) -> compressed "
                       f"{100 * r['compressed']['test_accuracy']:.1f} -> ")
         else:
             before = ""
         warn = " (diverged)" if r.get("warnings") else ""
         out.append(
-            f"| {r['dataset']} | {r['candidate']} | {before}{' / '.join(f'{a:.1f}' for a in accs)}{warn} | "
+            f"| {r['dataset']} | {name} | {before}{' / '.join(f'{a:.1f}' for a in accs)}{warn} | "
             f"{max(accs):.1f} / {accs[-1]:.1f} | {r['n_params']:,} | {' / '.join(f'{v:.3g}' for v in r['loss'])} | "
             f"{sum(r.get('rejected', [0]))} | {r['seconds']:.0f} |"
         )
@@ -221,7 +224,10 @@ def main(argv=None):
         print(table(done))
         return 0
     rows = list(done)
-    key = {(r["dataset"], r["candidate"], r["seed"]) for r in done}
+    def key_of(dataset, candidate, seed, ranks):  # a retune row is one per pair of ranks
+        return dataset, candidate, seed, tuple(ranks) if candidate == "retune" else ()
+
+    key = {key_of(r["dataset"], r["candidate"], r["seed"], r.get("retune_ranks") or ()) for r in done}
     for name in args.datasets:
         try:
             data = load(name, args.data_dir, args.mnist_dir)
@@ -230,7 +236,7 @@ def main(argv=None):
             continue
         for candidate in args.candidates:
             for seed in args.seeds:
-                if (name, candidate, seed) in key:
+                if key_of(name, candidate, seed, args.retune_ranks) in key:
                     continue
                 row = run_one(name, data, candidate, args.sweeps, seed, args.cnn_epochs, args.retune_ranks)
                 rows.append(row)
