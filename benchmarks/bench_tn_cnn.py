@@ -91,11 +91,12 @@ def train_cnn(data, params, epochs, seed):
         return torch.tensor(((X - mean) / scale).reshape(-1, H, W, C).transpose(0, 3, 1, 2), dtype=torch.float32)
 
     torch.manual_seed(seed)
-    k, pool = params["kernel_size"], params["pool_size"]
+    k, pool, stride = params["kernel_size"], params["pool_size"], params["stride"]
+    pad = (k - 1) // 2  # as TNCNNClassifier pads
     layers, c, h, w = [], C, H, W
     for c_out in params["channels"]:
-        layers += [torch.nn.Conv2d(c, c_out, k, padding=k // 2), torch.nn.MaxPool2d(pool), torch.nn.ReLU()]
-        c, h, w = c_out, (h + 2 * (k // 2) - k + 1) // pool, (w + 2 * (k // 2) - k + 1) // pool
+        layers += [torch.nn.Conv2d(c, c_out, k, stride=stride, padding=pad), torch.nn.MaxPool2d(pool), torch.nn.ReLU()]
+        c, h, w = c_out, ((h + 2 * pad - k) // stride + 1) // pool, ((w + 2 * pad - k) // stride + 1) // pool
     flat = c * h * w
     hidden = params["n_hidden"]
     head = ([torch.nn.Linear(flat, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, len(classes))] if hidden

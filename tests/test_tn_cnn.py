@@ -116,7 +116,7 @@ def test_bad_settings_name_the_fix(digits):
     X_tr, _, y_tr, _ = digits
     with pytest.raises(ValueError, match=r"channels=\(\) must be a non-empty tuple"):
         TNCNNClassifier(channels=()).fit(X_tr, y_tr)
-    with pytest.raises(ValueError, match="smaller than pool_size=2: use fewer entries in channels"):
+    with pytest.raises(ValueError, match="output of convolution 4 is smaller than pool_size=2: use fewer entries"):
         TNCNNClassifier(channels=(2, 2, 2, 2)).fit(X_tr, y_tr)  # 8 -> 4 -> 2 -> 1: the fourth cannot pool
 
 
@@ -202,3 +202,12 @@ def test_minibatch_adam_walks_epochs_and_averages_the_second_half():
     # the average of iterates 4..6 lies behind the last one on the way to 3
     assert np.all(0 < mean["w"]) and np.all(mean["w"] < last["w"]) and np.all(last["w"] < 3)
     assert minibatch_adam(Adam(0.1), {"w": np.zeros(2)}, gradients, draw, 1, 2)[1] is None
+
+
+def test_non_overlapping_patches_with_stride(digits):
+    X_tr, X_te, y_tr, y_te = digits
+    clf = TNCNNClassifier(channels=(8,), kernel_size=2, stride=2, pool_size=1, n_hidden=32, n_sweeps=1,
+                          random_state=0).fit(X_tr, y_tr)
+    assert clf.stages_[0].output_shape((8, 8, 1)) == (4, 4, 8)  # 2x2 patches side by side: a 4x4 grid
+    assert clf.stages_[1].tt.in_features == 4 * 4 * 8
+    assert clf.score(X_te, y_te) > 0.9

@@ -48,7 +48,7 @@ from tnlearn.models._training import DIVERGENCE_RISE, divergence, warn_diverged
 from tnlearn.models._validation import check_dtype, check_positive_float
 from tnlearn.solvers import softmax
 from tnlearn.stages.tt import TTMatrix
-from tnlearn.stages.tt_conv import TTConv
+from tnlearn.stages.tt_conv import TTConv, conv_output_size
 from tnlearn.sweeps import bond_sequence
 from tnlearn.truncation import Truncation, check_truncation_args
 
@@ -88,7 +88,11 @@ class TNCNNClassifier(TNClassifier):
     channels : tuple of int, default=(16, 32)
         Output channels of each convolution stage (one stage per entry).
     kernel_size : int, default=3
-        Side of the (square) kernels; "same" zero padding, stride 1.
+        Side of the (square) kernels, with ``(kernel_size - 1) // 2`` zero
+        padding (an odd kernel at stride 1 keeps the map's size).
+    stride : int, default=1
+        Step of the kernel: 1 for overlapping patches, ``kernel_size`` for
+        non-overlapping ones (with ``pool_size=1``, a patch-wise stage).
     pool_size : int, default=2
         Max pooling after each convolution (1: none).
     conv_rank : int or None, default=None
@@ -150,6 +154,7 @@ class TNCNNClassifier(TNClassifier):
         self,
         channels=(16, 32),
         kernel_size=3,
+        stride=1,
         pool_size=2,
         conv_rank=None,
         n_hidden=256,
@@ -169,6 +174,7 @@ class TNCNNClassifier(TNClassifier):
     ):
         self.channels = channels
         self.kernel_size = kernel_size
+        self.stride = stride
         self.pool_size = pool_size
         self.conv_rank = conv_rank
         self.n_hidden = n_hidden
@@ -188,7 +194,8 @@ class TNCNNClassifier(TNClassifier):
 
     _parameter_constraints = {
         **C.COMMON,
-        "channels": [tuple, list], "kernel_size": C.POSITIVE_INT, "pool_size": C.POSITIVE_INT,
+        "channels": [tuple, list], "kernel_size": C.POSITIVE_INT, "stride": C.POSITIVE_INT,
+        "pool_size": C.POSITIVE_INT,
         "conv_rank": [*C.POSITIVE_INT, None], "n_hidden": [*C.POSITIVE_INT, None], "max_rank": C.POSITIVE_INT,
         "cutoff": C.NON_NEGATIVE, "n_sweeps": C.POSITIVE_INT, "epochs_per_bond": [StrOptions({"auto"}), *C.POSITIVE],
         "batch_size": C.POSITIVE_INT, "learning_rate": C.POSITIVE, "lr_decay": C.POSITIVE,
@@ -212,12 +219,14 @@ class TNCNNClassifier(TNClassifier):
         stages = []
         k = self.kernel_size
         for c_out in self.channels:
-            if min(shape[:2]) < self.pool_size:
-                raise ValueError(f"the {shape[0]}x{shape[1]} feature map before convolution {len(stages) + 1} is "
-                                 f"smaller than pool_size={self.pool_size}: use fewer entries in channels="
-                                 f"{tuple(self.channels)} or a smaller pool_size")
-            stage = TTConv.random(shape, c_out, (k, k), rng, self.conv_rank, padding=k // 2, pool=self.pool_size,
-                                  dtype=dtype, backend=backend)
+            pad = (k - 1) // 2
+            conv = (conv_output_size(shape[0], k, self.stride, pad), conv_output_size(shape[1], k, self.stride, pad))
+            if min(conv) < self.pool_size:
+                raise ValueError(f"the {conv[0]}x{conv[1]} output of convolution {len(stages) + 1} is smaller than "
+                                 f"pool_size={self.pool_size}: use fewer entries in channels={tuple(self.channels)}, "
+                                 "a smaller pool_size or a smaller stride")
+            stage = TTConv.random(shape, c_out, (k, k), rng, self.conv_rank, stride=self.stride, padding=pad,
+                                  pool=self.pool_size, dtype=dtype, backend=backend)
             stages.append(stage)
             shape = stage.output_shape(shape)
         if self.n_hidden is not None:
