@@ -179,6 +179,17 @@ def test_init_from_at_lower_ranks_compresses_and_wrong_shapes_are_refused(fitted
     bad = [(np.zeros((5, 5, 1, 8)), np.zeros(8))] + layers[1:]
     with pytest.raises(ValueError, match=r"init_from conv1: weight \(5, 5, 1, 8\).*pass a weight of shape \(3, 3, 1, 8\)"):
         TNCNNClassifier(**fitted.get_params()).fit(X_tr, y_tr, init_from=bad)
+    with pytest.raises(ValueError, match=r"init_from dense: weight \(7,\) .*pass a weight of shape \(64, 64\) \(inputs"):
+        TNCNNClassifier(**fitted.get_params()).fit(X_tr, y_tr, init_from=layers[:2] + [(np.zeros(7), layers[2][1])]
+                                                   + layers[3:])
+    with pytest.raises(ValueError, match=r"that are not all \(weight, bias\) pairs"):
+        TNCNNClassifier(**fitted.get_params()).fit(X_tr, y_tr, init_from=[w for w, _ in layers])
+    # a refused init_from leaves nothing half built: a later fit starts afresh
+    failed = TNCNNClassifier(**{**fitted.get_params(), "n_sweeps": 1})
+    with pytest.raises(ValueError, match="output layer"):
+        failed.fit(X_tr, y_tr, init_from=layers[:-1] + [(layers[-1][0].T, layers[-1][1])])
+    assert not hasattr(failed, "stages_") and not hasattr(failed, "history_")
+    failed.set_params(warm_start=True).fit(X_tr[:200], y_tr[:200])
     with pytest.raises(ValueError, match="set warm_start=False"):
         TNCNNClassifier(**{**fitted.get_params(), "warm_start": True}).fit(X_tr, y_tr).fit(X_tr, y_tr, init_from=layers)
 

@@ -54,6 +54,16 @@ def test_one_patch_over_the_whole_map_is_the_flattened_map():
 
 
 @PATHS
+@pytest.mark.parametrize("size", [12, 13])  # 144 / 169 window positions: more than an int8 index holds
+def test_large_pooling_windows_send_the_gradient_to_the_maximum(xp, size):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((1, size, size, 2))
+    out, arg = max_pool(x, size, xp)
+    dx = max_pool_adjoint(np.ones_like(out), arg, x.shape, size, xp)
+    np.testing.assert_array_equal(dx, (x == x.max(axis=(1, 2), keepdims=True)).astype(float))
+
+
+@PATHS
 def test_max_pool_and_its_adjoint(xp):
     rng = np.random.default_rng(1)
     x = rng.standard_normal((2, 5, 4, 3))  # 5 rows: the last one is dropped by 2 x 2 pooling

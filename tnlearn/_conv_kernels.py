@@ -65,7 +65,7 @@ def max_pool(x, p):  # pragma: no cover - compiled
     n, H, W, c = x.shape
     Ho, Wo = H // p, W // p
     out = np.empty((n, Ho, Wo, c), dtype=x.dtype)
-    arg = np.zeros((n, Ho, Wo, c), dtype=np.int8)
+    arg = np.zeros((n, Ho, Wo, c), dtype=np.int32)
     for s in range(n):
         for i in range(Ho):
             for j in range(Wo):

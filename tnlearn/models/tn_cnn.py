@@ -238,7 +238,7 @@ class TNCNNClassifier(TNClassifier):
 
     def _truncation(self, s):
         """The split's truncation of stage ``s``: ``conv_rank`` for convolutions, ``max_rank`` for the dense TT."""
-        dense = self.n_hidden is not None and s == len(self.stages_) - 1
+        dense = self.n_hidden is not None and s == len(tuple(self.channels))
         return Truncation(self.max_rank if dense else self.conv_rank, self.cutoff)
 
     def stage_names(self):
@@ -413,63 +413,72 @@ class TNCNNClassifier(TNClassifier):
 
     # -- fitting ------------------------------------------------------------------------------------
     def _initialise(self, X, classes, backend, init_from=None):
-        """Fresh stages, output layer, input statistics, history and sweep seed for validated ``X``."""
+        """Fresh stages, output layer, input statistics, history and sweep seed for validated ``X``.
+
+        Nothing is assigned until everything is built, so a refused ``init_from``
+        leaves the estimator as it was.
+        """
         rng = np.random.default_rng(self.random_state)
         dtype = np.dtype(self.dtype)
-        self.classes_ = classes
-        self.image_shape_ = image_geometry(X.shape[1], self.image_shape)
-        self.input_mean_ = float(X.mean())
-        self.input_scale_ = float(X.std()) or 1.0
+        image_shape = image_geometry(X.shape[1], self.image_shape)
         L = len(classes)
-        self.stages_, n_in = self._build(self.image_shape_, rng, dtype, backend)
-        self._stage_output_shapes = self._output_shapes()
+        stages, n_in = self._build(image_shape, rng, dtype, backend)
         meta = {"model": "tn-cnn", "stages": self.stage_names(), "init": "random"}
         if init_from is None:
-            self.V_ = backend.asarray((rng.standard_normal((n_in, L)) * np.sqrt(2.0 / n_in)).astype(dtype))
-            self.b_ = backend.xp.zeros(L, dtype=dtype)
+            V = backend.asarray((rng.standard_normal((n_in, L)) * np.sqrt(2.0 / n_in)).astype(dtype))
+            b = backend.xp.zeros(L, dtype=dtype)
         else:
-            meta.update(init="dense", compression=self._compress(init_from, n_in, L, dtype, backend))
-        for st in self.stages_:
+            stages, V, b, meta["compression"] = self._compress(stages, init_from, n_in, L, dtype, backend)
+            meta["init"] = "dense"
+        for st in stages:
             st.tt.orthogonalize(0)  # mixed-canonical gauge, centre at core 0, where a stage's sweep starts
+        self.classes_, self.image_shape_ = classes, image_shape
+        self.input_mean_ = float(X.mean())
+        self.input_scale_ = float(X.std()) or 1.0
+        self.stages_, self.V_, self.b_ = stages, V, b
+        self._stage_output_shapes = self._output_shapes()
         self.seed_ = int(rng.integers(2**62))  # seeds every sweep's minibatch order
         self.step_scale_ = 1.0  # halved by every rejected bond update, for the rest of the fit
         meta["n_params"] = self.n_params_
         self.history_ = History(meta=meta)
 
-    def _compress(self, layers, n_in, n_classes, dtype, backend):
-        """Replace the random stages by TT-SVDs of a trained CNN's layers (``fit(init_from=...)``).
+    def _compress(self, stages, layers, n_in, n_classes, dtype, backend):
+        """TT-SVDs of a trained CNN's layers in place of ``stages`` (``fit(init_from=...)``).
 
-        Returns the per-stage report: ``relative_error``, ``ranks``, dense and TT parameters.
+        Returns ``(stages, V, b, report)``; the report gives per stage the
+        ``relative_error``, ``ranks``, dense and TT parameters.
         """
         names = self.stage_names()
-        if not isinstance(layers, (list, tuple)) or len(layers) != len(names) + 1:
+        pairs_ok = isinstance(layers, (list, tuple)) and all(
+            isinstance(pair, (list, tuple)) and len(pair) == 2 for pair in layers)
+        if not pairs_ok or len(layers) != len(names) + 1:
+            got = (f"{len(layers)} entries" if isinstance(layers, (list, tuple)) else type(layers).__name__)
             raise ValueError(f"init_from must be a list of {len(names) + 1} (weight, bias) pairs — "
-                             f"{', '.join(names)} and the output layer — got "
-                             f"{len(layers) if isinstance(layers, (list, tuple)) else type(layers).__name__}")
-        report = {}
-        for i, (name, stage, pair) in enumerate(zip(names, self.stages_, layers)):
-            W, b = (np.asarray(a, dtype=np.float64) for a in pair)
+                             f"{', '.join(names)} and the output layer — got {got}"
+                             + ("" if pairs_ok else " that are not all (weight, bias) pairs"))
+        report, compressed = {}, []
+        for i, (name, stage, (W, b)) in enumerate(zip(names, stages, layers)):
+            W, b = np.asarray(W, dtype=np.float64), np.asarray(b, dtype=np.float64)
             kh, kw = stage.kernel
-            want = (kh, kw, stage.c_in, stage.c_out)
-            if W.shape == want:
-                W = W.reshape(kh * kw * stage.c_in, stage.c_out)
-            if W.shape != (kh * kw * stage.c_in, stage.c_out) or b.shape != (stage.c_out,):
+            conv = name != "dense"
+            want = (kh, kw, stage.c_in, stage.c_out) if conv else (kh * kw * stage.c_in, stage.c_out)
+            if W.shape not in ((kh, kw, stage.c_in, stage.c_out), (kh * kw * stage.c_in, stage.c_out)) or \
+                    b.shape != (stage.c_out,):
+                what = ("(rows, columns, input channels, output channels)" if conv else
+                        f"(inputs in (row, column, channel) order of the {kh}x{kw}x{stage.c_in} map, units)")
                 raise ValueError(f"init_from {name}: weight {W.shape} and bias {b.shape} do not fit this stage: "
-                                 f"pass a weight of shape {want} (rows, columns, input channels, output channels) "
-                                 f"and a bias of shape ({stage.c_out},)")
-            truncation = self._truncation(i)
-            fresh, info = TTConv.from_dense(W, b, stage.kernel, stage.tt.in_shape, stage.tt.out_shape,
-                                            truncation.max_bond, self.cutoff, stage.stride, stage.padding, stage.pool,
-                                            stage.relu, dtype, backend)
-            self.stages_[i] = fresh
+                                 f"pass a weight of shape {want} {what} and a bias of shape ({stage.c_out},)")
+            fresh, info = TTConv.from_dense(W.reshape(-1, stage.c_out), b, stage.kernel, stage.tt.in_shape,
+                                            stage.tt.out_shape, self._truncation(i).max_bond, self.cutoff,
+                                            stage.stride, stage.padding, stage.pool, stage.relu, dtype, backend)
+            compressed.append(fresh)
             report[name] = {"relative_error": info["relative_error"], "ranks": info["ranks"],
                             "dense_params": int(W.size + b.size), "tt_params": fresh.n_params}
         V, b = (np.asarray(a, dtype=np.float64) for a in layers[-1])
         if V.shape != (n_in, n_classes) or b.shape != (n_classes,):
             raise ValueError(f"init_from output layer: weight {V.shape} and bias {b.shape}; this network needs "
                              f"({n_in}, {n_classes}) and ({n_classes},)")
-        self.V_, self.b_ = backend.asarray(V.astype(dtype)), backend.asarray(b.astype(dtype))
-        return report
+        return compressed, backend.asarray(V.astype(dtype)), backend.asarray(b.astype(dtype)), report
 
     def _continuation_data(self, X, y):
         """``warm_start``: ``X`` and labels checked against the fitted model; returns ``(X, y_idx)``."""

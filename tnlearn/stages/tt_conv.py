@@ -110,7 +110,7 @@ def max_pool(x, size, xp=np):
     Returns
     -------
     out : array, shape (n, H // size, W // size, c)
-    argmax : array of int8, same shape
+    argmax : array of int32, same shape
         Position of the maximum inside its window (row-major), for :func:`max_pool_adjoint`.
     """
     if xp is np:
@@ -120,7 +120,7 @@ def max_pool(x, size, xp=np):
     win = x[:, : Ho * size, : Wo * size].reshape(n, Ho, size, Wo, size, c).transpose(0, 1, 3, 5, 2, 4)
     win = win.reshape(n, Ho, Wo, c, size * size)
     arg = xp.argmax(win, axis=-1)
-    return xp.take_along_axis(win, arg[..., None], axis=-1)[..., 0], arg.astype(np.int8)
+    return xp.take_along_axis(win, arg[..., None], axis=-1)[..., 0], arg.astype(np.int32)
 
 
 def max_pool_adjoint(d_out, argmax, input_shape, size, xp=np):
@@ -134,7 +134,7 @@ def max_pool_adjoint(d_out, argmax, input_shape, size, xp=np):
     if xp is np:
         return _conv_kernels.max_pool_adjoint(np.ascontiguousarray(d_out), argmax, H, W, size)
     _, Ho, Wo, _ = d_out.shape
-    onehot = (argmax[..., None] == xp.arange(size * size, dtype=np.int8)).astype(d_out.dtype)
+    onehot = (argmax[..., None] == xp.arange(size * size, dtype=np.int32)).astype(d_out.dtype)
     win = (onehot * d_out[..., None]).reshape(n, Ho, Wo, c, size, size).transpose(0, 1, 4, 2, 5, 3)
     out = xp.zeros(input_shape, dtype=d_out.dtype)
     out[:, : Ho * size, : Wo * size] = win.reshape(n, Ho * size, Wo * size, c)
