@@ -41,6 +41,7 @@ def test_run_directory_and_model(run, capsys):
     if name == "tn-cnn":
         assert list(history[-1]["stages"]) == ["conv1", "dense"] and (out / "stages.png").is_file()
         assert model.channels == (4,) and model.n_hidden == 16 and model.max_rank == 4
+        assert model.cutoff == 1e-10  # --cutoff reaches the model (its default here)
     # evaluate reproduces the recorded test accuracy
     capsys.readouterr()
     assert main(["evaluate", str(out)]) == 0
@@ -97,6 +98,9 @@ def test_plot_compares_model_kinds(run, tmp_path, capsys):
         ("tn-cnn", ["--cnn-channels", "4", "8", "--n-hidden", "16"],
          "images 8x8 -> 8x8x1 -> conv 3x3 4 ch + max-pool 2 -> 4x4x4 -> conv 3x3 8 ch + max-pool 2 -> 2x2x8 -> "
          "dense TT layer (rank 8) 32 -> 16 -> output layer"),
+        ("tn-cnn", ["--cnn-channels", "4", "8", "--kernel-size", "2", "--n-hidden", "16"],  # an even kernel shrinks
+         "images 8x8 -> 8x8x1 -> conv 2x2 4 ch + max-pool 2 -> 3x3x4 -> conv 2x2 8 ch + max-pool 2 -> 1x1x8 -> "
+         "dense TT layer (rank 8) 8 -> 16 -> output layer"),
     ],
 )
 def test_status_line_describes_the_model(model, extra, layout, tmp_path, capsys):

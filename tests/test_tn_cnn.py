@@ -116,7 +116,7 @@ def test_bad_settings_name_the_fix(digits):
     X_tr, _, y_tr, _ = digits
     with pytest.raises(ValueError, match=r"channels=\(\) must be a non-empty tuple"):
         TNCNNClassifier(channels=()).fit(X_tr, y_tr)
-    with pytest.raises(ValueError, match="output of convolution 4 is smaller than pool_size=2: use fewer entries"):
+    with pytest.raises(ValueError, match=r"output of convolution 4 is smaller than pool_size=2: use fewer convolutions \(entries in channels"):
         TNCNNClassifier(channels=(2, 2, 2, 2)).fit(X_tr, y_tr)  # 8 -> 4 -> 2 -> 1: the fourth cannot pool
 
 
@@ -222,3 +222,18 @@ def test_non_overlapping_patches_with_stride(digits):
     assert clf.stages_[0].output_shape((8, 8, 1)) == (4, 4, 8)  # 2x2 patches side by side: a 4x4 grid
     assert clf.stages_[1].tt.in_features == 4 * 4 * 8
     assert clf.score(X_te, y_te) > 0.9
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"channels": (8, 8)}, r"channels=\(8, 8\) \(fitted: \(8, 16\)\)"),
+    ({"n_hidden": 32}, r"n_hidden=32 \(fitted: 64\)"),
+    ({"n_hidden": None}, r"n_hidden=None \(fitted: 64\)"),
+    ({"kernel_size": 5, "stride": 2}, r"kernel_size=5 \(fitted: 3\); stride=2 \(fitted: 1\)"),
+    ({"max_rank": 2}, r"max_rank=2 is below the fitted TT-ranks \[8, 8\].*pass its layers as init_from"),
+])
+def test_warm_start_refuses_settings_the_fitted_network_does_not_have(fitted, digits, change, message):
+    X_tr, _, y_tr, _ = digits
+    clone = copy.deepcopy(fitted).set_params(warm_start=True, n_sweeps=1, **change)
+    with pytest.raises(ValueError, match=message):
+        clone.fit(X_tr, y_tr)
+    assert len(clone.history_) == len(fitted.history_)  # nothing trained

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -137,7 +138,7 @@ def _data_options(p, default_dataset):
                    help="never download missing (fashion-)MNIST files")
     p.add_argument("--pool", type=_positive_int, metavar="P",
                    help="average-pooling factor (default: 2 for (fashion-)MNIST with --model mps, 1 for "
-                        "digits, CIFAR-10 and the conv-mps / tt-net models)")
+                        "digits, CIFAR-10 and the conv-mps / tt-net / tn-cnn models)")
     p.add_argument("--order", choices=ORDERS, default=None if default_dataset is None else "row",
                    help="pixel order along the chain (default: row)")
 
@@ -322,6 +323,7 @@ def _new_model(args, ds, verbose):
     if model == "tn-cnn":
         return TNCNNClassifier(channels=tuple(args.cnn_channels), kernel_size=args.kernel_size,
                                conv_rank=args.conv_rank, n_hidden=args.n_hidden or None, max_rank=args.tt_rank,
+                               cutoff=args.cutoff,
                                n_sweeps=args.sweeps, epochs_per_bond=args.epochs_per_bond,
                                learning_rate=args.learning_rate, lr_decay=args.lr_decay,
                                image_shape=tuple(ds.image_shape), dtype=args.dtype, backend=args.backend,
@@ -383,18 +385,20 @@ def _model_layout(args, image_shape, n_features):
 
 
 def _cnn_layout(args, image_shape):
-    """``28x28x1 -> conv 3x3 16 ch + pool -> 14x14x16 -> ... -> dense TT 1568 -> 256 -> classes``."""
+    """``28x28x1 -> conv 3x3 16 ch + max-pool 2 -> 14x14x16 -> ... -> dense TT layer 1568 -> 256 -> output layer``."""
+    from tnlearn.models.tn_cnn import feature_map_shapes
+
     shape = tuple(image_shape) + ((1,) if len(image_shape) == 2 else ())
     parts = ["x".join(map(str, shape))]
     k = args.kernel_size
-    for c in args.cnn_channels:
-        shape = (shape[0] // 2, shape[1] // 2, c)
-        if min(shape[:2]) < 1:
-            break
-        parts.append(f"conv {k}x{k} {c} ch + max-pool 2 -> {'x'.join(map(str, shape))}")
-    flat = shape[0] * shape[1] * shape[2]
+    try:
+        shapes = feature_map_shapes(shape, args.cnn_channels, k)
+    except ValueError:  # a map too small: the model's own check says so when it is built
+        return f"{parts[0]} -> {len(args.cnn_channels)} TT convolutions -> output layer"
+    for c, out in zip(args.cnn_channels, shapes):
+        parts.append(f"conv {k}x{k} {c} ch + max-pool 2 -> {'x'.join(map(str, out))}")
     if args.n_hidden:
-        parts.append(f"dense TT layer (rank {args.tt_rank}) {flat} -> {args.n_hidden}")
+        parts.append(f"dense TT layer (rank {args.tt_rank}) {math.prod(shapes[-1])} -> {args.n_hidden}")
     parts.append("output layer")
     return " -> ".join(parts)
 
@@ -528,8 +532,8 @@ def cmd_train(args):
     which = (f"after {kept} sweep{'s' * (kept != 1)}" if kept == len(clf.history_)
              else f"of sweep {kept} of {len(clf.history_)}")
     print(f"test accuracy {last.test_accuracy:.4f} {which} ({getattr(args, 'model', 'mps')}, {size}) "
-          f"in {run['total_seconds']:.1f} s; wrote history.json, run.json, model.npz and "
-          f"{len(plots)} plots to {out}")
+          f"in {run['total_seconds']:.1f} s; wrote history.json, run.json, model.npz"
+          f"{f' and {len(plots)} plots' if plots else ' (no plots: tnlearn plot draws them)'} to {out}")
     return 0
 
 

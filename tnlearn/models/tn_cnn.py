@@ -80,6 +80,37 @@ def image_geometry(n_features, image_shape):
     return side, side, 1
 
 
+def feature_map_shapes(image_shape, channels, kernel_size=3, stride=1, pool_size=2):
+    """``(H, W, c)`` after each convolution stage (convolution with ``(k - 1) // 2`` padding, then pooling).
+
+    Parameters
+    ----------
+    image_shape : tuple (H, W, c)
+    channels : sequence of int
+    kernel_size, stride, pool_size : int
+
+    Returns
+    -------
+    list of tuple
+
+    Raises
+    ------
+    ValueError
+        When a stage's output is smaller than its pooling window.
+    """
+    shape, shapes = tuple(image_shape), []
+    k, pad = kernel_size, (kernel_size - 1) // 2
+    for i, c in enumerate(channels):
+        conv = tuple(conv_output_size(size, k, stride, pad) for size in shape[:2])
+        if min(conv) < pool_size:
+            raise ValueError(f"the {conv[0]}x{conv[1]} output of convolution {i + 1} is smaller than "
+                             f"pool_size={pool_size}: use fewer convolutions (entries in channels={tuple(channels)}), "
+                             "a smaller pool_size, stride or kernel_size")
+        shape = (conv[0] // pool_size, conv[1] // pool_size, int(c))
+        shapes.append(shape)
+    return shapes
+
+
 class TNCNNClassifier(TNClassifier):
     """A CNN whose convolution kernels and dense layer are tensor trains, trained by two-site sweeps.
 
@@ -218,14 +249,9 @@ class TNCNNClassifier(TNClassifier):
         """Random stages for ``(H, W, c)`` images; returns the stages and the output layer's input size."""
         stages = []
         k = self.kernel_size
+        feature_map_shapes(shape, tuple(self.channels), k, self.stride, self.pool_size)  # refuses a map too small
         for c_out in self.channels:
-            pad = (k - 1) // 2
-            conv = (conv_output_size(shape[0], k, self.stride, pad), conv_output_size(shape[1], k, self.stride, pad))
-            if min(conv) < self.pool_size:
-                raise ValueError(f"the {conv[0]}x{conv[1]} output of convolution {len(stages) + 1} is smaller than "
-                                 f"pool_size={self.pool_size}: use fewer entries in channels={tuple(self.channels)}, "
-                                 "a smaller pool_size or a smaller stride")
-            stage = TTConv.random(shape, c_out, (k, k), rng, self.conv_rank, stride=self.stride, padding=pad,
+            stage = TTConv.random(shape, c_out, (k, k), rng, self.conv_rank, stride=self.stride, padding=(k - 1) // 2,
                                   pool=self.pool_size, dtype=dtype, backend=backend)
             stages.append(stage)
             shape = stage.output_shape(shape)
@@ -480,8 +506,29 @@ class TNCNNClassifier(TNClassifier):
                              f"({n_in}, {n_classes}) and ({n_classes},)")
         return compressed, backend.asarray(V.astype(dtype)), backend.asarray(b.astype(dtype)), report
 
+    def _check_continuation(self):
+        """``warm_start``: the hyperparameters must still describe the fitted network (ValueError if not)."""
+        n_conv = sum(name.startswith("conv") for name in self.history_.meta["stages"])  # the fitted stages' names
+        convs, dense = self.stages_[:n_conv], self.stages_[n_conv:]
+        fitted = {"channels": tuple(st.c_out for st in convs), "kernel_size": convs[0].kernel[0],
+                  "stride": convs[0].stride, "pool_size": convs[0].pool,
+                  "n_hidden": dense[0].c_out if dense else None}
+        changed = [f"{k}={getattr(self, k)!r} (fitted: {v!r})" for k, v in fitted.items()
+                   if (tuple(getattr(self, k)) if k == "channels" else getattr(self, k)) != v]
+        if self.image_shape is not None and image_geometry(self.n_features_in_, self.image_shape) != self.image_shape_:
+            changed.append(f"image_shape={self.image_shape!r} (fitted: {self.image_shape_!r})")
+        for name, cap, group in (("conv_rank", self.conv_rank, convs), ("max_rank", self.max_rank, dense)):
+            ranks = [r for st in group for r in st.bond_dims]
+            if cap is not None and ranks and cap < max(ranks):
+                changed.append(f"{name}={cap} is below the fitted TT-ranks {ranks}")
+        if changed:
+            raise ValueError(f"warm_start=True continues the fitted network, but {'; '.join(changed)}: restore "
+                             "those settings, or fit anew with warm_start=False (to shrink a trained network's "
+                             "ranks, pass its layers as init_from)")
+
     def _continuation_data(self, X, y):
         """``warm_start``: ``X`` and labels checked against the fitted model; returns ``(X, y_idx)``."""
+        self._check_continuation()
         X = self._validate_X(X, reset=False)
         y = np.asarray(y).reshape(-1)
         if len(y) != len(X):
@@ -715,8 +762,9 @@ class TNCNNClassifier(TNClassifier):
 
     @property
     def size_label(self):
-        """``"channels 16-32, TT-rank 8"``."""
-        return f"channels {'-'.join(map(str, self.channels))}, TT-rank {self.max_rank}"
+        """``"channels 16-32, TT-rank 8"`` (without a dense TT layer: ``"channels 16-32"``)."""
+        label = f"channels {'-'.join(map(str, self.channels))}"
+        return label if self.n_hidden is None else f"{label}, TT-rank {self.max_rank}"
 
     def _get_state(self):
         be = self._backend
