@@ -184,3 +184,19 @@ def test_stage_plot_for_multi_stage_runs(tmp_path):
     assert write_run_plots(plain, None, tmp_path / "plain")[-1].endswith("bond_dims.png")  # no stage plot
     with pytest.raises(ValueError, match="only multi-stage models"):
         plot_stages(plain)
+
+
+def test_one_sweep_gets_one_whole_number_tick():
+    """A run of one sweep: the sweep axis says 1, not 0.945 ... 1.065."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from tnlearn.plotting import plot_accuracy
+
+    one = History([SweepRecord(sweep=1, loss=0.1, train_accuracy=0.9, test_accuracy=0.8, max_truncation_error=1e-3,
+                               mean_truncation_error=1e-4, bond_dims=[2], seconds=1.0)])
+    fig = Figure()
+    FigureCanvasAgg(fig)
+    ax = plot_accuracy(one, ax=fig.add_subplot())
+    fig.canvas.draw()
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1"]

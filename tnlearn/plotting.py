@@ -87,7 +87,11 @@ def _finish(ax, xlabel, ylabel, title, integer_x=True, integer_y=False):
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     if integer_x:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        xs = {float(x) for line in ax.get_lines() for x in np.atleast_1d(line.get_xdata()) if np.isfinite(x)}
+        if len(xs) == 1:  # one sweep: MaxNLocator would fall back to fractional ticks around it
+            ax.set_xticks(sorted(xs))
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if integer_y:
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(True, which="major", alpha=0.35, linewidth=0.6)
@@ -203,6 +207,13 @@ def plot_entanglement(entropies, labels=None, ax=None):
     return _finish(ax, "Bond", "Entanglement entropy (bits)", "Entanglement entropy along the chain")
 
 
+def _chained(history, names):
+    """Whether every stage starts from the loss the stage before it left (stages trained one after another)."""
+    return len(names) > 1 and all(
+        np.isclose(r.stages[b]["loss_before"], r.stages[a]["loss_after"], rtol=1e-9, atol=0)
+        for r in history.records for a, b in zip(names, names[1:]) if a in r.stages and b in r.stages)
+
+
 def plot_stages(histories, labels=None, ax=None):
     """Loss of every lower stage's sweep (before -> after) and its largest truncation error.
 
@@ -230,15 +241,18 @@ def plot_stages(histories, labels=None, ax=None):
     line = 0  # one colour per (run, stage)
     for h, label in zip(histories, labels):
         names = list(dict.fromkeys(name for r in h.records for name in r.stages))  # in training order
-        for name in names:
+        chained = _chained(h, names)
+        for k, name in enumerate(names):
             rows = [(r.sweep, r.stages[name]) for r in h.records if name in r.stages]
             sweeps = [sw for sw, _ in rows]
-            tag = f"{label}: {name}" if label else name
+            tag = f"{label}: {name}" if label and len(histories) > 1 else name
             color = f"C{line % 10}"
             line += 1
             losses += [st[key] for _, st in rows for key in ("loss_before", "loss_after")]
             ax.plot(sweeps, [st["loss_after"] for _, st in rows], "-o", color=color, ms=4, label=f"{tag} loss after")
-            ax.plot(sweeps, [st["loss_before"] for _, st in rows], ":x", color=color, ms=4, label=f"{tag} loss before")
+            if not chained or k == 0:  # a chain's later "before" is the stage below's "after": drawn once
+                ax.plot(sweeps, [st["loss_before"] for _, st in rows], ":x", color=color, ms=4,
+                        label=f"{tag} loss before" if not chained else "loss before the sweep")
             err = _log_values([st["max_truncation_error"] for _, st in rows])
             if np.isfinite(err).any():
                 twin.plot(sweeps, err, "--s", color=color, ms=3, alpha=0.6)
@@ -257,6 +271,8 @@ def plot_stages(histories, labels=None, ax=None):
     else:
         twin.set_axis_off()
         title = "Stages: loss before / after each stage's sweep (no truncation)"
+    if len(histories) == 1 and labels[0]:
+        title = f"{title}\n{labels[0]}"
     return _finish(ax, "Sweep", "Stage loss", title)
 
 
