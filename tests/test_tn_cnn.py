@@ -41,6 +41,8 @@ def test_learns_the_digits_and_records_every_stage(fitted, digits):
         assert record.n_params == fitted.n_params_
     for name, stage in zip(fitted.stage_names(), fitted.stages_):
         assert h[-1].stages[name]["bond_dims"] == stage.bond_dims
+        kh, kw = stage.kernel
+        assert h[-1].stages[name]["dense_params"] == kh * kw * stage.c_in * stage.c_out + stage.c_out
     # the recorded loss is the sweeps' objective: it never rises, and it is the mean training cross-entropy
     losses = h.column("loss")
     assert all(b <= a * (1 + 1e-6) for a, b in zip(losses, losses[1:]))

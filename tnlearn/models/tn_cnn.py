@@ -135,7 +135,8 @@ class TNCNNClassifier(TNClassifier):
     max_rank : int, default=8
         Largest TT-rank of the dense TT layer.
     cutoff : float, default=0.0
-        Relative discarded weight allowed at each split (``cutoff_mode="rsum2"``).
+        Relative discarded weight allowed at each split: the smallest singular
+        values whose squares sum to at most ``cutoff`` times the total are cut.
     n_sweeps : int, default=4
         Full sweeps; each visits every bond of every stage twice (right, then left).
     epochs_per_bond : float or "auto", default="auto"
@@ -152,10 +153,12 @@ class TNCNNClassifier(TNClassifier):
         more sweeps (same classes and features); a run resumed from a saved
         model this way continues bit for bit (each sweep's minibatch order is
         drawn from a generator seeded by ``seed_`` and the sweep number).
-    dtype : {"float32", "float64"}
-    backend : str, default="numpy"
-    random_state : int, Generator or None
-    verbose : int
+    dtype : {"float32", "float64"}, default="float32"
+        Of the cores and the training arithmetic (scores are computed in float64).
+    backend : {"numpy", "cupy"} or Backend, default="numpy"
+    random_state : int, Generator or None, default=None
+        Seeds the initial cores and (through ``seed_``) every sweep's minibatch order.
+    verbose : int, default=0
         1: a line per sweep; 2: also a progress bar over bonds.
 
     Attributes
@@ -164,14 +167,24 @@ class TNCNNClassifier(TNClassifier):
         The convolution stages, then the dense TT layer (one patch over the whole map).
     V_, b_ : ndarray
         Output layer, shapes ``(n_inputs, n_classes)`` and ``(n_classes,)``.
+        ``decision_function`` returns its outputs (the logits, before the softmax
+        of ``predict_proba``).
     classes_ : ndarray
+    image_shape_ : tuple (H, W, c)
+        The images' geometry (from ``image_shape`` or the square of ``n_features_in_``).
+    input_mean_, input_scale_ : float
+        Mean and standard deviation of the training pixels; inputs are centred and scaled by them.
+    n_features_in_ : int
+    feature_names_in_ : ndarray of str
+        Only when ``X`` had column names (a DataFrame).
     seed_ : int
         Seed of the sweeps' minibatch orders (drawn from ``random_state``).
     step_scale_ : float
         Factor of ``learning_rate`` left by the rejected bond updates (each halves it).
     history_ : History
         ``stages[name]`` per sweep: ``bond_dims``, ``max_truncation_error``,
-        ``loss_before`` / ``loss_after``, ``seconds``, ``rejected_updates``.
+        ``loss_before`` / ``loss_after``, ``seconds``, ``rejected_updates``,
+        ``n_params`` and ``dense_params`` (the same stage with a dense kernel).
 
     References
     ----------
@@ -648,7 +661,8 @@ class TNCNNClassifier(TNClassifier):
                 stages[names[s]] = {"bond_dims": self.stages_[s].bond_dims, "loss_before": before,
                                     "loss_after": loss, "max_truncation_error": max(stage_errors),
                                     "seconds": time.perf_counter() - ts, "rejected_updates": stage_rejected,
-                                    "n_params": self.stages_[s].n_params}
+                                    "n_params": self.stages_[s].n_params,
+                                    "dense_params": self.stages_[s].dense_params}
             if bar is not None:
                 bar.close()
             return self._record(Z0, Y, y_idx, eval_data, errors, stages, rejected, time.perf_counter() - t0)

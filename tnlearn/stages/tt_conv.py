@@ -9,7 +9,9 @@ output modes factor ``c_out`` — the TT convolution of Garipov, Podoprikhin,
 Novikov & Vetrov ("Ultimate tensorization: compressing convolutional and FC
 layers alike", 2016).  A stage is
 
-    x (n, H, W, c_in) --patches--> (n, H', W', k k c_in) --@ W + b--> ReLU --> max-pool (p x p)
+    x (n, H, W, c_in) --patches--> (n, H', W', k k c_in) --@ W + b--> max-pool (p x p) --> ReLU
+
+(pooling and ReLU commute: the ReLU acts on the pooled, smaller map)
 
 and a dense TT layer is the same stage with one patch covering the whole
 input (``kernel = (H, W)``, no padding, no pooling): its input modes are the
@@ -157,7 +159,8 @@ def channel_factors(c):
 def output_factors(c_out, n_modes):
     """``c_out`` split into ``n_modes`` factors, powers of two where it can, larger ones at the ends.
 
-    ``output_factors(32, 3) == (4, 2, 4)``; ``output_factors(10, 2) == (5, 2)``.
+    ``output_factors(32, 3) == (4, 2, 4)``; ``output_factors(10, 2) == (2, 5)`` (an odd
+    factor left over goes where the next factor of two would have gone).
     """
     factors = [1] * n_modes
     rest = int(c_out)
@@ -241,13 +244,20 @@ class TTConv:
         tt, info = tt_from_dense(W, in_shape, out_shape, max_rank, cutoff, dtype=dtype, backend=backend)
         return cls(tt, tt.backend.asarray(np.asarray(bias, dtype=dtype)), kernel, stride, padding, pool, relu), info
 
+    def __repr__(self):
+        kh, kw = self.kernel
+        return (f"TTConv({kh}x{kw}, {self.c_in} -> {self.c_out} channels, stride {self.stride}, padding "
+                f"{self.padding}, pool {self.pool}, TT-ranks {self.tt.ranks}, {self.n_params} parameters)")
+
     # the Stage interface (tnlearn.stages.base)
     @property
     def n_sites(self):
+        """Number of TT cores of the kernel matrix."""
         return self.tt.n_sites
 
     @property
     def bond_dims(self):
+        """The kernel matrix's TT-ranks."""
         return self.tt.ranks
 
     @property
@@ -255,10 +265,17 @@ class TTConv:
         """TT parameters plus the bias."""
         return self.tt.n_params + int(self.bias.size)
 
+    @property
+    def dense_params(self):
+        """Parameters of the same stage with a dense kernel matrix (``kh kw c_in c_out`` plus the bias)."""
+        return self.tt.in_features * self.tt.out_features + int(self.bias.size)
+
     def merge(self, j):
+        """Merged block of cores ``j, j+1`` (:meth:`TTMatrix.merge`)."""
         return self.tt.merge(j)
 
     def split(self, j, block, direction, truncation):
+        """Cut a merged block back into cores ``j, j+1`` by truncated SVD (:meth:`TTMatrix.split`)."""
         return self.tt.split(j, block, direction, truncation)
 
     def output_shape(self, input_shape):
