@@ -176,7 +176,7 @@ def test_init_from_at_lower_ranks_compresses_and_wrong_shapes_are_refused(fitted
     assert max(report["conv2"]["ranks"]) <= 4 and max(report["dense"]["ranks"]) <= 2
     assert report["dense"]["relative_error"] > 1e-3
     assert report["dense"]["tt_params"] < report["dense"]["dense_params"]
-    with pytest.raises(ValueError, match=r"init_from must be a list of 4 \(weight, bias\) pairs"):
+    with pytest.raises(ValueError, match=r"init_from must be a list of 4 \(weight, bias\) pairs — conv1 \(3, 3, 1, 8\)"):
         TNCNNClassifier(**fitted.get_params()).fit(X_tr, y_tr, init_from=layers[:2])
     bad = [(np.zeros((5, 5, 1, 8)), np.zeros(8))] + layers[1:]
     with pytest.raises(ValueError, match=r"init_from conv1: weight \(5, 5, 1, 8\).*pass a weight of shape \(3, 3, 1, 8\)"):
@@ -232,6 +232,7 @@ def test_non_overlapping_patches_with_stride(digits):
     ({"n_hidden": None}, r"n_hidden=None \(fitted: 64\)"),
     ({"kernel_size": 5, "stride": 2}, r"kernel_size=5 \(fitted: 3\); stride=2 \(fitted: 1\)"),
     ({"max_rank": 2}, r"max_rank=2 is below the fitted TT-ranks \[8, 8\].*pass its layers as init_from"),
+    ({"dtype": "float64"}, r"dtype='float64' \(fitted: 'float32'\)"),
 ])
 def test_warm_start_refuses_settings_the_fitted_network_does_not_have(fitted, digits, change, message):
     X_tr, _, y_tr, _ = digits

@@ -491,10 +491,13 @@ class TNCNNClassifier(TNClassifier):
         pairs_ok = isinstance(layers, (list, tuple)) and all(
             isinstance(pair, (list, tuple)) and len(pair) == 2 for pair in layers)
         if not pairs_ok or len(layers) != len(names) + 1:
-            got = (f"{len(layers)} entries" if isinstance(layers, (list, tuple)) else type(layers).__name__)
+            got = (f"{len(layers)} entries" if isinstance(layers, (list, tuple)) else f"a {type(layers).__name__}")
+            want = [f"{name} ({st.kernel[0]}, {st.kernel[1]}, {st.c_in}, {st.c_out}) + ({st.c_out},)"
+                    for name, st in zip(names, stages)] + [f"output ({n_in}, {n_classes}) + ({n_classes},)"]
             raise ValueError(f"init_from must be a list of {len(names) + 1} (weight, bias) pairs — "
-                             f"{', '.join(names)} and the output layer — got {got}"
-                             + ("" if pairs_ok else " that are not all (weight, bias) pairs"))
+                             f"{'; '.join(want)} — got {got}"
+                             + ("" if pairs_ok or not isinstance(layers, (list, tuple))
+                                else " that are not all (weight, bias) pairs"))
         report, compressed = {}, []
         for i, (name, stage, (W, b)) in enumerate(zip(names, stages, layers)):
             W, b = np.asarray(W, dtype=np.float64), np.asarray(b, dtype=np.float64)
@@ -528,6 +531,8 @@ class TNCNNClassifier(TNClassifier):
                   "n_hidden": dense[0].c_out if dense else None}
         changed = [f"{k}={getattr(self, k)!r} (fitted: {v!r})" for k, v in fitted.items()
                    if (tuple(getattr(self, k)) if k == "channels" else getattr(self, k)) != v]
+        if np.dtype(self.dtype) != self.stages_[0].tt.dtype:
+            changed.append(f"dtype={self.dtype!r} (fitted: {self.stages_[0].tt.dtype.name!r})")
         if self.image_shape is not None and image_geometry(self.n_features_in_, self.image_shape) != self.image_shape_:
             changed.append(f"image_shape={self.image_shape!r} (fitted: {self.image_shape_!r})")
         for name, cap, group in (("conv_rank", self.conv_rank, convs), ("max_rank", self.max_rank, dense)):
