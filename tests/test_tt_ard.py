@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from tnlearn import ard
-from tnlearn.models.tt_net import MIN_STEPS_PER_BOND, TTNetClassifier
+from tnlearn.models._adam import MIN_STEPS_PER_BOND
+from tnlearn.models.tt_net import TTNetClassifier
 from tnlearn.stages.tt import TTMatrix
 
 

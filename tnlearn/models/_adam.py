@@ -11,6 +11,20 @@ from __future__ import annotations
 
 import numpy as np
 
+#: Adam steps per bond, at least, with ``epochs_per_bond="auto"``.
+MIN_STEPS_PER_BOND = 100
+
+
+def steps_per_bond(epochs_per_bond, n_samples, batch_size):
+    """Adam steps at every bond: ``epochs_per_bond`` passes over the samples.
+
+    ``"auto"``: half an epoch, but at least ``MIN_STEPS_PER_BOND`` steps (1,347
+    digits make 11 minibatches an epoch: half an epoch alone leaves a block undertrained).
+    """
+    if epochs_per_bond == "auto":
+        return max(MIN_STEPS_PER_BOND, int(round(0.5 * n_samples / batch_size)))
+    return max(1, int(round(epochs_per_bond * n_samples / batch_size)))
+
 
 class Adam:
     """Adam updates of a fixed set of named arrays.

@@ -35,13 +35,13 @@ import time
 from numbers import Integral
 
 import numpy as np
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import StrOptions
 
 from tnlearn.backend import get_backend
 from tnlearn.distributed import check_same_data, get_comm, make_shard
 from tnlearn.history import History, SweepRecord
 from tnlearn.models import _constraints as C
-from tnlearn.models._adam import Adam, minibatch_adam
+from tnlearn.models._adam import Adam, minibatch_adam, steps_per_bond
 from tnlearn.models._base import TNClassifier
 from tnlearn.models._state import check_finite_floats, header_float, header_int
 from tnlearn.models._training import DIVERGENCE_RISE, divergence, warn_diverged
@@ -52,8 +52,6 @@ from tnlearn.stages.tt_conv import TTConv, conv_output_size
 from tnlearn.sweeps import bond_sequence
 from tnlearn.truncation import Truncation, check_truncation_args
 
-#: Adam steps per bond, at least, with ``epochs_per_bond="auto"``.
-MIN_STEPS_PER_BOND = 100
 #: Samples per chunk when the whole training set goes through the network (objective, scores, caches).
 FORWARD_CHUNK = 1024
 
@@ -369,9 +367,8 @@ class TNCNNClassifier(TNClassifier):
         self.V_, self.b_ = params["V"], params["b"]
 
     def _steps_per_bond(self, n):
-        if self.epochs_per_bond == "auto":
-            return max(MIN_STEPS_PER_BOND, int(round(0.5 * n / self.batch_size)))
-        return max(1, int(round(self.epochs_per_bond * n / self.batch_size)))
+        """Adam steps at every bond (:func:`tnlearn.models._adam.steps_per_bond`)."""
+        return steps_per_bond(self.epochs_per_bond, n, self.batch_size)
 
     def _update_bond(self, s, j, direction, Z, Y, y_dev, rng, learning_rate, loss_before):
         """One safeguarded two-site update of bond ``j`` of stage ``s``; ``(split info, loss after, accepted)``.

@@ -43,7 +43,7 @@ from tnlearn.history import History, SweepRecord
 from tnlearn.models import _constraints as C
 from tnlearn.models._base import TNClassifier
 from tnlearn.models._state import check_finite_floats, header_float, header_int
-from tnlearn.models._adam import Adam, minibatch_adam
+from tnlearn.models._adam import Adam, minibatch_adam, steps_per_bond
 from tnlearn.models._training import DIVERGENCE_RISE, divergence, warn_diverged
 from tnlearn.models._validation import check_dtype, check_positive_float, check_positive_int
 from tnlearn.solvers import softmax
@@ -140,8 +140,6 @@ ARD_RISE = 1.0
 #: hidden layer costs the TT layer few parameters (Fashion-MNIST, rank 4: 1024 hidden units 86.9%, 4096 88.6%).
 HIDDEN_FACTOR = 4
 MIN_HIDDEN = 256
-#: Adam steps per bond, at least, with ``epochs_per_bond="auto"``.
-MIN_STEPS_PER_BOND = 100
 
 
 class TTNetClassifier(TNClassifier):
@@ -342,10 +340,8 @@ class TTNetClassifier(TNClassifier):
         return dblock, db1, dV, db2
 
     def _steps_per_bond(self, n):
-        """Adam steps at every bond: ``epochs_per_bond`` passes ("auto": half an epoch, >= 100 steps)."""
-        if self.epochs_per_bond == "auto":
-            return max(MIN_STEPS_PER_BOND, int(round(0.5 * n / self.batch_size)))
-        return max(1, int(round(self.epochs_per_bond * n / self.batch_size)))
+        """Adam steps at every bond (:func:`tnlearn.models._adam.steps_per_bond`)."""
+        return steps_per_bond(self.epochs_per_bond, n, self.batch_size)
 
     def _optimise_bond(self, bond, block, precision, Xp, y_dev, rng, adam):
         """Minibatch Adam on the merged ``block`` of ``bond`` and the dense parameters.
