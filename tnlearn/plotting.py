@@ -267,6 +267,8 @@ def plot_stages(histories, labels=None, ax=None):
         twin.set_yscale("log")
         _readable_log_axis(twin)
         twin.set_ylabel("Max. truncation error (dashed)")
+        # the dashed lines live on the right axis: a legend entry on the left one names them
+        ax.plot([], [], "--s", color="0.5", ms=3, alpha=0.6, label="max. truncation error (right axis)")
         title = "Stages: loss before / after each stage's sweep"
     else:
         twin.set_axis_off()
