@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from tnlearn.backend import get_backend
-from tnlearn.stages import ConvStage, MPSHead, Stage, TTMatrix
+from tnlearn.stages import ConvStage, MPSHead, Stage, TTConv, TTMatrix
 from tnlearn.stages.mps import init_cores
 from tnlearn.truncation import Truncation, split_matrix
 
@@ -17,17 +17,18 @@ def _stages():
     tt = TTMatrix.random((2, 3, 2), (3, 2, 2), 3, rng, np.float64, be)
     conv_cores, conv_log = init_cores(4, 2, 2, 3, rng, np.float64)
     conv = ConvStage(MPSHead(conv_cores, 0, conv_log, be), 2, 2, (4, 4))
-    return {"mps": head, "tt": tt, "conv": conv}
+    tt_conv = TTConv.random((5, 5, 4), 6, (3, 3), rng, None, padding=1, pool=2, dtype=np.float64, backend=be)
+    return {"mps": head, "tt": tt, "conv": conv, "tt-conv": tt_conv}
 
 
-@pytest.mark.parametrize("name", ["mps", "tt", "conv"])
+@pytest.mark.parametrize("name", ["mps", "tt", "conv", "tt-conv"])
 def test_every_stage_implements_the_interface(name):
     stage = _stages()[name]
     assert isinstance(stage, Stage)
     assert len(stage.bond_dims) == stage.n_sites - 1 and stage.n_params > 0
 
 
-@pytest.mark.parametrize("name", ["mps", "tt", "conv"])
+@pytest.mark.parametrize("name", ["mps", "tt", "conv", "tt-conv"])
 def test_merge_then_exact_split_leaves_the_network_unchanged(name):
     """An untruncated split of a merged block moves the centre, not what the network computes."""
     stage = _stages()[name]
@@ -35,6 +36,8 @@ def test_merge_then_exact_split_leaves_the_network_unchanged(name):
     def computes():
         if name == "tt":
             return stage.to_dense()
+        if name == "tt-conv":
+            return stage.forward(np.random.default_rng(2).standard_normal((3, 5, 5, 4)))[0]
         net = stage.net if name == "conv" else stage
         phi = np.random.default_rng(2).random((net.n_sites, 5, 2))
         return net.decision_function(phi)
@@ -43,7 +46,7 @@ def test_merge_then_exact_split_leaves_the_network_unchanged(name):
     info = stage.split(0, stage.merge(0), "right", Truncation())
     assert info.discarded_weight < 1e-20
     np.testing.assert_allclose(computes(), before, rtol=1e-10, atol=1e-12)
-    if name != "tt":
+    if name in ("mps", "conv"):
         assert (stage.net if name == "conv" else stage).center == 1
 
 
