@@ -8,15 +8,17 @@ gives (left to right, then back), and at every bond
 2. the model's local solver updates the block: the MPS head from cached
    per-sample environments (:func:`tnlearn.sweeps.sweep`), the conv stage by a
    gradient back-propagated through the head
-   (:func:`tnlearn.stages.conv_sweeps.conv_half_sweep`), the TT layer by
-   minibatch Adam (:class:`tnlearn.models.TTNetClassifier`);
+   (:func:`tnlearn.stages.conv_sweeps.conv_half_sweep`), the TT layer and the
+   TT convolutions by minibatch Adam (:class:`tnlearn.models.TTNetClassifier`,
+   :class:`tnlearn.models.TNCNNClassifier`);
 3. ``stage.split(j, block, direction, truncation)`` cuts it back into two
    cores with the truncated SVD of :func:`tnlearn.truncation.split_matrix`,
    which chooses the new bond dimension, and moves the orthogonality centre in
    ``direction``.
 
-:class:`~tnlearn.stages.mps.MPSHead`, :class:`~tnlearn.stages.tt.TTMatrix`
-and :class:`~tnlearn.stages.conv.ConvStage` implement it (``tests/test_stages.py``).
+:class:`~tnlearn.stages.mps.MPSHead`, :class:`~tnlearn.stages.tt.TTMatrix`,
+:class:`~tnlearn.stages.conv.ConvStage` and :class:`~tnlearn.stages.tt_conv.TTConv`
+implement it (``tests/test_stages.py``).
 """
 
 from __future__ import annotations
