@@ -83,7 +83,7 @@ class SweepRecord:
         """``"sweep   k  loss ...  train acc ...  [val acc ...]  [test acc ...]"``: the start of a progress line."""
         val = "" if self.validation_accuracy is None else f"  val acc {self.validation_accuracy:.4f}"
         test = "" if self.test_accuracy is None else f"  test acc {self.test_accuracy:.4f}"
-        return f"sweep {self.sweep:3d}  loss {self.loss:.5f}  train acc {self.train_accuracy:.4f}{val}{test}"
+        return f"sweep {self.sweep:3d}  loss {self.loss:.5g}  train acc {self.train_accuracy:.4f}{val}{test}"
 
 
 @dataclass
