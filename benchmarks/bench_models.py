@@ -37,9 +37,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_defaults import append_run, read_runs  # noqa: E402
 from bench_tn_cnn import MIN_CNN_EPOCHS, MIN_CNN_STEPS, _architecture, cnn_epochs, train_cnn  # noqa: E402
-from bench_tt import DATASETS, load  # noqa: E402
+from bench_tt import DATASETS, add_run_options, run_protocol  # noqa: E402
 
 MODELS = ("mps", "conv-mps", "tt-net", "mlp", "tn-cnn", "cnn")
 
@@ -124,35 +123,12 @@ def main(argv=None):
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     p.add_argument("--cnn-epochs", type=int, default=None,
                    help=f"epochs of the dense CNN (default: {MIN_CNN_EPOCHS}, or more to make {MIN_CNN_STEPS} Adam steps)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--data-dir", default=None, help="directory with the Fashion-MNIST IDX files")
-    p.add_argument("--mnist-dir", default=None, help="directory with the MNIST IDX files (for --datasets mnist)")
-    p.add_argument("--json", default=None, help="append every run to this JSON-lines file (and skip runs in it)")
-    p.add_argument("--table-only", action="store_true", help="print the table of --json's runs and exit")
+    add_run_options(p)
     args = p.parse_args(argv)
-
-    done = read_runs(args.json)
-    if args.table_only:
-        print(table(done))
-        return 0
-    rows = list(done)
-    key = {(r["dataset"], r["model"], r["seed"]) for r in done}
-    for name in args.datasets:
-        try:
-            data = load(name, args.data_dir, args.mnist_dir)
-        except (FileNotFoundError, OSError) as exc:
-            print(f"skipping {name}: {exc}", file=sys.stderr)
-            continue
-        for model in args.models:
-            for seed in args.seeds:
-                if (name, model, seed) in key:
-                    continue
-                row = run_one(name, data, model, seed, args.cnn_epochs)
-                rows.append(row)
-                print(table([row]).splitlines()[-1], flush=True)
-                append_run(args.json, row)
-    print(table([r for r in rows if r["dataset"] in args.datasets and r["model"] in args.models]))
-    return 0
+    return run_protocol(args, args.models,
+                        lambda dataset, data, model, seed: run_one(dataset, data, model, seed, args.cnn_epochs),
+                        lambda dataset, model, seed: {"dataset": dataset, "model": model, "seed": seed},
+                        table, column="model")
 
 
 if __name__ == "__main__":

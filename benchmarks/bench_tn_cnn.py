@@ -38,9 +38,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_defaults import append_run, read_runs  # noqa: E402  (the run log every protocol shares)
 from bench_peers import BENCH_HINT  # noqa: E402
-from bench_tt import DATASETS, load  # noqa: E402  (the same splits as the TT-net protocol)
+from bench_tt import DATASETS, add_run_options, run_protocol  # noqa: E402  (the TT-net protocol's splits and loop)
 
 #: tn-cnn candidates: TNCNNClassifier keyword arguments on top of its defaults.
 CANDIDATES = {
@@ -213,38 +212,17 @@ def main(argv=None):
                    help=f"epochs of the dense CNN (default: {MIN_CNN_EPOCHS}, or more to make {MIN_CNN_STEPS} Adam steps)")
     p.add_argument("--retune-ranks", type=int, nargs=2, default=[0, 8], metavar=("CONV", "DENSE"),
                    help="TT-ranks of the compressed CNN's kernels (0: exact) and dense layer (default: 0 8)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--data-dir", default=None, help="directory with the Fashion-MNIST IDX files")
-    p.add_argument("--mnist-dir", default=None, help="directory with the MNIST IDX files (for --datasets mnist)")
-    p.add_argument("--json", default=None, help="append every run to this JSON-lines file (and skip runs in it)")
-    p.add_argument("--table-only", action="store_true", help="print the table of --json's runs and exit")
+    add_run_options(p)
     args = p.parse_args(argv)
 
-    done = read_runs(args.json)
-    if args.table_only:
-        print(table(done))
-        return 0
-    rows = list(done)
-    def key_of(dataset, candidate, seed, ranks):  # a retune row is one per pair of ranks
-        return dataset, candidate, seed, tuple(ranks) if candidate == "retune" else ()
+    def identity(dataset, candidate, seed):  # a retune row is one per pair of ranks
+        fields = {"dataset": dataset, "candidate": candidate, "seed": seed}
+        return {**fields, "retune_ranks": list(args.retune_ranks)} if candidate == "retune" else fields
 
-    key = {key_of(r["dataset"], r["candidate"], r["seed"], r.get("retune_ranks") or ()) for r in done}
-    for name in args.datasets:
-        try:
-            data = load(name, args.data_dir, args.mnist_dir)
-        except (FileNotFoundError, OSError) as exc:
-            print(f"skipping {name}: {exc}", file=sys.stderr)
-            continue
-        for candidate in args.candidates:
-            for seed in args.seeds:
-                if key_of(name, candidate, seed, args.retune_ranks) in key:
-                    continue
-                row = run_one(name, data, candidate, args.sweeps, seed, args.cnn_epochs, args.retune_ranks)
-                rows.append(row)
-                print(table([row]).splitlines()[-1], flush=True)
-                append_run(args.json, row)
-    print(table([r for r in rows if r["dataset"] in args.datasets and r["candidate"] in args.candidates]))
-    return 0
+    return run_protocol(args, args.candidates,
+                        lambda dataset, data, candidate, seed: run_one(dataset, data, candidate, args.sweeps, seed,
+                                                                       args.cnn_epochs, args.retune_ranks),
+                        identity, table)
 
 
 if __name__ == "__main__":

@@ -98,6 +98,49 @@ def _mlp(data, hidden, seed):
             "compression": 1.0, "n_params": int(sum(c.size for c in mlp.coefs_[:1])), "seconds": seconds}
 
 
+def add_run_options(p):
+    """The options every data-set protocol shares: seeds, data directories, the run log."""
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--data-dir", default=None, help="directory with the Fashion-MNIST IDX files")
+    p.add_argument("--mnist-dir", default=None, help="directory with the MNIST IDX files (for --datasets mnist)")
+    p.add_argument("--json", default=None, help="append every run to this JSON-lines file (and skip runs in it)")
+    p.add_argument("--table-only", action="store_true", help="print the table of --json's runs and exit")
+
+
+def run_protocol(args, names, run, identity, table, report=None, column="candidate"):
+    """Train every ``name`` on every data set and seed of ``args``; print one table at the end.
+
+    ``run(dataset, data, name, seed) -> row``.  ``identity(dataset, name, seed)`` gives
+    the fields a run's row will carry that tell it apart (data set, candidate, seed, ...):
+    a run whose fields all match a row already in ``--json`` is skipped.  ``report(row)``
+    is the line printed after each run (default: its table row).  The closing table has
+    every row of the data sets and of the names (row field ``column``) asked for.
+    Returns the exit status.
+    """
+    done = read_runs(args.json)
+    if args.table_only:
+        print(table(done))
+        return 0
+    rows = list(done)
+    for dataset in args.datasets:
+        try:
+            data = load(dataset, args.data_dir, args.mnist_dir)
+        except (FileNotFoundError, OSError) as exc:
+            print(f"skipping {dataset}: {exc}", file=sys.stderr)
+            continue
+        for name in names:
+            for seed in args.seeds:
+                fields = identity(dataset, name, seed)
+                if any(all(r.get(k) == v for k, v in fields.items()) for r in done):
+                    continue
+                row = run(dataset, data, name, seed)
+                rows.append(row)
+                print(report(row) if report else table([row]).splitlines()[-1], flush=True)
+                append_run(args.json, row)
+    print(table([r for r in rows if r["dataset"] in args.datasets and r[column] in names]))
+    return 0
+
+
 def run_one(name, data, candidate, n_sweeps, seed=0):
     """Train one candidate on one data set; a dict with the per-sweep figures."""
     from tnlearn.models.tt_net import TTNetClassifier
@@ -147,37 +190,19 @@ def main(argv=None):
     p.add_argument("--candidates", nargs="+", default=["default", "rank2", "rank8", "rank16", "ard16", "mlp"],
                    choices=list(CANDIDATES))
     p.add_argument("--sweeps", type=int, default=4, help="sweeps per run (default: 4, the model's default)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--data-dir", default=None, help="directory with the Fashion-MNIST IDX files")
-    p.add_argument("--mnist-dir", default=None, help="directory with the MNIST IDX files (for --datasets mnist)")
-    p.add_argument("--json", default=None, help="append every run to this JSON-lines file (and skip runs in it)")
-    p.add_argument("--table-only", action="store_true", help="print the table of --json's runs and exit")
+    add_run_options(p)
     args = p.parse_args(argv)
 
-    done = read_runs(args.json)
-    if args.table_only:
-        print(table(done))
-        return 0
-    key = {(r["dataset"], r["candidate"], r["seed"], r["n_sweeps"]) for r in done}
-    rows = list(done)
-    for name in args.datasets:
-        try:
-            data = load(name, args.data_dir, args.mnist_dir)
-        except (FileNotFoundError, OSError) as exc:
-            print(f"skipping {name}: {exc}", file=sys.stderr)
-            continue
-        for candidate in args.candidates:
-            for seed in args.seeds:
-                if (name, candidate, seed, args.sweeps) in key:
-                    continue
-                row = run_one(name, data, candidate, args.sweeps, seed)
-                rows.append(row)
-                accs = " / ".join(f"{100 * a:.1f}" for a in row["test_accuracy"])
-                print(f"{name} {candidate} seed={seed}: test {accs}  ranks {row['tt_ranks']}  "
-                      f"compression {row['compression']:.0f}x  {row['seconds']:.0f} s", flush=True)
-                append_run(args.json, row)
-    print(table([r for r in rows if r["dataset"] in args.datasets and r["candidate"] in args.candidates]))
-    return 0
+    def report(row):
+        accs = " / ".join(f"{100 * a:.1f}" for a in row["test_accuracy"])
+        return (f"{row['dataset']} {row['candidate']} seed={row['seed']}: test {accs}  ranks {row['tt_ranks']}  "
+                f"compression {row['compression']:.0f}x  {row['seconds']:.0f} s")
+
+    return run_protocol(args, args.candidates,
+                        lambda dataset, data, candidate, seed: run_one(dataset, data, candidate, args.sweeps, seed),
+                        lambda dataset, candidate, seed: {"dataset": dataset, "candidate": candidate, "seed": seed,
+                                                          "n_sweeps": args.sweeps},
+                        table, report)
 
 
 if __name__ == "__main__":
