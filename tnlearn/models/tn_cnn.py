@@ -284,7 +284,7 @@ class TNCNNClassifier(TNClassifier):
         return names + (["dense"] if self.n_hidden is not None else [])
 
     def _forward(self, z, s, trained=None, params=None, weights=None):
-        """Logits from the input ``z`` of stage ``s``, and the caches of stages ``s ..``.
+        """Logits from the input ``z`` of stage ``s``, the last stage's output map and the caches of stages ``s ..``.
 
         ``trained = (j, block)`` replaces cores ``j, j+1`` of stage ``s``;
         ``params`` the biases and output layer (``{"bias<i>": .., "V": .., "b": ..}``);
@@ -298,9 +298,8 @@ class TNCNNClassifier(TNClassifier):
             bias = params[f"bias{i}"] if params is not None else None
             z, cache = stage.forward(z, block, j, bias, W)
             caches.append(cache)
-        h = z.reshape(z.shape[0], -1)
         V, b = (params["V"], params["b"]) if params is not None else (self.V_, self.b_)
-        return h @ V + b, h, caches
+        return z.reshape(z.shape[0], -1) @ V + b, z, caches
 
     def _batch_gradients(self, z, y, s, j, block, params, weights, batch_size):
         """Cross-entropy gradients of minibatch rows ``z``: the block of bond ``j`` of stage ``s`` and ``params``.
@@ -309,12 +308,12 @@ class TNCNNClassifier(TNClassifier):
         minibatch of that size, or one rank's share of it.
         """
         xp = self._backend.xp
-        f, h, caches = self._forward(z, s, (j, block), params, weights)
+        f, out, caches = self._forward(z, s, (j, block), params, weights)
         p = softmax(f, xp)
         p[xp.arange(len(y)), y] -= 1
         dF = p / batch_size
-        grads = {"V": h.T @ dF, "b": dF.sum(axis=0)}
-        d = (dF @ params["V"].T).reshape((len(y),) + self._stage_output_shapes[-1])
+        grads = {"V": out.reshape(len(y), -1).T @ dF, "b": dF.sum(axis=0)}
+        d = (dF @ params["V"].T).reshape(out.shape)
         d_block = None
         for i in range(len(self.stages_) - 1, s - 1, -1):
             d, d_block_i, d_bias = self.stages_[i].backward(d, caches[i - s], j if i == s else None, need_input=i > s)
@@ -338,14 +337,18 @@ class TNCNNClassifier(TNClassifier):
             out[start : start + len(z)] = z
         return out
 
-    def _logits_from(self, Z, s, weights=None):
-        """Logits of every sample from the cached input ``Z`` of stage ``s``, chunk by chunk."""
+    def _logits_from(self, Z, s, weights=None, params=None):
+        """Logits of every sample from the cached input ``Z`` of stage ``s``, chunk by chunk.
+
+        ``weights`` / ``params`` as in :meth:`_forward` (default: the model's own).
+        """
         xp = self._backend.xp
         out = xp.empty((Z.shape[0], len(self.classes_)), dtype=Z.dtype)
         if weights is None:  # every kernel matrix formed once, not once per chunk
             weights = {i: self.stages_[i].weight() for i in range(s, len(self.stages_))}
         for start in range(0, Z.shape[0], FORWARD_CHUNK):
-            out[start : start + FORWARD_CHUNK] = self._forward(Z[start : start + FORWARD_CHUNK], s, weights=weights)[0]
+            chunk = Z[start : start + FORWARD_CHUNK]
+            out[start : start + FORWARD_CHUNK] = self._forward(chunk, s, params=params, weights=weights)[0]
         return out
 
     def _objective(self, Z, s, Y):
@@ -472,7 +475,6 @@ class TNCNNClassifier(TNClassifier):
         self.input_mean_ = float(X.mean())
         self.input_scale_ = float(X.std()) or 1.0
         self.stages_, self.V_, self.b_ = stages, V, b
-        self._stage_output_shapes = self._output_shapes()
         self.seed_ = int(rng.integers(2**62))  # seeds every sweep's minibatch order
         self.step_scale_ = 1.0  # halved by every rejected bond update, for the rest of the fit
         meta["n_params"] = self.n_params_
@@ -629,6 +631,8 @@ class TNCNNClassifier(TNClassifier):
         if init_from is not None:  # the compressed network, before the sweeps re-tune it
             self.history_.meta["compressed"] = self._evaluate(Z0, Y, y_idx, eval_data)
 
+        recorded_before = len(self.history_)
+
         def one_sweep():
             number = len(self.history_) + 1
             learning_rate = self.learning_rate * self.lr_decay ** (number - 1) * self.step_scale_
@@ -642,7 +646,8 @@ class TNCNNClassifier(TNClassifier):
 
                 bar = tqdm(total=sum(map(len, schedules)), desc=f"sweep {number}", unit="bond", leave=False)
             errors, stages, rejected = [], {}, 0
-            loss = None
+            # the loss the previous sweep of this fit recorded is this network's on these samples
+            loss = self._last_loss() if len(self.history_) > recorded_before else None
             for s, schedule in enumerate(schedules):
                 ts = time.perf_counter()
                 Z = self._stage_inputs(Z0, s)
@@ -701,13 +706,6 @@ class TNCNNClassifier(TNClassifier):
             st.tt.cores = [be.asarray(a) for a in arrays[pos + 1 : pos + 1 + st.tt.n_cores]]
             pos += 1 + st.tt.n_cores
 
-    def _output_shapes(self):
-        shapes, shape = [], self.image_shape_
-        for st in self.stages_:
-            shape = st.output_shape(shape)
-            shapes.append(shape)
-        return shapes
-
     def _prepare(self, X, xp, dtype=None):
         """Centred, scaled images ``(n, H, W, c)`` on the backend."""
         dtype = self.stages_[0].tt.dtype if dtype is None else dtype
@@ -751,19 +749,12 @@ class TNCNNClassifier(TNClassifier):
     def _scores(self, X):
         """Logits, shape (n_samples, n_classes), float64 (host), whatever the training dtype."""
         be = self._backend
-        saved = [(list(st.tt.cores), st.bias) for st in self.stages_]
-        V, b = self.V_, self.b_
-        try:
-            for st in self.stages_:
-                st.tt = TTMatrix([c.astype(np.float64) for c in st.tt.cores], be)
-                st.bias = st.bias.astype(np.float64)
-            self.V_, self.b_ = V.astype(np.float64), b.astype(np.float64)
-            return be.asnumpy(self._logits_from(self._prepare(X, be.xp, np.float64), 0))
-        finally:
-            for st, (cores, bias) in zip(self.stages_, saved):
-                st.tt = TTMatrix(cores, be)
-                st.bias = bias
-            self.V_, self.b_ = V, b
+        weights = {}
+        for i, st in enumerate(self.stages_):  # the kernel matrices contracted from float64 cores
+            tt = TTMatrix([c.astype(np.float64) for c in st.tt.cores], be)
+            weights[i] = tt.block_dense(0, tt.merge(0))
+        params = {k: v.astype(np.float64) for k, v in self._params().items()}
+        return be.asnumpy(self._logits_from(self._prepare(X, be.xp, np.float64), 0, weights, params))
 
     def predict_proba(self, X):
         """Softmax of the logits, shape (n_samples, n_classes)."""
@@ -840,7 +831,6 @@ class TNCNNClassifier(TNClassifier):
         if not self.input_scale_ > 0:
             raise ValueError(f"input_scale={self.input_scale_} must be positive")
         self.V_, self.b_ = backend.asarray(V), backend.asarray(b)
-        self._stage_output_shapes = self._output_shapes()
         self.seed_ = header_int(header, "seed")
         self.step_scale_ = header_float(header, "step_scale")
         if not 0 < self.step_scale_ <= 1:
