@@ -4,6 +4,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -391,6 +392,32 @@ def test_ctrl_c_finishes_the_bond_saves_and_exits_cleanly(tmp_path):
     done = len(json.loads((out / "history.json").read_text()))
     assert 1 <= done < 60 and len(model.history_) == done
     assert main(["train", "--resume", str(out), "--sweeps", str(done + 1), "--quiet"]) == 0
+
+
+def test_ctrl_c_while_a_checkpoint_is_written_leaves_the_model_and_its_history(tmp_path, monkeypatch, capsys):
+    """A SIGINT between writing model.npz and history.json waits for both: the run directory stays resumable."""
+    import os
+    import signal
+
+    import tnlearn.io as tio
+    from tnlearn.io import load_model
+
+    real_save = tio.save_model
+
+    def save_then_signal(model, path, *args, **kwargs):
+        real_save(model, path, *args, **kwargs)
+        if Path(path).name == "model.npz":
+            os.kill(os.getpid(), signal.SIGINT)  # delivered before history.json is written
+
+    monkeypatch.setattr(tio, "save_model", save_then_signal)
+    out = tmp_path / "mid-checkpoint"
+    assert main(["train", *RESUMABLE, "--sweeps", "3", "--out", str(out)]) == 130
+    assert "interrupted:" in capsys.readouterr().err
+    history = json.loads((out / "history.json").read_text())
+    assert len(history) == len(load_model(out / "model.npz").history_) == 1
+    monkeypatch.setattr(tio, "save_model", real_save)
+    assert main(["train", "--resume", str(out), "--sweeps", "2", "--quiet"]) == 0
+    assert len(json.loads((out / "history.json").read_text())) == 2
 
 
 def test_early_stopping_run_saves_the_kept_network(tmp_path, capsys):

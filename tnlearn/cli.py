@@ -482,9 +482,13 @@ def cmd_train(args):
     saved = {"sweeps": None}  # the sweep whose network model.npz holds
 
     def save_run(model):
-        save_model(model, out / "model.npz")  # atomic: a kill leaves the old or the new file
-        _write_json(out / "history.json", [asdict(r) for r in model.history_.records])
-        saved["sweeps"] = len(model.history_)
+        from tnlearn.interrupts import DeferredInterrupt
+
+        with DeferredInterrupt() as interrupt:  # Ctrl-C waits until the model and its history are both written
+            save_model(model, out / "model.npz")  # atomic: a kill leaves the old or the new file
+            _write_json(out / "history.json", [asdict(r) for r in model.history_.records])
+            saved["sweeps"] = len(model.history_)
+        interrupt.check()
 
     def checkpoint(model):
         n = len(model.history_)

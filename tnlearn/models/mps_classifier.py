@@ -22,6 +22,7 @@ from tnlearn.models._training import (
     EarlyStopping, HeadSnapshot, divergence, validation_split, warn_diverged,
 )
 from tnlearn.models._validation import check_chunk_size, check_dtype
+from tnlearn.interrupts import DeferredInterrupt
 from tnlearn.solvers import LOSSES, SOLVERS, SolverOptions, softmax
 from tnlearn.stages.mps import MPSHead, init_cores, pca_init_cores
 from tnlearn.sweeps import SweepOptions, build_environments, objective_tolerance, sweep
@@ -33,43 +34,6 @@ AUTO_ALPHA = 3.0
 #: below this many training samples ``alpha="auto"`` keeps its weight per sample (it grows as ``1 / n``)
 AUTO_ALPHA_SAMPLES = 8000
 _TRUNCATIONS = ("data", "svd")
-
-
-class _BondBoundaryInterrupt:
-    """Defer Ctrl-C (SIGINT) to the end of the bond update in progress.
-
-    Inside the ``with`` block a SIGINT only sets a flag; :meth:`check`, called
-    after every bond, then raises ``KeyboardInterrupt``, so the network, its
-    environments and the label position are consistent when the interrupt
-    propagates (the model can be saved).  Outside the main thread, where
-    signal handlers cannot be installed, Ctrl-C behaves as usual.
-    """
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self):
-        import signal
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.requested = True
-
-    def check(self):
-        if self.requested:
-            raise KeyboardInterrupt("interrupted after a completed bond update")
-
-    def __exit__(self, *exc):
-        import signal
-
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-        return False
 
 
 def _accuracy(hits, shard, n_total):
@@ -523,7 +487,7 @@ class MPSClassifier(TNClassifier):
 
             bar = tqdm(total=2 * (head.n_sites - 1), desc=f"sweep {len(self.history_) + 1}", leave=False)
         t0 = time.perf_counter()
-        interrupt = _BondBoundaryInterrupt()
+        interrupt = DeferredInterrupt()
 
         def on_bond(_):
             if bar is not None:
