@@ -15,6 +15,9 @@ Data sets (``--datasets``):
 * ``digits8`` — scikit-learn's 8x8 digits, 1,347 train / 450 test;
 * ``digits14`` — the same digits upscaled to 14x14 (``scipy.ndimage.zoom``, linear,
   clipped to [0, 1]): an MNIST-like stand-in with a constant zero border;
+* ``digits14-shift`` — ``digits14`` with every training image also shifted by one
+  pixel in the eight directions (zero fill): 12,123 train / the same 450 test, the
+  stand-in for handwritten digits with as many samples as the held-out set;
 * ``fashion8k`` / ``fashion60k`` — Fashion-MNIST 14x14 (2x2 average pooling), 8,000
   (stratified) or all 60,000 training images, the 10,000 test images;
 * ``fashion8k-border`` — ``fashion8k`` with a 2-pixel border set to 0 in every image
@@ -47,32 +50,42 @@ from pathlib import Path
 
 import numpy as np
 
-#: Candidate configurations: keyword arguments of MPSClassifier on top of its defaults.
+#: Candidate configurations: keyword arguments of MPSClassifier on top of its defaults.  Every
+#: candidate but "default" names its loss and steps per bond, so that it means what it meant when
+#: the defaults were loss="mse", n_iter=1 (candidate "mse"; rows measured before loss="auto").
 CANDIDATES = {
     "default": {},
-    "mse": {"loss": "mse"},
-    "ce": {"loss": "cross_entropy"},
-    "no-precond": {"precondition": False},
-    "ce-no-precond": {"loss": "cross_entropy", "precondition": False},
-    "svd": {"truncation": "svd"},
+    "mse": {"loss": "mse", "n_iter": 1},
+    "ce": {"loss": "cross_entropy", "n_iter": 1},
+    "no-precond": {"loss": "mse", "n_iter": 1, "precondition": False},
+    "ce-no-precond": {"loss": "cross_entropy", "n_iter": 1, "precondition": False},
+    "svd": {"loss": "mse", "n_iter": 1, "truncation": "svd"},
     "cg": {"solver": "cg", "n_iter": 2, "loss": "mse"},
-    "identity-init": {"init": "identity"},
-    "raw": {"sample_norm": False},
-    "n_iter2": {"n_iter": 2},
+    "identity-init": {"loss": "mse", "n_iter": 1, "init": "identity"},
+    "raw": {"loss": "mse", "n_iter": 1, "sample_norm": False},
+    "n_iter2": {"loss": "mse", "n_iter": 2},
     "ce-n_iter2": {"loss": "cross_entropy", "n_iter": 2},
     "ce-n_iter3": {"loss": "cross_entropy", "n_iter": 3},
-    "n_iter3": {"n_iter": 3},
-    "ce-damp1": {"loss": "cross_entropy", "damping": 1.0},
-    "alpha3": {"alpha": 3.0},
-    "alpha10": {"alpha": 10.0},
-    "ce-alpha3": {"loss": "cross_entropy", "alpha": 3.0},
-    "alpha100": {"alpha": 100.0},
-    "damp1": {"damping": 1.0},
-    "damp3": {"damping": 3.0},
-    "damp10": {"damping": 10.0},
+    "n_iter3": {"loss": "mse", "n_iter": 3},
+    "ce-damp1": {"loss": "cross_entropy", "n_iter": 1, "damping": 1.0},
+    "alpha3": {"loss": "mse", "n_iter": 1, "alpha": 3.0},
+    "alpha10": {"loss": "mse", "n_iter": 1, "alpha": 10.0},
+    "ce-alpha3": {"loss": "cross_entropy", "n_iter": 1, "alpha": 3.0},
+    "alpha100": {"loss": "mse", "n_iter": 1, "alpha": 100.0},
+    "damp1": {"loss": "mse", "n_iter": 1, "damping": 1.0},
+    "damp3": {"loss": "mse", "n_iter": 1, "damping": 3.0},
+    "damp10": {"loss": "mse", "n_iter": 1, "damping": 10.0},
 }
 
 DEFAULT_SWEEPS = {"fashion60k": 5}
+
+
+def _shifted(X, side):
+    """``X`` (n, side*side) and its eight one-pixel shifts (zero fill), stacked: (9 n, side*side)."""
+    images = np.pad(X.reshape(-1, side, side), ((0, 0), (1, 1), (1, 1)))
+    shifts = [images[:, 1 + di:1 + di + side, 1 + dj:1 + dj + side]
+              for di in (-1, 0, 1) for dj in (-1, 0, 1)]
+    return np.concatenate(shifts).reshape(-1, side * side)
 
 
 def _digits(upscale):
@@ -116,6 +129,9 @@ def load(name, data_dir=None):
         return _digits(False)
     if name == "digits14":
         return _digits(True)
+    if name == "digits14-shift":
+        X_train, X_test, y_train, y_test = _digits(True)
+        return _shifted(X_train, 14), X_test, np.tile(y_train, 9), y_test
     if name == "fashion8k":
         return _fashion(8000, data_dir)
     if name == "fashion60k":
@@ -127,7 +143,7 @@ def load(name, data_dir=None):
     raise ValueError(f"unknown data set {name!r}")
 
 
-DATASETS = ("digits8", "digits14", "fashion8k", "fashion8k-border", "fashion60k", "synthetic")
+DATASETS = ("digits8", "digits14", "digits14-shift", "fashion8k", "fashion8k-border", "fashion60k", "synthetic")
 
 
 def read_runs(path):
@@ -170,8 +186,16 @@ def run_one(name, data, bond, candidate, n_sweeps, seed=0):
         "test_accuracy": accs, "loss": losses, "rejected": [r.rejected_updates for r in recs],
         "train_accuracy": [r.train_accuracy for r in recs], "seconds": seconds,
         "stopped": model.history_.meta.get("stopped"),
+        "loss_function": model.loss_function_, "n_iter": model.history_.meta.get("n_iter"),
         "warnings": [str(w.message)[:160] for w in caught if "Divergence" in type(w.message).__name__],
     }
+
+
+def _label(row):
+    """The candidate's name; for "default" also what loss="auto" chose (``default (ce x3)``)."""
+    if row["candidate"] != "default" or "loss_function" not in row:
+        return row["candidate"]
+    return f"default ({'ce' if row['loss_function'] == 'cross_entropy' else 'mse'} x{row['n_iter']})"
 
 
 def table(rows):
@@ -185,7 +209,7 @@ def table(rows):
         stop = " (stopped)" if r.get("stopped") else ""
         warn = " (diverged)" if r.get("warnings") else ""
         out.append(
-            f"| {r['dataset']} | {r['bond']} | {r['candidate']} | {' / '.join(f'{a:.1f}' for a in accs)}{stop}{warn} | "
+            f"| {r['dataset']} | {r['bond']} | {_label(r)} | {' / '.join(f'{a:.1f}' for a in accs)}{stop}{warn} | "
             f"{max(accs, default=0):.1f} / {accs[-1] if accs else 0:.1f} | "
             f"{' / '.join(f'{v:.4g}' for v in r['loss'])} | {sum(r['rejected'])} | {flag} | {r['seconds']:.0f} |"
         )
@@ -201,6 +225,37 @@ def table(rows):
     return "\n".join(out + summary)
 
 
+#: training samples and classes of each data set (for the loss="auto" table)
+SIZES = {"digits8": (1347, 10, 64), "digits14": (1347, 10, 196), "digits14-shift": (12123, 10, 196),
+         "fashion8k": (8000, 10, 196), "fashion8k-border": (8000, 10, 196), "fashion60k": (60000, 10, 196),
+         "synthetic": (800, 3, 20)}
+
+
+def auto_loss_table(rows, a="mse", b="ce-n_iter3"):
+    """Per data set and m: samples per block parameter, final accuracy of ``a`` and ``b``, and the default's."""
+    from tnlearn.models.mps_classifier import AUTO_LOSS_SAMPLES_PER_PARAMETER
+
+    by = {(r["dataset"], r["bond"], r["candidate"]): r for r in rows}
+    out = [f"| data set | m | n / (m^2 d^2 L) | {a} final | {b} final | default picks | default final |",
+           "|---|---|---|---|---|---|---|"]
+    for name in DATASETS:
+        for bond in (10, 20, 32, 64, 128):
+            ra, rb, rd = (by.get((name, bond, c)) for c in (a, b, "default"))
+            if not (ra or rb or rd) or name not in SIZES:
+                continue
+            n, classes, _ = SIZES[name]
+            ratio = n / (bond**2 * 4 * classes)
+            fin = lambda r: f"{100 * r['test_accuracy'][-1]:.1f}" if r else "-"  # noqa: E731
+            if rd:
+                pick, final = _label(rd).removeprefix("default "), fin(rd)
+            else:  # not run as "default": the same computation as the candidate the rule picks, marked *
+                ce = ratio >= AUTO_LOSS_SAMPLES_PER_PARAMETER
+                same = rb if ce else ra
+                pick, final = ("(ce x3)" if ce else "(mse x1)"), (fin(same) + "*" if same else "-")
+            out.append(f"| {name} | {bond} | {ratio:.2f} | {fin(ra)} | {fin(rb)} | {pick} | {final} |")
+    return "\n".join(out)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
@@ -213,6 +268,9 @@ def main(argv=None):
     p.add_argument("--json", default=None, help="append every run to this JSON-lines file (and skip runs in it)")
     p.add_argument("--table-only", action="store_true", help="print the table of --json's runs and exit")
     p.add_argument("--list", action="store_true", help="list the candidate configurations and exit")
+    p.add_argument("--auto-loss-table", action="store_true",
+                   help="with --table-only: also the table of loss='auto' (mse against ce-n_iter3 by samples per "
+                        "block parameter)")
     args = p.parse_args(argv)
 
     if args.list:
@@ -222,6 +280,9 @@ def main(argv=None):
     done = read_runs(args.json)
     if args.table_only:
         print(table(done))
+        if args.auto_loss_table:
+            print()
+            print(auto_loss_table(done))
         return 0
     key = lambda r: (r["dataset"], r["bond"], r["candidate"], r["seed"])  # noqa: E731
     have = {key(r): r for r in done}

@@ -5,8 +5,8 @@ training images with the same feature map (trig map
 ``phi(x) = [cos(pi x / 2), sin(pi x / 2)]``) and the same bond dimension m:
 
 * **tnlearn** -- ``MPSClassifier(max_bond=m, n_sweeps=S, random_state=0)`` (the
-  estimator's defaults: one preconditioned gradient step per bond; ``--n-iter``
-  changes that), DMRG sweeps; the test set is scored after every sweep (``eval_set``).
+  estimator's defaults: ``loss="auto"``, one preconditioned gradient step per bond
+  with the squared loss, three with cross-entropy; ``--n-iter`` / ``--loss`` change that), DMRG sweeps; the test set is scored after every sweep (``eval_set``).
 * **TensorKrowch** -- ``tk.models.MPSLayer`` trained as its tutorials do: output
   node in the middle, ``auto_stack=True, auto_unbind=False``, ``trace`` with an
   example, Adam, cross-entropy, mini-batches; test accuracy after every epoch.
@@ -99,11 +99,12 @@ def _fmt_time(t):
 def run_tnlearn(X_train, y_train, X_test, y_test, args):
     from tnlearn import MPSClassifier
 
-    run = Run("tnlearn", f"MPSClassifier(max_bond={args.bond_dim}, n_sweeps={args.sweeps}, n_iter={args.n_iter}, "
-                         "random_state=0): DMRG sweeps, float32, trig map")
+    run = Run("tnlearn", f"MPSClassifier(max_bond={args.bond_dim}, n_sweeps={args.sweeps}, n_iter={args.n_iter!r}, "
+                         f"loss={args.loss!r}, random_state=0): DMRG sweeps, float32, trig map")
     run.unit = "sweep"
     stamps = []
-    clf = MPSClassifier(max_bond=args.bond_dim, n_sweeps=args.sweeps, n_iter=args.n_iter, random_state=0)
+    clf = MPSClassifier(max_bond=args.bond_dim, n_sweeps=args.sweeps, n_iter=args.n_iter, loss=args.loss,
+                        random_state=0)
     t0 = time.perf_counter()
     clf.fit(X_train, y_train, eval_set=(X_test, y_test), on_sweep=lambda _: stamps.append(time.perf_counter()))
     run.wall = time.perf_counter() - t0
@@ -355,8 +356,11 @@ def main(argv=None):
                         "the test set is always the full one")
     p.add_argument("--bond-dim", type=int, default=20, help="bond dimension m for every library (default: 20)")
     p.add_argument("--sweeps", type=int, default=3, help="tnlearn DMRG sweeps (default: 3)")
-    p.add_argument("--n-iter", type=int, default=1,
-                   help="tnlearn gradient steps per bond (default: 1, MPSClassifier's default)")
+    p.add_argument("--n-iter", type=lambda t: t if t == "auto" else int(t), default="auto",
+                   help="tnlearn gradient steps per bond (default: auto, MPSClassifier's: 1 with mse, 3 with "
+                        "cross_entropy)")
+    p.add_argument("--loss", choices=("auto", "mse", "cross_entropy"), default="auto",
+                   help="tnlearn's loss (default: auto, MPSClassifier's)")
     p.add_argument("--epochs", type=int, default=30, help="peer epochs at most (default: 30)")
     p.add_argument("--patience", type=int, default=4,
                    help="stop a peer when its test accuracy gained < 0.2 points in this many epochs (default: 4)")

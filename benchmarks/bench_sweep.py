@@ -213,6 +213,8 @@ def build_parser():
     """The options of a run; their defaults are ``MPSClassifier``'s, so the engine runs as a default ``fit``."""
     from tnlearn import MPSClassifier
 
+    from tnlearn.models.mps_classifier import AUTO_N_ITER
+
     defaults = MPSClassifier().get_params()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n-samples", type=int, default=60000)
@@ -222,7 +224,9 @@ def build_parser():
     p.add_argument("--labels", type=int, default=10)
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--solver", choices=["gd", "cg"], default="gd")
-    p.add_argument("--n-iter", type=int, default=defaults["n_iter"])
+    p.add_argument("--n-iter", type=int, default=AUTO_N_ITER["mse"],
+                   help="gradient steps per bond (default: %(default)s, MPSClassifier's with the squared loss, "
+                        "the loss this benchmark's sweep minimises)")
     p.add_argument("--precondition", action=argparse.BooleanOptionalAction, default=defaults["precondition"],
                    help="Kronecker-factored preconditioner, as MPSClassifier's default (default: on)")
     p.add_argument("--damping", type=float, default=defaults["damping"], help="preconditioner damping (default: %(default)s)")

@@ -5,8 +5,8 @@ are declared only where the model's input domain makes a check's random data
 invalid:
 
 * the trig feature map takes values in [0, 1] (fit says how to rescale); every
-  check it fails passes with ``feature_map="linear"`` (no domain), which runs
-  here with no expected failure at all;
+  check it fails passes with ``feature_map="linear"`` (no domain): with it every check passes, with no expected failure at all (``loss="auto"``
+  takes cross-entropy on the checks' data, so ``predict_proba`` is checked too);
 * conv-mps takes images: ``n_features = H * W`` (square, or ``image_shape``)
   holding at least two patches; the checks' data have 1-10 columns.
 """
@@ -52,7 +52,7 @@ def _expected_failures(estimator):
         failing = set(NOT_IMAGE_CHECKS) - {"check_n_features_in_after_fitting", "check_positive_only_tag_during_fit"}
         return {name: TN_CNN_IMAGES for name in failing | {"check_decision_proba_consistency"}}
     if isinstance(estimator, MPSClassifier) and estimator.feature_map == "trig":
-        return {name: DOMAIN for name in TRIG_DOMAIN_CHECKS}
+        return {name: DOMAIN for name in TRIG_DOMAIN_CHECKS + ["check_decision_proba_consistency"]}
     return {}
 
 
@@ -193,7 +193,9 @@ def test_linear_map_on_raw_pixels_gives_finite_scores_that_agree_with_fit():
     clf = MPSClassifier(max_bond=4, n_sweeps=1, feature_map="linear", random_state=0).fit(X, y)
     scores = clf.decision_function(X)
     assert np.all(np.isfinite(scores))
-    assert np.mean(clf.predict(X) == y) == pytest.approx(clf.history_[-1].train_accuracy)
+    # the recorded accuracy comes from the float32 outputs of the sweep's last bond, predict from a float64
+    # contraction at the label site: a near-tie may go the other way (one sample of 300 with cross-entropy)
+    assert abs(np.mean(clf.predict(X) == y) - clf.history_[-1].train_accuracy) <= 1 / 150
 
 
 def test_the_base_is_abstract_and_names_what_a_model_implements():

@@ -148,3 +148,24 @@ def test_model_file_permissions_follow_the_umask(fitted, tmp_path, umask):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "model.npz").stat().st_mode) == 0o666 & ~umask
+
+
+def test_a_file_with_an_unknown_loss_function_is_refused(tmp_path):
+    """The loss a model was trained with (what predict_proba depends on) is checked on load like the rest."""
+    from tnlearn import MPSClassifier
+
+    rng = np.random.default_rng(0)
+    X, y = rng.random((120, 5)), np.arange(120) % 3
+    clf = MPSClassifier(max_bond=3, n_sweeps=1, random_state=0).fit(X, y)
+    assert clf.loss_function_ == "cross_entropy"
+    save_model(clf, tmp_path / "m.npz")
+    assert read_header(tmp_path / "m.npz")["loss_function"] == "cross_entropy"
+
+    def other_loss(arrays):
+        header = json.loads(bytes(arrays["header"]))
+        header["loss_function"] = "hinge"
+        arrays["header"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
+
+    _rewrite(tmp_path / "m.npz", tmp_path / "bad.npz", other_loss)
+    with pytest.raises(ModelFormatError, match="loss_function 'hinge'"):
+        load_model(tmp_path / "bad.npz")

@@ -20,7 +20,8 @@ def test_digits_accuracy_target(digits):
 
 def test_history_records(tiny_problem):
     X, y = tiny_problem
-    clf = MPSClassifier(max_bond=4, n_sweeps=3, precondition=False, random_state=0).fit(X, y)
+    # the squared loss with one step per bond, where the preconditioner's gain is the paper's step against Newton's
+    clf = MPSClassifier(max_bond=4, n_sweeps=3, loss="mse", precondition=False, random_state=0).fit(X, y)
     assert len(clf.history_) == 3
     rec = clf.history_[-1]
     assert rec.sweep == 3 and len(rec.bond_dims) == X.shape[1] - 1 and rec.test_accuracy is None
@@ -30,7 +31,7 @@ def test_history_records(tiny_problem):
     losses = clf.history_.column("loss")
     assert losses[-1] < losses[0]
     # preconditioned steps get further than plain gradient steps
-    pre = MPSClassifier(max_bond=4, n_sweeps=3, precondition=True, random_state=0).fit(X, y)
+    pre = MPSClassifier(max_bond=4, n_sweeps=3, loss="mse", precondition=True, random_state=0).fit(X, y)
     assert max(pre.history_.column("loss")) < losses[-1]
 
 
@@ -228,3 +229,57 @@ def test_pca_start_reads_out_the_labels_by_least_squares(digits):
     assert err < 0.5 * np.sum((best * g - Y) ** 2)
     # no bond wider than the data's rank: the first site's density matrix has rank <= d
     assert cores[-1].shape[0] <= 2
+
+
+def _fit_history(clf, X, y):
+    clf.fit(X, y)
+    return clf.history_.column("loss"), [np.asarray(c) for c in clf.head_.cores]
+
+
+def test_auto_loss_is_cross_entropy_from_one_sample_per_block_parameter(tiny_problem):
+    """loss="auto": cross-entropy (3 steps per bond) once n >= m^2 d^2 L / 2, the squared loss (1 step) below;
+    each is the same fit as the explicit setting, bit for bit."""
+    X, y = tiny_problem
+    threshold = 3**2 * 2**2 * 3 // 2  # max_bond=3, trig map d=2, 3 classes: 108 parameters, 54 samples
+    for n, loss, n_iter in [(threshold, "cross_entropy", 3), (threshold - 1, "mse", 1)]:
+        auto = MPSClassifier(max_bond=3, n_sweeps=2, random_state=0)
+        losses, cores = _fit_history(auto, X[:n], y[:n])
+        assert auto.loss_function_ == loss and auto.history_.meta["loss"] == loss
+        assert auto.history_.meta["n_iter"] == n_iter
+        assert hasattr(auto, "predict_proba") == (loss == "cross_entropy")
+        explicit = MPSClassifier(max_bond=3, n_sweeps=2, loss=loss, n_iter=n_iter, random_state=0)
+        ref_losses, ref_cores = _fit_history(explicit, X[:n], y[:n])
+        assert losses == ref_losses and all(np.array_equal(a, b) for a, b in zip(cores, ref_cores))
+
+
+def test_auto_loss_with_cg_is_the_squared_loss_and_n_iter_follows_an_explicit_loss(tiny_problem):
+    X, y = tiny_problem
+    cg = MPSClassifier(max_bond=2, n_sweeps=1, solver="cg", random_state=0).fit(X, y)  # 24 <= 120 samples
+    assert cg.loss_function_ == "mse" and cg.history_.meta["n_iter"] == 1
+    ce = MPSClassifier(max_bond=5, n_sweeps=1, loss="cross_entropy", random_state=0).fit(X, y)  # auto: mse
+    assert ce.loss_function_ == "cross_entropy" and ce.history_.meta["n_iter"] == 3
+    mse = MPSClassifier(max_bond=2, n_sweeps=1, loss="mse", random_state=0).fit(X, y)  # auto: cross-entropy
+    assert mse.loss_function_ == "mse" and mse.history_.meta["n_iter"] == 1
+    fixed = MPSClassifier(max_bond=3, n_sweeps=1, n_iter=2, random_state=0).fit(X, y)
+    assert fixed.loss_function_ == "cross_entropy" and fixed.history_.meta["n_iter"] == 2
+
+
+def test_a_warm_start_fit_keeps_the_loss_the_first_fit_chose(tiny_problem, tmp_path):
+    from tnlearn.io import load_model, save_model
+
+    X, y = tiny_problem
+    clf = MPSClassifier(max_bond=3, n_sweeps=1, random_state=0, warm_start=True).fit(X, y)
+    assert clf.loss_function_ == "cross_entropy"
+    clf.fit(X[:40], y[:40])  # fewer than half a block's 108 parameters: auto alone would pick mse
+    assert clf.loss_function_ == "cross_entropy" and clf.history_.meta["n_iter"] == 3
+    save_model(clf, tmp_path / "m.npz")
+    loaded = load_model(tmp_path / "m.npz")
+    assert loaded.loss_function_ == "cross_entropy"
+    np.testing.assert_array_equal(loaded.predict_proba(X), clf.predict_proba(X))
+    mse = MPSClassifier(max_bond=5, n_sweeps=1, random_state=0).fit(X, y)  # 120 < 300 / 2
+    save_model(mse, tmp_path / "mse.npz")
+    assert not hasattr(load_model(tmp_path / "mse.npz"), "predict_proba")
+    with pytest.raises(AttributeError) as info:
+        mse.predict_proba(X)
+    assert "squared loss" in str(info.value.__cause__) and "loss='cross_entropy'" in str(info.value.__cause__)
+

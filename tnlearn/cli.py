@@ -271,7 +271,7 @@ def _staged_model_checks(args):
     head_only = {"loss": None, "solver": "gd", "truncation": "data", "precondition": None, "alpha": None,
                  "early_stopping": False, "validation_fraction": None, "n_iter_no_change": None}
     if model in ("tt-net", "tn-cnn"):
-        head_only.update({"n_iter": 1, "damping": None})
+        head_only.update({"n_iter": None, "damping": None})
     changed = [f"--{k.replace('_', '-')}" for k, default in head_only.items() if getattr(args, k) != default]
     if changed:
         one = len(changed) == 1
@@ -282,8 +282,8 @@ def _staged_model_checks(args):
                          f"drop {'it' if one else 'them'}")
 
 
-def _rank_or_auto(text):
-    """argparse type of --tt-rank: an integer >= 1 or 'auto'."""
+def _positive_int_or_auto(text):
+    """argparse type of --tt-rank and --n-iter: an integer >= 1 or 'auto'."""
     if text == "auto":
         return text
     try:
@@ -329,10 +329,10 @@ def _new_model(args, ds, verbose):
                                image_shape=tuple(ds.image_shape), dtype=args.dtype, backend=args.backend,
                                random_state=args.seed, verbose=verbose)
     if model == "conv-mps":
-        extra = {"damping": args.damping} if args.damping is not None else {}
+        extra = {k: getattr(args, k) for k in ("damping", "n_iter") if getattr(args, k) is not None}
         return ConvMPSClassifier(patch=args.patch, n_channels=args.channels, conv_bond=args.conv_bond,
                                  max_bond=args.bond_dim, cutoff=args.cutoff, n_sweeps=args.sweeps,
-                                 n_iter=args.n_iter, image_shape=tuple(ds.image_shape), dtype=args.dtype,
+                                 image_shape=tuple(ds.image_shape), dtype=args.dtype,
                                  backend=args.backend, random_state=args.seed, verbose=min(verbose, 1), **extra)
     if model == "tt-net":
         auto = args.tt_rank == "auto"
@@ -341,11 +341,11 @@ def _new_model(args, ds, verbose):
                                n_sweeps=args.sweeps, epochs_per_bond=args.epochs_per_bond,
                                learning_rate=args.learning_rate, lr_decay=args.lr_decay, dtype=args.dtype,
                                backend=args.backend, random_state=args.seed, verbose=verbose)
-    extra = {k: getattr(args, k, None) for k in ("precondition", "damping", "loss", "alpha", "validation_fraction",
-                                                 "n_iter_no_change")}
+    extra = {k: getattr(args, k, None) for k in ("precondition", "damping", "loss", "n_iter", "alpha",
+                                                 "validation_fraction", "n_iter_no_change")}
     extra = {k: v for k, v in extra.items() if v is not None}
     return MPSClassifier(max_bond=args.bond_dim, cutoff=args.cutoff, n_sweeps=args.sweeps, solver=args.solver,
-                         n_iter=args.n_iter, truncation=args.truncation, dtype=args.dtype,
+                         truncation=args.truncation, dtype=args.dtype,
                          early_stopping=bool(getattr(args, "early_stopping", False)),
                          backend=args.backend, random_state=args.seed, verbose=verbose, **extra)
 
@@ -645,11 +645,13 @@ def build_parser():
                    help="max bond dimension of the MPS (head) (default: 16)")
     p.add_argument("--sweeps", type=_positive_int, default=4, metavar="S", help="full sweeps (default: 4)")
     p.add_argument("--cutoff", type=float, default=1e-10, metavar="C", help="SVD cutoff (default: 1e-10)")
-    p.add_argument("--loss", choices=("mse", "cross_entropy"), default=None,
-                   help="loss (default: the estimator's, mse)")
+    p.add_argument("--loss", choices=("auto", "mse", "cross_entropy"), default=None,
+                   help="loss (default: auto, cross_entropy when the training set has at least one sample per two "
+                        "parameters of a merged block, bond-dim^2 x 4 x classes with the trig map, else mse)")
     p.add_argument("--solver", choices=("gd", "cg"), default="gd", help="local solver (default: gd)")
-    p.add_argument("--n-iter", type=_positive_int, default=1, metavar="K",
-                   help="solver iterations per bond (default: 1)")
+    p.add_argument("--n-iter", type=_positive_int_or_auto, default=None, metavar="K",
+                   help="solver iterations per bond (default: mps auto, 1 with mse and 3 with cross_entropy; "
+                        "conv-mps 1)")
     p.add_argument("--precondition", action=argparse.BooleanOptionalAction, default=None,
                    help="Kronecker-factored data preconditioner for the local steps (default: the estimator's)")
     p.add_argument("--damping", type=float, default=None, metavar="LAMBDA",
@@ -690,7 +692,7 @@ def build_parser():
     g.add_argument("--conv-bond", type=_positive_int, default=None, metavar="D",
                    help="max conv bond dimension (default: exact)")
     g = p.add_argument_group("tt-net options")
-    g.add_argument("--tt-rank", type=_rank_or_auto, default=None, metavar="R",
+    g.add_argument("--tt-rank", type=_positive_int_or_auto, default=None, metavar="R",
                    help="max TT-rank, or 'auto' (tt-net): ranks learned from --tt-max-rank down by a Bayesian "
                         "low-rank (ARD) prior, Hawkins & Zhang (default: 4 for tt-net, 8 for tn-cnn's dense layer)")
     g.add_argument("--tt-max-rank", type=_positive_int, default=8, metavar="R",
