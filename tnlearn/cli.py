@@ -529,7 +529,9 @@ def cmd_train(args):
                 "final_test_accuracy": last.test_accuracy, "kept_sweep": kept, "fit_seconds": fit_seconds})
     if clf.history_.meta.get("stopped"):
         run["stopped"] = clf.history_.meta["stopped"]
-    size = clf.size_label
+    trained_with = {k: clf.history_.meta[k] for k in ("loss", "n_iter") if k in clf.history_.meta}
+    run.update(trained_with)  # what loss="auto" / n_iter="auto" chose
+    size = clf.size_label + (f", {trained_with['loss']} x{trained_with['n_iter']}" if len(trained_with) == 2 else "")
     run["total_seconds"] = time.perf_counter() - t0
     _write_json(out / "run.json", run)  # the results first: plots are the slow, optional part
     plots = write_run_plots([clf.history_], [size], out) if args.plots else []

@@ -474,6 +474,11 @@ class MPSClassifier(TNClassifier):
             self.loss_function_ = self._resolve_loss(len(X), len(classes))
         loss = self.loss_function_
         self.history_.meta.update(loss=loss, n_iter=self._n_iter(loss))
+        if self.verbose and (shard is None or shard.is_root) and "auto" in (self.loss, self.n_iter):
+            print(f"training with loss={loss!r}, {self._n_iter(loss)} step(s) per bond (loss={self.loss!r}, "
+                  f"n_iter={self.n_iter!r}; {len(X)} samples, a merged block has "
+                  f"{self.max_bond**2 * get_feature_map(self.feature_map).dim**2 * len(classes)} parameters)",
+                  flush=True)
         self.head_ = head
 
         opts = SweepOptions(
