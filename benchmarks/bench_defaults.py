@@ -30,6 +30,7 @@ Usage::
     python benchmarks/bench_defaults.py --data-dir DIR                         # the whole protocol
     python benchmarks/bench_defaults.py --datasets digits8 digits14 --bonds 10 20 --candidates default ce
     python benchmarks/bench_defaults.py --list                                 # the candidates
+    python benchmarks/bench_defaults.py --json FILE --table-only --candidates default --auto-loss-table
 
 ``--data-dir`` is where the Fashion-MNIST IDX files are (also read from the
 cache or a system directory, see :func:`tnlearn.datasets.load_fashion_mnist`);
@@ -279,7 +280,10 @@ def main(argv=None):
         return 0
     done = read_runs(args.json)
     if args.table_only:
-        print(table(done))
+        given = "--candidates" in (sys.argv[1:] if argv is None else argv)
+        shown = [r for r in done if r["candidate"] in args.candidates] if given else done
+        order = {name: i for i, name in enumerate(DATASETS)}
+        print(table(sorted(shown, key=lambda r: (order.get(r["dataset"], len(order)), r["bond"]))))
         if args.auto_loss_table:
             print()
             print(auto_loss_table(done))

@@ -71,7 +71,7 @@ def run_one(name, data, model, seed, epochs=None):
     if model == "mps":
         clf = MPSClassifier(random_state=seed)
         row = _fit(clf, _pooled(data))
-        row["n_params"] = int(clf.head_.n_params)
+        row.update(n_params=int(clf.head_.n_params), loss=clf.loss_function_, n_iter=clf.history_.meta["n_iter"])
     elif model == "conv-mps":
         clf = ConvMPSClassifier(random_state=seed)
         row = _fit(clf, data)
@@ -112,7 +112,8 @@ def table(rows):
     out = ["| data set | model | parameters | s / sweep (epoch) | test accuracy, final (best) |", "|---|---|---|---|---|"]
     for r in rows:
         accs = r["test_accuracy"]
-        out.append(f"| {r['dataset']} | {r['model']} | {r['n_params']:,} | {r['seconds_per_sweep']:.1f} | "
+        model = f"{r['model']} ({'ce' if r['loss'] == 'cross_entropy' else 'mse'} x{r['n_iter']})" if "loss" in r else r["model"]
+        out.append(f"| {r['dataset']} | {model} | {r['n_params']:,} | {r['seconds_per_sweep']:.1f} | "
                    f"{100 * accs[-1]:.2f}% ({100 * max(accs):.2f}%) |")
     return "\n".join(out)
 
