@@ -281,5 +281,9 @@ def test_a_warm_start_fit_keeps_the_loss_the_first_fit_chose(tiny_problem, tmp_p
     assert not hasattr(load_model(tmp_path / "mse.npz"), "predict_proba")
     with pytest.raises(AttributeError) as info:
         mse.predict_proba(X)
-    assert "squared loss" in str(info.value.__cause__) and "loss='cross_entropy'" in str(info.value.__cause__)
+    assert "squared loss" in str(info.value) and "loss='cross_entropy'" in str(info.value)
+    for clf in (MPSClassifier(loss="mse"), MPSClassifier(max_bond=5, n_sweeps=1, loss="mse", random_state=0).fit(X, y)):
+        with pytest.raises(AttributeError, match=r"loss='mse'.*not\s+log-probabilities.*loss='cross_entropy'"):
+            clf.predict_proba(X)
+    assert MPSClassifier.predict_proba.__doc__.startswith("Softmax")  # the class keeps the documented method
 

@@ -460,6 +460,8 @@ def cmd_train(args):
             print(f"resuming {out} after sweep {done}, up to {args.sweeps} sweeps", flush=True)
     else:
         clf = _new_model(args, ds, verbose)
+        # a value the estimator refuses (--cutoff -1) fails here, before --overwrite removes the old run
+        clf._validate_hyperparameters()
 
     options = {k: v for k, v in vars(args).items() if k not in ("func", "resume", "given_options")}
     options["data_dir"] = args.data_dir and os.path.abspath(args.data_dir)  # evaluate from any cwd
@@ -652,7 +654,7 @@ def build_parser():
                         "parameters of a merged block, bond-dim^2 x 4 x classes with the trig map, else mse)")
     p.add_argument("--solver", choices=("gd", "cg"), default="gd", help="local solver (default: gd)")
     p.add_argument("--n-iter", type=_positive_int_or_auto, default=None, metavar="K",
-                   help="solver iterations per bond (default: mps auto, 1 with mse and 3 with cross_entropy; "
+                   help="solver iterations per bond, or auto: 1 with mse, 3 with cross_entropy (default: mps auto; "
                         "conv-mps 1)")
     p.add_argument("--precondition", action=argparse.BooleanOptionalAction, default=None,
                    help="Kronecker-factored data preconditioner for the local steps (default: the estimator's)")

@@ -22,7 +22,9 @@
 
 from __future__ import annotations
 
+import functools
 import re
+import types
 from abc import ABCMeta, abstractmethod
 
 import numpy as np
@@ -46,6 +48,32 @@ _FIXES = [
     ("Feature names must be in the same order", "select the columns in the fitted order: X[clf.feature_names_in_]"),
     ("Feature names unseen at fit time", "pass the columns the model was fitted on: X[clf.feature_names_in_]"),
 ]
+
+class _ExplainedAvailability:
+    """A method that exists on an instance only when ``why_not(instance)`` is None.
+
+    scikit-learn's ``available_if`` hides a method the same way (so ``hasattr`` and
+    ``check_estimator`` see it absent), but its ``AttributeError`` reads "has no
+    attribute"; here the error's message is ``why_not``'s: the reason and the fix.
+    """
+
+    def __init__(self, fn, why_not):
+        self.fn, self.why_not = fn, why_not
+        functools.update_wrapper(self, fn)
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            return self.fn
+        reason = self.why_not(obj)
+        if reason is not None:
+            raise AttributeError(reason)
+        return types.MethodType(self.fn, obj)
+
+
+def available_unless(why_not):
+    """Decorator: the method exists only where ``why_not(self)`` returns None, else ``AttributeError(why_not(self))``."""
+    return lambda fn: _ExplainedAvailability(fn, why_not)
+
 
 
 def _check_2d(X, what):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from sklearn.utils.metaestimators import available_if
 
 from tnlearn.backend import get_backend, resolve_chunk_size
 from tnlearn.distributed import broadcast_cores, check_same_data, get_comm, make_shard, shard_bounds
@@ -16,7 +15,7 @@ from numbers import Real
 from sklearn.utils._param_validation import Interval, StrOptions
 
 from tnlearn.models import _constraints as C
-from tnlearn.models._base import TNClassifier
+from tnlearn.models._base import TNClassifier, available_unless
 from tnlearn.models._state import check_mps_cores
 from tnlearn.models._training import (
     EarlyStopping, HeadSnapshot, divergence, validation_split, warn_diverged,
@@ -647,20 +646,28 @@ class MPSClassifier(TNClassifier):
         self._check_fitted()
         return self._outputs(self._validate_X(X, reset=False), normalized)
 
-    def _is_cross_entropy(self):
+    def _why_no_probabilities(self):
+        """None when :meth:`predict_proba` is available, else the reason and the fix."""
+        fix = "Fit with loss='cross_entropy' for probabilities, or use decision_function"
         resolved = getattr(self, "loss_function_", None)
         if resolved is None:
+            if self.loss == "mse":
+                return (f"predict_proba: loss='mse' (the squared loss) gives no probabilities: its outputs are not "
+                        f"log-probabilities. {fix}")
             if self.loss == "auto" and hasattr(self, "head_"):  # a network from quimb, never fitted
-                return False
-            return self.loss in ("auto", "cross_entropy")  # "auto": decided by the fit
-        if resolved != "cross_entropy" and self.loss == "auto":
-            raise AttributeError(
-                "predict_proba: this model was trained with the squared loss (loss='auto' takes cross-entropy from "
-                "one training sample per two parameters of a bond's block, max_bond**2 * d**2 * n_classes); its outputs "
-                "are not log-probabilities. Fit with loss='cross_entropy' for probabilities, or use decision_function")
-        return resolved == "cross_entropy"
+                return (f"predict_proba: this network was not trained here (loss='auto' has chosen no loss), so its "
+                        f"outputs are not log-probabilities. {fix}")
+            return None  # "cross_entropy", or "auto" decided by the fit: predict_proba checks it is fitted
+        if resolved == "cross_entropy":
+            return None
+        if self.loss == "auto":
+            return ("predict_proba: this model was trained with the squared loss (loss='auto' takes cross-entropy from "
+                    "one training sample per two parameters of a bond's block, max_bond**2 * d**2 * n_classes); its "
+                    f"outputs are not log-probabilities. {fix}")
+        return (f"predict_proba: this model was trained with the squared loss (loss={self.loss!r}); its outputs are "
+                f"not log-probabilities. {fix}")
 
-    @available_if(_is_cross_entropy)
+    @available_unless(_why_no_probabilities)
     def predict_proba(self, X):
         """Softmax of the outputs, shape (n_samples, n_classes).
 
