@@ -165,7 +165,12 @@ def run(args):
     phi = backend.asarray(np.ascontiguousarray(embed(X, feature_map, dtype=dtype).transpose(1, 0, 2)))
     del X
     Y = backend.asarray(Y)
-    chunk_size = resolve_chunk_size(args.chunk_size, backend)
+    row_bytes = args.bond * (args.d * args.d + args.labels) * np.dtype(args.dtype).itemsize  # as MPSClassifier
+    chunk_size = resolve_chunk_size(args.chunk_size, backend, row_bytes=row_bytes)
+    n_chunks = -(-args.n_samples // chunk_size)
+    with backend.host_threads() as threads:
+        threads = min(threads or 1, n_chunks)
+    print(f"chunks       : {chunk_size} samples, shared by {threads} host thread(s) (tnlearn.host_threads)", flush=True)
     cores, log_norm = pca_init_cores(phi, args.labels, args.bond, rng, backend, chunk_size)
     head = MPSHead(cores, 0, log_norm, backend)
     opts = SweepOptions(
@@ -177,7 +182,8 @@ def run(args):
         chunk_size=chunk_size,
         truncation=args.truncation,
     )
-    envs = build_environments(head, phi, opts)
+    with backend.host_threads():
+        envs = build_environments(head, phi, opts)
     backend.synchronize()
     setup = time.perf_counter() - t0
     env_gib = envs.nbytes / 2**30
@@ -202,7 +208,8 @@ def _timed_sweeps(args, head, envs, phi, Y, opts, dtype, backend, breakdown, tim
         if args.breakdown:
             breakdown.reset()
         t = time.perf_counter()
-        full_sweep(head, envs, phi, Y, opts)
+        with backend.host_threads():  # as MPSClassifier.fit: the passes share the host's cores
+            full_sweep(head, envs, phi, Y, opts)
         backend.synchronize()
         times.append(time.perf_counter() - t)
         if args.breakdown:
@@ -236,7 +243,7 @@ def build_parser():
                    help="samples for the step's curvature (default: MPSClassifier's, %(default)s; 0: all)")
     p.add_argument("--truncation", choices=["data", "svd"], default="data")
     p.add_argument("--chunk-size", type=lambda v: v if v == "auto" else int(v), default=defaults["chunk_size"],
-                   help="samples per chunk (default: %(default)s, the backend's: 4096 numpy, 65536 cupy)")
+                   help="samples per chunk (default: %(default)s, as MPSClassifier: a core's cache on numpy, 65536 cupy)")
     p.add_argument("--sweeps", type=int, default=1)
     p.add_argument("--breakdown", action="store_true",
                    help="also print where each sweep's time goes, in ms per bond")

@@ -92,7 +92,7 @@ def test_array_module_kernels_equal_the_compiled_ones(rng):
     from tnlearn import _kernels
     from tnlearn.backend import array_module_kernels
 
-    outer, outer3, contract, normalise, residual_outer = array_module_kernels(np)
+    outer, outer3, contract, normalise, residual_outer, loss_sum = array_module_kernels(np)
     a, b, c = rng.standard_normal((13, 5)), rng.standard_normal((13, 2)), rng.standard_normal((13, 2))
     np.testing.assert_allclose(outer(a, b), _kernels.row_outer(a, b), rtol=1e-14)
     for out in (np.empty((13, 10)), np.empty((13, 20))[:, ::2]):  # into a contiguous and a strided out
@@ -115,6 +115,32 @@ def test_array_module_kernels_equal_the_compiled_ones(rng):
         _kernels.row_residual_outer(t2, r, y, scale, loss, f2)
         np.testing.assert_allclose(f1, f2, rtol=1e-12)
         np.testing.assert_allclose(t1, t2, rtol=1e-12, atol=1e-14)
+        for log_scale in (None, rng.standard_normal(13)):
+            np.testing.assert_allclose(loss_sum(f1, y, loss, log_scale), _kernels.loss_sum(f1, y, loss, log_scale),
+                                       rtol=1e-12)
+
+
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_loss_sum_is_the_float64_loss_of_the_rescaled_outputs(rng, loss, dtype):
+    from scipy.special import log_softmax
+
+    from tnlearn import _kernels
+    from tnlearn.backend import get_backend
+
+    f = rng.standard_normal((301, 5)).astype(dtype)
+    y = np.eye(5, dtype=dtype)[rng.integers(0, 5, 301)]
+    log_scale = rng.uniform(-2, 2, 301)
+    z = f.astype(np.float64) * np.exp(log_scale)[:, None]
+    expected = 0.5 * np.sum((z - y) ** 2) if loss == "mse" else -np.sum(y * log_softmax(z, axis=1))
+    assert _kernels.loss_sum(f, y, loss, log_scale) == pytest.approx(expected, rel=1e-12)
+    assert _kernels.loss_sum(f, y, loss) == pytest.approx(_kernels.loss_sum(f, y, loss, np.zeros(301)), rel=1e-15)
+    backend = get_backend("numpy")
+    with backend.host_threads():  # chunks shared among the host threads: the same sum to rounding
+        total = backend.loss_total(f, y, loss, log_scale, chunk_size=32)
+    assert total == pytest.approx(expected, rel=1e-12)
+    with pytest.raises(ValueError, match="'hinge'"):
+        _kernels.loss_sum(f, y, "hinge")
 
 
 def test_a_sweep_on_the_array_module_kernels_matches_the_compiled_backend(rng):

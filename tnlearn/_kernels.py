@@ -7,7 +7,9 @@ broadcasting runs them several times slower than a plain compiled loop
 (its inner loops over the short bond axis are dominated by overhead).  The
 loops are single-threaded on purpose: numba's OpenMP threads and OpenBLAS's
 spinning threads fight over the cores when they alternate, which was measured
-to make each kernel 20-50x slower.  numba is already a
+to make each kernel 20-50x slower.  They release the GIL instead, so that the
+host's worker threads (:mod:`tnlearn.host_threads`) run them on different
+chunks at the same time, each with single-threaded BLAS.  numba is already a
 dependency of quimb, so it adds nothing to the install.
 """
 
@@ -17,7 +19,7 @@ import numba
 import numpy as np
 
 
-@numba.njit(fastmath=True, cache=True)
+@numba.njit(fastmath=True, cache=True, nogil=True)
 def _row_outer(a, b, out):  # pragma: no cover - compiled
     n, p = a.shape
     q = b.shape[1]
@@ -39,7 +41,7 @@ def _row_outer(a, b, out):  # pragma: no cover - compiled
                 out[i, j * q + k] = aij * b[i, k]
 
 
-@numba.njit(fastmath=False, cache=True)
+@numba.njit(fastmath=False, cache=True, nogil=True)
 def _row_outer3_d2(a, b, c, out):  # pragma: no cover - compiled
     # d = 2 local vectors: all four products per step (see _row_outer), associated as
     # (a * b) * c exactly as row_outer(row_outer(a, b), c) rounds them (no fastmath: it
@@ -57,7 +59,7 @@ def _row_outer3_d2(a, b, c, out):  # pragma: no cover - compiled
             out[i, 4 * j + 3] = v1 * c1
 
 
-@numba.njit(fastmath=True, cache=True)
+@numba.njit(fastmath=True, cache=True, nogil=True)
 def _row_contract(t, r, out):  # pragma: no cover - compiled
     n, m, q = t.shape
     for i in range(n):
@@ -68,7 +70,7 @@ def _row_contract(t, r, out):  # pragma: no cover - compiled
             out[i, j] = acc
 
 
-@numba.njit(fastmath=True, cache=True)
+@numba.njit(fastmath=True, cache=True, nogil=True)
 def _row_residual_outer(t, r, y, scale, cross_entropy, f_out):  # pragma: no cover - compiled
     n, m, q = t.shape
     w = np.empty(m, dtype=np.float64)
@@ -98,7 +100,7 @@ def _row_residual_outer(t, r, y, scale, cross_entropy, f_out):  # pragma: no cov
                 t[i, j, k] = wj * r[i, k]
 
 
-@numba.njit(fastmath=True, cache=True)
+@numba.njit(fastmath=True, cache=True, nogil=True)
 def _row_normalise(env, norms, tiny):  # pragma: no cover - compiled
     n, m = env.shape
     for i in range(n):
@@ -245,3 +247,54 @@ def row_residual_outer(t, r, y, scale, loss, f_out):
     check_fused_loss(loss)
     _row_residual_outer(t, r, y, scale, loss == "cross_entropy", f_out)
     return f_out
+
+
+@numba.njit(fastmath=False, cache=True, nogil=True)
+def _loss_sum(f, y, log_scale, scaled, cross_entropy):  # pragma: no cover - compiled
+    n, m = f.shape
+    z = np.empty(m, dtype=np.float64)
+    total = 0.0
+    for i in range(n):
+        s = np.exp(log_scale[i]) if scaled else 1.0
+        for j in range(m):
+            z[j] = f[i, j] * s
+        if cross_entropy:
+            top = z[0]
+            for j in range(1, m):
+                top = max(top, z[j])
+            acc = 0.0
+            for j in range(m):
+                acc += np.exp(z[j] - top)
+            lse = top + np.log(acc)
+            for j in range(m):
+                total -= y[i, j] * (z[j] - lse)
+        else:
+            for j in range(m):
+                r = z[j] - y[i, j]
+                total += 0.5 * r * r
+    return total
+
+
+def loss_sum(f, y, loss, log_scale=None):
+    """Summed loss of outputs against targets, in float64, in one pass.
+
+    Parameters
+    ----------
+    f : array, shape (n, L)
+        Outputs (any float dtype; each is taken to float64 first).
+    y : array, shape (n, L)
+        Targets (one-hot for cross-entropy).
+    loss : {"mse", "cross_entropy"}
+        ``0.5 * sum (f - y)**2`` or ``-sum y * log_softmax(f)``.
+    log_scale : array, shape (n,), optional
+        Each sample's outputs are multiplied by ``exp(log_scale[i])`` first (the
+        same network's outputs in another per-sample normalisation).
+
+    Returns
+    -------
+    numpy.float64
+    """
+    check_fused_loss(loss)
+    scaled = log_scale is not None
+    return np.float64(_loss_sum(f, y, log_scale if scaled else np.zeros(1), scaled, loss == "cross_entropy"))
+

@@ -7,6 +7,7 @@ in tnlearn imports cupy anywhere else.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -45,10 +46,23 @@ class Backend:
         ``row_residual_outer(t (n, L, q), r (n, q), y (n, L), scale (n,), loss, f_out (n, L))``:
         the outputs ``f = scale * (t . r)`` into ``f_out``, then ``t`` overwritten by
         ``scale * residual(f) (x) r`` (see :func:`tnlearn._kernels.row_residual_outer`).
+    loss_sum : callable
+        ``loss_sum(f (n, L), y (n, L), loss, log_scale=None (n,)) -> 0-d float64``:
+        the summed loss of the outputs (each row scaled by ``exp(log_scale)``
+        first), in float64 (see :func:`tnlearn._kernels.loss_sum`);
+        :meth:`loss_total` shares it among the host threads.
     default_chunk_size : int
-        Samples per chunk when an estimator's ``chunk_size="auto"``: 4096 on
-        the CPU (a chunk's temporaries stay in cache), 65536 on a GPU (each
-        chunk costs a few dozen kernel launches, so fewer, larger chunks).
+        Samples per chunk when an estimator's ``chunk_size="auto"`` and the
+        shapes are not known: 4096 on the CPU, 65536 on a GPU (each chunk
+        costs a few dozen kernel launches, so fewer, larger chunks).
+    chunk_bytes : int or None
+        The CPU's per-core cache (bytes): ``chunk_size="auto"`` with known
+        shapes takes the chunk whose GEMM operands fill it (see
+        :func:`resolve_chunk_size`).  None on a GPU.
+    workers : ChunkWorkers or None
+        The host threads that share a pass's chunks inside
+        :meth:`host_threads` (:class:`tnlearn.host_threads.ChunkWorkers`);
+        None on a GPU, where a pass runs its chunks in order.
     """
 
     name: str
@@ -58,12 +72,56 @@ class Backend:
     row_contract: Callable = field(repr=False)
     row_normalise: Callable = field(repr=False)
     row_residual_outer: Callable = field(repr=False)
+    loss_sum: Callable = field(repr=False)
     default_chunk_size: int = 4096
+    chunk_bytes: int | None = None
+    workers: Any = field(default=None, repr=False, compare=False)
 
     def __reduce__(self):
         # pickled (joblib, multiprocessing, copy.deepcopy) by name: modules and compiled
         # kernels are not picklable, and the receiving process builds its own backend
         return (get_backend, (self.name,))
+
+    def map_chunks(self, work, slices):
+        """``work`` over shares of a pass's chunks: one share per host worker thread, or all in order.
+
+        Parameters
+        ----------
+        work : callable
+            ``work(share: list of slice) -> result``; writes only its own chunks' rows.
+        slices : list of slice
+
+        Returns
+        -------
+        list
+            The shares' results in worker order (one result without workers).
+        """
+        if self.workers is None:
+            return [work(slices)]
+        return self.workers.map(work, slices)
+
+    def loss_total(self, f, y, loss, log_scale=None, chunk_size=16384):
+        """:attr:`loss_sum` of all rows, the chunks shared among the host threads (0-d float64).
+
+        Partial sums are added in chunk-share order: the same bits for the same number of threads.
+        """
+        if self.workers is None:
+            return self.loss_sum(f, y, loss, log_scale)
+        xp = self.xp
+
+        def work(share):
+            return sum((self.loss_sum(f[sl], y[sl], loss, None if log_scale is None else log_scale[sl])
+                        for sl in share), xp.float64(0.0))
+
+        slices = [slice(start, start + chunk_size) for start in range(0, f.shape[0], chunk_size)]
+        return sum(self.map_chunks(work, slices), xp.float64(0.0))
+
+    def host_threads(self):
+        """Context: passes inside share their chunks among the host's cores (BLAS at one thread meanwhile).
+
+        :meth:`tnlearn.host_threads.ChunkWorkers.session`; nothing on a GPU.
+        """
+        return nullcontext() if self.workers is None else self.workers.session()
 
     def asarray(self, x, dtype=None):
         """Move ``x`` onto this backend (no copy when it is already there)."""
@@ -89,8 +147,11 @@ class Backend:
 def _numpy_backend() -> Backend:
     from tnlearn import _kernels
 
+    from tnlearn.host_threads import ChunkWorkers, core_cache_bytes
+
     k = _kernels
-    return Backend("numpy", np, k.row_outer, k.row_outer3, k.row_contract, k.row_normalise, k.row_residual_outer)
+    return Backend("numpy", np, k.row_outer, k.row_outer3, k.row_contract, k.row_normalise, k.row_residual_outer,
+                   k.loss_sum, chunk_bytes=core_cache_bytes(), workers=ChunkWorkers())
 
 
 def array_module_kernels(xp):
@@ -103,7 +164,7 @@ def array_module_kernels(xp):
     Returns
     -------
     tuple
-        ``(row_outer, row_outer3, row_contract, row_normalise, row_residual_outer)``
+        ``(row_outer, row_outer3, row_contract, row_normalise, row_residual_outer, loss_sum)``
         with the signatures of the :class:`Backend` fields.
     """
     from tnlearn._kernels import check_fused_loss
@@ -144,7 +205,17 @@ def array_module_kernels(xp):
         xp.multiply(w[:, :, None], r[:, None, :], out=t)  # straight into t: no (n, L, q) temporary
         return f_out
 
-    return row_outer, row_outer3, row_contract, row_normalise, row_residual_outer
+    def loss_sum(f, y, loss, log_scale=None):
+        check_fused_loss(loss)
+        z = f.astype(np.float64)
+        if log_scale is not None:
+            z = z * xp.exp(log_scale)[:, None]
+        if loss == "mse":
+            return 0.5 * xp.sum((z - y) ** 2)
+        z = z - z.max(axis=1, keepdims=True)
+        return -xp.sum((z - xp.log(xp.exp(z).sum(axis=1, keepdims=True))) * y)
+
+    return row_outer, row_outer3, row_contract, row_normalise, row_residual_outer, loss_sum
 
 
 def _cupy_backend() -> Backend:
@@ -169,20 +240,30 @@ def _cupy_backend() -> Backend:
     return Backend("cupy", cp, *array_module_kernels(cp), default_chunk_size=65536)
 
 
-def resolve_chunk_size(chunk_size, backend: Backend) -> int:
+def resolve_chunk_size(chunk_size, backend: Backend, row_bytes=None) -> int:
     """An estimator's ``chunk_size`` as an int.
 
     Parameters
     ----------
     chunk_size : int or "auto"
-        ``"auto"``: ``backend.default_chunk_size``.
+        ``"auto"``: on the CPU with ``row_bytes`` given, the samples whose
+        ``row_bytes`` fill the per-core cache (``backend.chunk_bytes``), a
+        power of two in [256, 8192]; else ``backend.default_chunk_size``.
     backend : Backend
+    row_bytes : int, optional
+        Bytes one sample adds to a chunk's temporaries (for a bond of an MPS:
+        its projected input row and its forward product row).
 
     Returns
     -------
     int
     """
-    return backend.default_chunk_size if chunk_size == "auto" else int(chunk_size)
+    if chunk_size != "auto":
+        return int(chunk_size)
+    if row_bytes is None or backend.chunk_bytes is None:
+        return backend.default_chunk_size
+    rows = max(1, backend.chunk_bytes // max(1, int(row_bytes)))
+    return int(min(8192, max(256, 1 << (rows.bit_length() - 1))))
 
 
 def get_backend(name: str | Backend = "numpy") -> Backend:

@@ -123,16 +123,19 @@ class EnvironmentCache:
         target = self.data[dst, :, :width]
         log_out = self.log_norm[dst]
         be = self.backend
-        for start in range(0, self.n_samples, self.chunk_size):
-            sl = slice(start, start + self.chunk_size)
-            dst_rows = target[sl]
-            # write the product straight into the slot when it is contiguous (the bond at its
-            # full width), else through a temporary
-            direct = dst_rows.flags.c_contiguous
-            block = step(env_in[sl], phi[sl], core, be, out=dst_rows if direct else None)
-            log_out[sl] = log_in[sl] + be.row_normalise(block)
-            if not direct:
-                dst_rows[...] = block
+
+        def work(share):
+            for sl in share:
+                dst_rows = target[sl]
+                # write the product straight into the slot when it is contiguous (the bond at its
+                # full width), else through a temporary
+                direct = dst_rows.flags.c_contiguous
+                block = step(env_in[sl], phi[sl], core, be, out=dst_rows if direct else None)
+                log_out[sl] = log_in[sl] + be.row_normalise(block)
+                if not direct:
+                    dst_rows[...] = block
+
+        be.map_chunks(work, [slice(start, start + self.chunk_size) for start in range(0, self.n_samples, self.chunk_size)])
         self.dims[dst] = width
         self._grams[dst] = None
 

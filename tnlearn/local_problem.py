@@ -213,8 +213,14 @@ class LocalProblem:
     # -- passes over the samples --------------------------------------------------
     def _chunks(self, rows=None):
         n = self.n_samples if rows is None else min(rows, self.n_samples)
-        for start in range(0, n, self.chunk_size):
-            yield slice(start, min(start + self.chunk_size, n))
+        return [slice(start, min(start + self.chunk_size, n)) for start in range(0, n, self.chunk_size)]
+
+    def _sum(self, parts):
+        """Sum of the workers' partial sums, in worker order (the same bits for the same number of workers)."""
+        total = parts[0]
+        for part in parts[1:]:
+            total += part
+        return total
 
     def _projected(self, sl):
         return self.backend.row_outer3(self.left[sl], self.phi_a[sl], self.phi_b[sl])
@@ -245,8 +251,12 @@ class LocalProblem:
         rows = self._local_rows(rows)
         n = self.n_samples if rows is None else min(rows, self.n_samples)
         out = xp.empty((n, self.n_labels), dtype=self.dtype)
-        for sl in self._chunks(rows):
-            out[sl] = self._forward_chunk(self._projected(sl), Bs, sl)
+
+        def work(share):
+            for sl in share:
+                out[sl] = self._forward_chunk(self._projected(sl), Bs, sl)
+
+        self.backend.map_chunks(work, self._chunks(rows))
         return out
 
     def gradient(self, weights):
@@ -261,10 +271,13 @@ class LocalProblem:
         array, shape (Dl * d * d, L * Dr)
             Summed over the samples of all ranks.
         """
-        grad_t = self._zero_gradient()
-        for sl in self._chunks():
-            self._accumulate(grad_t, self._projected(sl), weights[sl], sl)
-        return self._finish_gradient(grad_t)
+        def work(share):
+            grad_t = self._zero_gradient()
+            for sl in share:
+                self._accumulate(grad_t, self._projected(sl), weights[sl], sl)
+            return grad_t
+
+        return self._finish_gradient(self._sum(self.backend.map_chunks(work, self._chunks())))
 
     # The gradient is accumulated transposed, ``grad.T += W.T @ P``: with ``P`` and ``W``
     # both C-ordered that product runs ~10% faster in OpenBLAS than ``P.T @ W``.
@@ -298,12 +311,20 @@ class LocalProblem:
             A half given in ``known_grams`` is returned as it was given
             (e.g. a :class:`~tnlearn.gram.GramMatrix`).
         """
-        acc = self._gram_accumulators()
         ro = self.backend.row_outer
-        for sl in self._chunks(self._local_rows(rows)):
-            x = ro(self.left[sl], self.phi_a[sl]) if acc[0] is not None else None
-            self._accumulate_grams(acc, x, sl)
-        return self._gram_result(acc)
+
+        def work(share):
+            acc = self._gram_accumulators()
+            for sl in share:
+                x = ro(self.left[sl], self.phi_a[sl]) if acc[0] is not None else None
+                self._accumulate_grams(acc, x, sl)
+            return acc
+
+        return self._gram_result(self._sum_grams(self.backend.map_chunks(work, self._chunks(self._local_rows(rows)))))
+
+    def _sum_grams(self, parts):
+        """The workers' Gram accumulators added half by half, in worker order."""
+        return [None if part is None else self._sum([p[k] for p in parts]) for k, part in enumerate(parts[0])]
 
     def _gram_accumulators(self):
         """Zeroed float64 accumulators for the Gram halves not known already (None for known ones)."""
@@ -345,7 +366,8 @@ class LocalProblem:
             The per-sample weights ``-dC/df``: a :class:`TargetResidual` (the
             fast path: contraction, residual and gradient operand in one
             compiled pass per chunk) or any ``residual(f_chunk (c, L), sl) ->
-            w_chunk (c, L)`` for the chunk ``sl``.
+            w_chunk (c, L)`` for the chunk ``sl`` (called from the host's worker
+            threads, several chunks at once: it must not keep state).
 
         Returns
         -------
@@ -363,27 +385,34 @@ class LocalProblem:
         ro = self.backend.row_outer
         fused = isinstance(residual, TargetResidual)
         f = xp.empty((self.n_samples, self.n_labels), dtype=self.dtype)
-        grad_t = self._zero_gradient()
-        acc = self._gram_accumulators() if with_grams else None
         gram_rows = self._local_rows(gram_rows)
         gram_end = self.n_samples if gram_rows is None else min(gram_rows, self.n_samples)
-        for sl in self._chunks():
-            gram_sl = slice(sl.start, min(sl.stop, gram_end)) if with_grams and sl.start < gram_end else None
-            # the left half L (x) phi_j is formed on its own only when its Gram is wanted
-            x = ro(self.left[sl], self.phi_a[sl]) if gram_sl is not None and acc[0] is not None else None
-            P = self._projected(sl) if x is None else ro(x, self.phi_b[sl])
-            if gram_sl is not None:
-                self._accumulate_grams(acc, None if x is None else x[: gram_sl.stop - sl.start], gram_sl)
-            if fused:
-                T = xp.matmul(P, Bs)
-                self.backend.row_residual_outer(
-                    T.reshape(P.shape[0], self.n_labels, self.Dr), self.right[sl], residual.targets[sl],
-                    self.scale[sl], residual.loss, f[sl],
-                )
-                grad_t += T.T @ P  # T now holds the gradient operand w (x) R
-            else:
-                f[sl] = self._forward_chunk(P, Bs, sl)
-                self._accumulate(grad_t, P, residual(f[sl], sl), sl)
+
+        def work(share):  # one worker's chunks: its own gradient and Gram sums
+            grad_t = self._zero_gradient()
+            acc = self._gram_accumulators() if with_grams else None
+            for sl in share:
+                gram_sl = slice(sl.start, min(sl.stop, gram_end)) if with_grams and sl.start < gram_end else None
+                # the left half L (x) phi_j is formed on its own only when its Gram is wanted
+                x = ro(self.left[sl], self.phi_a[sl]) if gram_sl is not None and acc[0] is not None else None
+                P = self._projected(sl) if x is None else ro(x, self.phi_b[sl])
+                if gram_sl is not None:
+                    self._accumulate_grams(acc, None if x is None else x[: gram_sl.stop - sl.start], gram_sl)
+                if fused:
+                    T = xp.matmul(P, Bs)
+                    self.backend.row_residual_outer(
+                        T.reshape(P.shape[0], self.n_labels, self.Dr), self.right[sl], residual.targets[sl],
+                        self.scale[sl], residual.loss, f[sl],
+                    )
+                    grad_t += T.T @ P  # T now holds the gradient operand w (x) R
+                else:
+                    f[sl] = self._forward_chunk(P, Bs, sl)
+                    self._accumulate(grad_t, P, residual(f[sl], sl), sl)
+            return grad_t, acc
+
+        parts = self.backend.map_chunks(work, self._chunks())
+        grad_t = self._sum([p[0] for p in parts])
+        acc = self._sum_grams([p[1] for p in parts]) if with_grams else None
         grad = self._finish_gradient(grad_t)
         if with_grams:
             return f, grad, self._gram_result(acc)

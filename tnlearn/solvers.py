@@ -92,7 +92,7 @@ def local_objective(problem, f, Bs, y, opts):
         network at every bond (sweeps compare it across bonds).
     """
     xp = problem.backend.xp
-    value = problem.reduce_sum(loss_value(f, y, opts.loss, xp))
+    value = problem.reduce_sum(problem.backend.loss_total(f, y, opts.loss))
     if opts.alpha:
         value = value + 0.5 * opts.alpha * problem.penalty_weight * xp.sum(Bs.astype(np.float64) ** 2)
     return value

@@ -261,10 +261,8 @@ class _Sweeper:
         target)`` are the outputs the bond with normaliser ``target`` sees.
         A 0-d device array, without the penalty (:meth:`penalty` adds it on the host).
         """
-        xp = self.head.backend.xp
-        if log_normaliser is not target:
-            f = f.astype(np.float64) * xp.exp(log_normaliser - target)[:, None]
-        value = loss_value(f, self.y.astype(np.float64), self.opts.solver.loss, xp)
+        log_scale = None if log_normaliser is target else log_normaliser - target
+        value = self.head.backend.loss_total(f, self.y, self.opts.solver.loss, log_scale)
         if self.shard is not None:
             value = self.shard.sum(value)
         return value
@@ -553,10 +551,13 @@ def center_outputs(head, envs, phi_sites, chunk_size=4096, normalized=False, sam
     n = left.shape[0]
     out = xp.empty((n, L), dtype=np.float64)
     mat = core.reshape(Dl * d, L * Dr)
-    for start in range(0, n, chunk_size):
-        sl = slice(start, start + chunk_size)
-        T = xp.matmul(be.row_outer(left[sl], phi_sites[c, sl]), mat)
-        out[sl] = be.row_contract(T.reshape(-1, L, Dr), right[sl])
+
+    def work(share):
+        for sl in share:
+            T = xp.matmul(be.row_outer(left[sl], phi_sites[c, sl]), mat)
+            out[sl] = be.row_contract(T.reshape(-1, L, Dr), right[sl])
+
+    be.map_chunks(work, [slice(start, start + chunk_size) for start in range(0, n, chunk_size)])
     if log_normaliser is None and sample_log_offset is not None:
         log_normaliser = sample_log_offset
     if normalized:

@@ -159,8 +159,13 @@ class MPSClassifier(TNClassifier):
         thin, ``(c x 2m)^T (c x 2m)``, and run far below the machine's peak).
         Smaller training sets use all their samples.
     chunk_size : int or "auto", default="auto"
-        Samples per matrix product (bounds temporary memory); ``"auto"``: 4096
-        on numpy, 65536 on cupy (fewer kernel launches per bond).
+        Samples per matrix product (bounds temporary memory). ``"auto"`` on
+        numpy: the samples whose bond temporaries (``max_bond * (d**2 +
+        n_classes)`` numbers each) fill one core's L2 cache, a power of two in
+        [256, 8192] (512 at m = 20 with 10 classes and a 1 MiB cache); the
+        host's cores each take their own chunks (:mod:`tnlearn.host_threads`;
+        ``OMP_NUM_THREADS=1`` runs them in order). On cupy: 65536 (fewer
+        kernel launches per bond).
     backend : {"numpy", "cupy"}, default="numpy"
     distributed : {None, "mpi"}, default=None
         ``"mpi"``: data-parallel training over the ranks of
@@ -424,8 +429,11 @@ class MPSClassifier(TNClassifier):
         eval_set = self._validate_eval_set(eval_set)
         rng = np.random.default_rng(self.random_state)
         backend = get_backend(self.backend)
-        chunk_size = resolve_chunk_size(self.chunk_size, backend)
         dtype = np.dtype(self.dtype)
+        # "auto": a chunk's bond temporaries, rows of (max_bond d^2) and of (n_classes max_bond), fill a core's cache
+        d = get_feature_map(self.feature_map).dim
+        chunk_size = resolve_chunk_size(self.chunk_size, backend,
+                                        row_bytes=self.max_bond * (d * d + len(classes)) * dtype.itemsize)
         comm = get_comm(self.distributed if comm is None else comm)
 
         if comm.size > 1:
@@ -492,6 +500,13 @@ class MPSClassifier(TNClassifier):
             truncation=self.truncation,
             normalize_samples=bool(self.sample_norm),
         )
+        with backend.host_threads():  # the passes over the samples share the host's cores
+            self._train(head, phi_sites, opts, eval_set, shard, comm, backend, Y, y_idx[order], val_data, stopper,
+                        on_sweep)
+        return self
+
+    def _train(self, head, phi_sites, opts, eval_set, shard, comm, backend, Y, y_train, val_data, stopper, on_sweep):
+        """The sweeps of :meth:`fit`, from the environments of the initial network to the kept one."""
         envs = build_environments(head, phi_sites, opts)
         eval_data = None
         if eval_set is not None:
@@ -503,8 +518,7 @@ class MPSClassifier(TNClassifier):
         self.validation_scores_ = [] if stopper is not None else None
 
         def one_sweep():
-            return self._run_one_sweep(head, envs, phi_sites, Y, y_idx[order], opts, eval_data, backend, shard,
-                                       val_data)
+            return self._run_one_sweep(head, envs, phi_sites, Y, y_train, opts, eval_data, backend, shard, val_data)
 
         def snapshot():
             return HeadSnapshot.of(head).restore_into(head)
@@ -525,7 +539,6 @@ class MPSClassifier(TNClassifier):
                     f"early stopping: the network of sweep {stopper.best_sweep} (best validation accuracy "
                     f"{stopper.best_score:.4f}) is kept; {len(self.history_)} sweeps were run"
                 )
-        return self
 
     def _run_one_sweep(self, head, envs, phi_sites, Y, y_idx, opts, eval_data, backend, shard=None,
                        val_data=None):

@@ -453,27 +453,34 @@ class MPSHead:
         -------
         ndarray, shape (n_samples, L), float64 (host)
         """
-        be = self.backend
-        xp = be.xp
         n = phi_sites.shape[1]
         out = np.empty((n, self.n_labels))
-        c = self.center
-        for start in range(0, n, chunk_size):
-            sl = slice(start, start + chunk_size)
-            m = phi_sites[0, sl].shape[0]
-            left = xp.ones((m, 1), dtype=phi_sites.dtype)
-            log_s = xp.zeros(m, dtype=np.float64)
-            for i in range(c):
-                left = left_step(left, phi_sites[i, sl], self.cores[i], be)
-                log_s = log_s + log_normalise_rows(left, xp)
-            right = xp.ones((m, 1), dtype=phi_sites.dtype)
-            for i in range(self.n_sites - 1, c, -1):
-                right = right_step(right, phi_sites[i, sl], self.cores[i], be)
-                log_s = log_s + log_normalise_rows(right, xp)
-            core = self.cores[c]
-            Dl, d, L, Dr = core.shape
-            T = xp.matmul(be.row_outer(left, phi_sites[c, sl]), core.reshape(Dl * d, L * Dr))
-            f = be.row_contract(T.reshape(m, L, Dr), right).astype(np.float64)
-            f *= np.exp(self.log_norm) if normalized else xp.exp(log_s + self.log_norm)[:, None]
-            out[sl] = be.asnumpy(f)
+
+        def work(share):
+            for sl in share:
+                out[sl] = self._chunk_outputs(phi_sites, sl, normalized)
+
+        self.backend.map_chunks(work, [slice(start, start + chunk_size) for start in range(0, n, chunk_size)])
         return out
+
+    def _chunk_outputs(self, phi_sites, sl, normalized):
+        """:meth:`decision_function` of the samples ``sl`` (host float64)."""
+        be = self.backend
+        xp = be.xp
+        c = self.center
+        m = phi_sites[0, sl].shape[0]
+        left = xp.ones((m, 1), dtype=phi_sites.dtype)
+        log_s = xp.zeros(m, dtype=np.float64)
+        for i in range(c):
+            left = left_step(left, phi_sites[i, sl], self.cores[i], be)
+            log_s = log_s + log_normalise_rows(left, xp)
+        right = xp.ones((m, 1), dtype=phi_sites.dtype)
+        for i in range(self.n_sites - 1, c, -1):
+            right = right_step(right, phi_sites[i, sl], self.cores[i], be)
+            log_s = log_s + log_normalise_rows(right, xp)
+        core = self.cores[c]
+        Dl, d, L, Dr = core.shape
+        T = xp.matmul(be.row_outer(left, phi_sites[c, sl]), core.reshape(Dl * d, L * Dr))
+        f = be.row_contract(T.reshape(m, L, Dr), right).astype(np.float64)
+        f *= np.exp(self.log_norm) if normalized else xp.exp(log_s + self.log_norm)[:, None]
+        return be.asnumpy(f)

@@ -1,0 +1,164 @@
+"""Passes over sample chunks shared by host worker threads (tnlearn.host_threads)."""
+
+import dataclasses
+import threading
+
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_limits
+
+from tnlearn.backend import get_backend, resolve_chunk_size
+from tnlearn.environments import EnvironmentCache
+from tnlearn.host_threads import ChunkWorkers, _parse_size, core_cache_bytes
+from tnlearn.local_problem import LocalProblem, TargetResidual
+
+
+def _backend(n_workers):
+    return dataclasses.replace(get_backend("numpy"), workers=ChunkWorkers(n_workers))
+
+
+def test_each_worker_takes_every_nth_chunk_in_its_own_thread():
+    slices = [slice(i, i + 1) for i in range(7)]
+    seen = []
+    together = threading.Barrier(3, timeout=10)  # passes only if the three shares run at the same time
+
+    def work(share):
+        seen.append(threading.get_ident())
+        together.wait()
+        return [s.start for s in share]
+
+    workers = ChunkWorkers(3)
+    assert workers.map(lambda share: len(share), slices) == [7]  # outside a session: in order, in this thread
+    with workers.session() as n:
+        parts = workers.map(work, slices)
+    assert n == 3 and parts == [[0, 3, 6], [1, 4], [2, 5]]
+    assert len(set(seen)) == 3 and threading.get_ident() not in seen
+    one = ChunkWorkers(3)
+    with one.session():
+        assert one.map(lambda share: (threading.get_ident(), share), slices[:1]) == [(threading.get_ident(),
+                                                                                      slices[:1])]
+    assert one._pool is None  # one chunk: this thread, no pool
+
+
+def test_a_session_holds_blas_at_one_thread_and_follows_its_limit():
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+    before = blas_threads()
+    with ChunkWorkers(2).session():
+        assert set(blas_threads()) == {1}  # each worker runs its chunk's products on its own core
+        with ChunkWorkers(2).session():  # a nested session is the outer one
+            pass
+        assert set(blas_threads()) == {1}
+    assert blas_threads() == before
+    threads = []
+    with threadpool_limits(1, user_api="blas"):
+        workers = ChunkWorkers()
+        with workers.session() as n:
+            parts = workers.map(lambda share: threads.append(threading.get_ident()) or len(share),
+                                [slice(i, i + 1) for i in range(5)])
+    assert n == 1 and parts == [5] and threads == [threading.get_ident()]
+
+
+def test_a_worker_that_raises_stops_the_pass_after_every_worker_has_finished():
+    finished = []
+
+    def work(share):
+        if share[0].start == 0:
+            raise ValueError("chunk 0 failed")
+        threading.Event().wait(0.2)
+        finished.append(share[0].start)
+
+    workers = ChunkWorkers(2)
+    with pytest.raises(ValueError, match="chunk 0 failed"), workers.session():
+        workers.map(work, [slice(0, 1), slice(1, 2)])
+    assert finished == [1]  # the other worker was waited for, not left running
+
+
+def _problem(rng, backend, n=203, Dl=5, Dr=4, d=2, L=3, chunk=16, normalize=False):
+    left, right = rng.standard_normal((n, Dl)), rng.standard_normal((n, Dr))
+    phi_a, phi_b = rng.random((n, d)), rng.random((n, d))
+    logs = rng.standard_normal(n)
+    return LocalProblem(left, logs, phi_a, phi_b, right, -logs / 3, L, backend, chunk_size=chunk,
+                        normalize_samples=normalize)
+
+
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
+def test_a_pass_shared_by_workers_equals_the_serial_pass(loss):
+    """Outputs to the bit (each row is computed by one worker); sums (gradient, Grams) to rounding, the
+    same bits every time with the same number of workers."""
+    rng = np.random.default_rng(0)
+    serial, shared = _problem(rng, _backend(1)), _problem(np.random.default_rng(0), _backend(3))
+    Bs = rng.standard_normal(serial.shape)
+    Y = np.eye(3)[rng.integers(0, 3, serial.n_samples)]
+    w = rng.standard_normal((serial.n_samples, 3))
+    res = TargetResidual(loss, Y)
+
+    def passes(problem):
+        return (problem.forward_and_gradient(Bs, res, with_grams=True, gram_rows=70), problem.forward(Bs, rows=100),
+                problem.gradient(w), problem.grams(rows=70))
+
+    (f1, g1, grams1), fw1, gw1, gr1 = passes(serial)
+    with shared.backend.host_threads() as n_workers:
+        (f3, g3, grams3), fw3, gw3, gr3 = passes(shared)
+        again = shared.forward_and_gradient(Bs, res, with_grams=True, gram_rows=70)
+    assert n_workers == 3
+    np.testing.assert_array_equal(f1, f3)
+    np.testing.assert_array_equal(fw1, fw3)
+    for a, b in [(g1, g3), (gw1, gw3), *zip(grams1, grams3), *zip(gr1, gr3)]:
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12 * np.abs(a).max())
+    assert not np.array_equal(g1, g3) or not np.array_equal(grams1[0], grams3[0])  # the sums were really split
+    np.testing.assert_array_equal(again[1], g3)  # the same bits with the same number of workers
+    for a, b in zip(grams3, again[2]):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_environment_updates_shared_by_workers_equal_the_serial_ones():
+    rng = np.random.default_rng(1)
+    phi = rng.random((100, 2))
+    core = rng.standard_normal((3, 2, 4))
+    caches = []
+    for n_workers in (1, 2):
+        envs = EnvironmentCache(3, 100, 4, np.float64, _backend(n_workers), chunk_size=7)
+        envs.data[1, :, :3] = rng.standard_normal((100, 3)) if not caches else caches[0].data[1, :, :3]
+        envs.dims[1] = 3
+        with envs.backend.host_threads():
+            envs.advance_left(1, phi, core)
+        caches.append(envs)
+    np.testing.assert_array_equal(caches[0].data[2], caches[1].data[2])
+    np.testing.assert_array_equal(caches[0].log_norm[2], caches[1].log_norm[2])
+
+
+def test_a_fit_on_two_workers_is_the_serial_fit_to_rounding(monkeypatch, tiny_problem):
+    import tnlearn.models.mps_classifier as module
+    from tnlearn import MPSClassifier
+
+    X, y = tiny_problem
+    fits = {}
+    for n_workers in (1, 2):
+        monkeypatch.setattr(module, "get_backend", lambda name, n=n_workers: _backend(n))
+        clf = MPSClassifier(max_bond=4, n_sweeps=2, chunk_size=16, dtype="float64", random_state=0).fit(X, y)
+        fits[n_workers] = clf
+    losses = [[r.loss for r in fits[n].history_.records] for n in (1, 2)]
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-9)
+    np.testing.assert_array_equal(fits[1].predict(X), fits[2].predict(X))
+    np.testing.assert_allclose(fits[2].decision_function(X), fits[1].decision_function(X), rtol=1e-7, atol=1e-9)
+
+
+def test_auto_chunk_fills_the_core_cache_with_the_bond_temporaries():
+    numpy_backend = dataclasses.replace(get_backend("numpy"), chunk_bytes=1 << 20)
+    row = 20 * (2 * 2 + 10) * 4  # max_bond 20, d = 2, 10 classes, float32: 1,120 bytes
+    assert resolve_chunk_size("auto", numpy_backend, row_bytes=row) == 512  # 936 rows -> a power of two below
+    assert resolve_chunk_size("auto", numpy_backend, row_bytes=1) == 8192
+    assert resolve_chunk_size("auto", numpy_backend, row_bytes=1 << 30) == 256
+    assert resolve_chunk_size(100, numpy_backend, row_bytes=row) == 100  # an explicit size is kept
+    assert resolve_chunk_size("auto", numpy_backend) == numpy_backend.default_chunk_size  # shapes unknown
+    gpu_like = dataclasses.replace(numpy_backend, chunk_bytes=None, default_chunk_size=65536)
+    assert resolve_chunk_size("auto", gpu_like, row_bytes=row) == 65536
+
+
+def test_core_cache_size_is_read_in_the_kernel_s_units():
+    assert _parse_size("1024K\n") == 1 << 20 and _parse_size("2M") == 2 << 20 and _parse_size("512") == 512
+    assert core_cache_bytes() >= 1 << 10
