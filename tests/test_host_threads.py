@@ -147,10 +147,10 @@ def test_a_fit_on_two_workers_is_the_serial_fit_to_rounding(monkeypatch, tiny_pr
     np.testing.assert_allclose(fits[2].decision_function(X), fits[1].decision_function(X), rtol=1e-7, atol=1e-9)
 
 
-def test_auto_chunk_fills_the_core_cache_with_the_bond_temporaries():
+def test_auto_chunk_fills_twice_the_core_cache_with_the_bond_temporaries():
     numpy_backend = dataclasses.replace(get_backend("numpy"), chunk_bytes=1 << 20)
     row = 20 * (2 * 2 + 10) * 4  # max_bond 20, d = 2, 10 classes, float32: 1,120 bytes
-    assert resolve_chunk_size("auto", numpy_backend, row_bytes=row) == 512  # 936 rows -> a power of two below
+    assert resolve_chunk_size("auto", numpy_backend, row_bytes=row) == 1024  # 1,872 rows -> a power of two below
     assert resolve_chunk_size("auto", numpy_backend, row_bytes=1) == 8192
     assert resolve_chunk_size("auto", numpy_backend, row_bytes=1 << 30) == 256
     assert resolve_chunk_size(100, numpy_backend, row_bytes=row) == 100  # an explicit size is kept

@@ -4,7 +4,7 @@ A pass over the samples (a bond's forward and gradient products, the line
 search's forward product, an environment update) is a loop over independent
 chunks of samples.  BLAS alone parallelises each chunk's matrix products over
 the cores, but the per-sample kernels between them run on one core, the
-products' small shapes (``(512, 80) @ (80, 200)`` at max bond 20) split poorly,
+products' small shapes (``(1024, 80) @ (80, 200)`` at max bond 20) split poorly,
 and BLAS's threads spin between products on the cores the kernels need.  In a
 :meth:`ChunkWorkers.session` (an MPS fit, a benchmark's sweeps) BLAS runs one
 thread, and each of ``n`` worker threads takes every ``n``-th chunk of a pass

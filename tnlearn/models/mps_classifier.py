@@ -161,8 +161,9 @@ class MPSClassifier(TNClassifier):
     chunk_size : int or "auto", default="auto"
         Samples per matrix product (bounds temporary memory). ``"auto"`` on
         numpy: the samples whose bond temporaries (``max_bond * (d**2 +
-        n_classes)`` numbers each) fill one core's L2 cache, a power of two in
-        [256, 8192] (512 at m = 20 with 10 classes and a 1 MiB cache); the
+        n_classes)`` numbers each) fill twice one core's L2 cache, a power of
+        two in [256, 8192] (1,024 at m = 20 with 10 classes and a 1 MiB cache,
+        see :func:`tnlearn.backend.resolve_chunk_size`); the
         host's cores each take their own chunks (:mod:`tnlearn.host_threads`;
         ``OMP_NUM_THREADS=1`` runs them in order). On cupy: 65536 (fewer
         kernel launches per bond).
