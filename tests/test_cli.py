@@ -291,10 +291,12 @@ def test_a_new_run_never_pairs_with_an_old_runs_model(tmp_path, monkeypatch, cap
     assert_one_line_error(capsys, main(["train", *RESUMABLE, "--sweeps", "1", "--out", str(only_interrupted)]),
                           "already holds a trained run (interrupted.npz)")
     assert (only_interrupted / "interrupted.npz").read_bytes() == before
-    for refused in (["--cutoff", "-1"], ["--damping", "-1"], ["--validation-fraction", "1.5"]):
-        # a value the estimator refuses fails before --overwrite removes anything
+    for refused, says in ((["--cutoff", "-1"], "cutoff"), (["--damping", "-1"], "damping"),
+                          (["--validation-fraction", "1.5"], "validation_fraction"),
+                          (["--solver", "cg", "--loss", "cross_entropy"], "solver='cg' minimises the squared loss")):
+        # a value or combination the estimator refuses fails before --overwrite removes anything
         assert_one_line_error(capsys, main(["train", *RESUMABLE, "--sweeps", "1", "--out", str(out), "--overwrite",
-                                            *refused]), refused[0][2:].replace("-", "_"))
+                                            *refused]), says)
         assert (out / "model.npz").read_bytes() == before and (out / "history.json").exists()
         assert json.loads((out / "run.json").read_text())["options"]["cutoff"] != -1
 

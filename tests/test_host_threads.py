@@ -47,18 +47,22 @@ def test_a_session_holds_blas_at_one_thread_and_follows_its_limit():
         return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
 
     before = blas_threads()
-    with ChunkWorkers(2).session():
+    workers = ChunkWorkers(2)
+    with workers.session() as outer:
         assert set(blas_threads()) == {1}  # each worker runs its chunk's products on its own core
-        with ChunkWorkers(2).session():  # a nested session is the outer one
-            pass
-        assert set(blas_threads()) == {1}
+        with workers.session() as inner:  # a nested session of the same workers is the outer one
+            assert inner == outer == 2 and workers.active == 2
+        assert workers.active == 2 and set(blas_threads()) == {1}
+        assert workers.map(lambda share: len(share), [slice(i, i + 1) for i in range(4)]) == [2, 2]
+        pool = workers._pool
     assert blas_threads() == before
+    assert workers.active == 1 and workers._pool is None and pool._shutdown  # the threads end with the session
     threads = []
     with threadpool_limits(1, user_api="blas"):
-        workers = ChunkWorkers()
-        with workers.session() as n:
-            parts = workers.map(lambda share: threads.append(threading.get_ident()) or len(share),
-                                [slice(i, i + 1) for i in range(5)])
+        serial = ChunkWorkers()
+        with serial.session() as n:
+            parts = serial.map(lambda share: threads.append(threading.get_ident()) or len(share),
+                               [slice(i, i + 1) for i in range(5)])
     assert n == 1 and parts == [5] and threads == [threading.get_ident()]
 
 
@@ -145,6 +149,29 @@ def test_a_fit_on_two_workers_is_the_serial_fit_to_rounding(monkeypatch, tiny_pr
     np.testing.assert_allclose(losses[1], losses[0], rtol=1e-9)
     np.testing.assert_array_equal(fits[1].predict(X), fits[2].predict(X))
     np.testing.assert_allclose(fits[2].decision_function(X), fits[1].decision_function(X), rtol=1e-7, atol=1e-9)
+
+
+def test_a_continued_fit_shares_its_passes_and_matches_one_fit_bit_for_bit(monkeypatch, tiny_problem):
+    """warm_start runs on the fitted head's backend: its passes are shared as the first fit's were, so
+    2 + 1 sweeps give the same network as 3 (each chunk's sums in the same worker, the same order)."""
+    import tnlearn.models.mps_classifier as module
+    from tnlearn import MPSClassifier
+
+    monkeypatch.setattr(module, "get_backend", lambda name: _backend(2))
+    X, y = tiny_problem
+    kw = dict(max_bond=4, chunk_size=16, dtype="float64", random_state=0)
+    active = []
+
+    def record(model):
+        active.append(model.head_.backend.workers.active)
+
+    once = MPSClassifier(n_sweeps=3, **kw).fit(X, y)
+    twice = MPSClassifier(n_sweeps=2, warm_start=True, **kw).fit(X, y)
+    twice.set_params(n_sweeps=1).fit(X, y, on_sweep=record)
+    assert active == [2]  # the continued fit's sweep ran in a session of its head's workers
+    assert [r.loss for r in twice.history_.records] == [r.loss for r in once.history_.records]
+    for a, b in zip(once.head_.cores, twice.head_.cores):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_auto_chunk_fills_twice_the_core_cache_with_the_bond_temporaries():

@@ -135,12 +135,20 @@ def test_loss_sum_is_the_float64_loss_of_the_rescaled_outputs(rng, loss, dtype):
     expected = 0.5 * np.sum((z - y) ** 2) if loss == "mse" else -np.sum(y * log_softmax(z, axis=1))
     assert _kernels.loss_sum(f, y, loss, log_scale) == pytest.approx(expected, rel=1e-12)
     assert _kernels.loss_sum(f, y, loss) == pytest.approx(_kernels.loss_sum(f, y, loss, np.zeros(301)), rel=1e-15)
-    backend = get_backend("numpy")
-    with backend.host_threads():  # chunks shared among the host threads: the same sum to rounding
+    import dataclasses
+
+    from tnlearn.host_threads import ChunkWorkers
+
+    backend = dataclasses.replace(get_backend("numpy"), workers=ChunkWorkers(3))
+    with backend.host_threads() as n_workers:  # chunks shared among three threads: the same sum to rounding
         total = backend.loss_total(f, y, loss, log_scale, chunk_size=32)
-    assert total == pytest.approx(expected, rel=1e-12)
+    assert n_workers == 3 and total == pytest.approx(expected, rel=1e-12)
     with pytest.raises(ValueError, match="'hinge'"):
         _kernels.loss_sum(f, y, "hinge")
+    with pytest.raises(ValueError, match=r"targets of shape \(300, 5\)"):
+        _kernels.loss_sum(f, y[:300], loss)
+    with pytest.raises(ValueError, match="one per sample"):
+        _kernels.loss_sum(f, y, loss, log_scale[:5])
 
 
 def test_a_sweep_on_the_array_module_kernels_matches_the_compiled_backend(rng):

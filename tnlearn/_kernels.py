@@ -283,7 +283,7 @@ def loss_sum(f, y, loss, log_scale=None):
     f : array, shape (n, L)
         Outputs (any float dtype; each is taken to float64 first).
     y : array, shape (n, L)
-        Targets (one-hot for cross-entropy).
+        Targets (one-hot for a classifier; any weights are summed as given).
     loss : {"mse", "cross_entropy"}
         ``0.5 * sum (f - y)**2`` or ``-sum y * log_softmax(f)``.
     log_scale : array, shape (n,), optional
@@ -293,8 +293,18 @@ def loss_sum(f, y, loss, log_scale=None):
     Returns
     -------
     numpy.float64
+
+    Raises
+    ------
+    ValueError
+        For an unknown loss, or ``y`` / ``log_scale`` not of ``f``'s shape /
+        length (the compiled loop does not check its bounds).
     """
     check_fused_loss(loss)
+    if f.ndim != 2 or y.shape != f.shape:
+        raise ValueError(f"loss_sum: outputs of shape {f.shape} and targets of shape {y.shape} must be (n, L) alike")
     scaled = log_scale is not None
+    if scaled and log_scale.shape != (f.shape[0],):
+        raise ValueError(f"loss_sum: log_scale of shape {log_scale.shape} must be ({f.shape[0]},), one per sample")
     return np.float64(_loss_sum(f, y, log_scale if scaled else np.zeros(1), scaled, loss == "cross_entropy"))
 

@@ -47,7 +47,8 @@ class Backend:
         the outputs ``f = scale * (t . r)`` into ``f_out``, then ``t`` overwritten by
         ``scale * residual(f) (x) r`` (see :func:`tnlearn._kernels.row_residual_outer`).
     loss_sum : callable
-        ``loss_sum(f (n, L), y (n, L), loss, log_scale=None (n,)) -> 0-d float64``:
+        ``loss_sum(f (n, L), y (n, L), loss, log_scale=None (n,)) -> float64``
+        (a numpy scalar, or a 0-d device array):
         the summed loss of the outputs (each row scaled by ``exp(log_scale)``
         first), in float64 (see :func:`tnlearn._kernels.loss_sum`);
         :meth:`loss_total` shares it among the host threads.
@@ -101,7 +102,7 @@ class Backend:
         return self.workers.map(work, slices)
 
     def loss_total(self, f, y, loss, log_scale=None, chunk_size=16384):
-        """:attr:`loss_sum` of all rows, the chunks shared among the host threads (0-d float64).
+        """:attr:`loss_sum` of all rows, the chunks shared among the host threads (float64 scalar or 0-d array).
 
         Partial sums are added in chunk-share order: the same bits for the same number of threads.
         """

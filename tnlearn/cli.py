@@ -460,8 +460,14 @@ def cmd_train(args):
             print(f"resuming {out} after sweep {done}, up to {args.sweeps} sweeps", flush=True)
     else:
         clf = _new_model(args, ds, verbose)
-        # a value the estimator refuses (--cutoff -1) fails here, before --overwrite removes the old run
-        clf._validate_hyperparameters()
+        # a value or combination the estimator refuses (--cutoff -1, --solver cg --loss cross_entropy) fails
+        # here, before --overwrite removes the old run: the fit's own checks, run before the fit
+        from tnlearn.models import ConvMPSClassifier
+
+        if isinstance(clf, ConvMPSClassifier):  # its checks need the image size
+            clf._check_params(X_train.shape[1])
+        else:
+            clf._check_params()
 
     options = {k: v for k, v in vars(args).items() if k not in ("func", "resume", "given_options")}
     options["data_dir"] = args.data_dir and os.path.abspath(args.data_dir)  # evaluate from any cwd

@@ -15,10 +15,10 @@ Measured figures are in ``benchmarks/README.md`` (``bench_sweep.py``).
 ``n`` is the number of threads BLAS would use when the session starts
 (threadpoolctl reads it), so ``OMP_NUM_THREADS=1``, ``OPENBLAS_NUM_THREADS=1``
 or a surrounding ``threadpoolctl.threadpool_limits(1)`` run every pass
-serially, exactly as before.  Sums over the samples (gradients, Gram matrices)
+serially, in sample order.  Sums over the samples (gradients, Gram matrices)
 are accumulated per worker and added in worker order: with the same number of
-workers a pass gives the same bits every time; with another number, the same
-sums to rounding.
+workers (and chunk size) a fit gives the same bits every time; with another
+number, the same results to rounding.
 """
 
 from __future__ import annotations
@@ -82,7 +82,6 @@ class ChunkWorkers:
         self.fixed = None if n_workers is None else int(n_workers)
         self.active = 1  # workers of the session in progress (1: no session)
         self._pool = None
-        self._pool_size = 0
 
     def _session_workers(self, blas):
         if self.fixed is not None:
@@ -97,7 +96,10 @@ class ChunkWorkers:
     def session(self):
         """Share the chunks of every pass run inside among the workers; BLAS at one thread meanwhile.
 
-        Nested sessions are the outer one.  Yields the number of workers.
+        A session of this object inside another is the outer one.  A session of
+        another object inside this one (a second fit started from a callback of
+        the first) sees BLAS at one thread and runs its passes in order.  The
+        worker threads end with the session.  Yields the number of workers.
         """
         if self.active > 1:
             yield self.active
@@ -115,6 +117,9 @@ class ChunkWorkers:
                 yield n
             finally:
                 self.active = 1
+                if self._pool is not None:
+                    self._pool.shutdown(wait=True)  # idle by now: every pass waited for its workers
+                    self._pool = None
 
     def map(self, work, slices):
         """Split ``slices`` among the session's workers and run ``work`` on each share.
@@ -138,11 +143,8 @@ class ChunkWorkers:
         n = min(self.active, len(slices))
         if n <= 1:
             return [work(slices)]
-        if self._pool is None or self._pool_size < n:
-            if self._pool is not None:
-                self._pool.shutdown(wait=False)
-            self._pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="tnlearn-chunks")
-            self._pool_size = n
+        if self._pool is None:  # one pool per session, as many threads as the session's workers
+            self._pool = ThreadPoolExecutor(max_workers=self.active, thread_name_prefix="tnlearn-chunks")
         futures = [self._pool.submit(work, slices[k::n]) for k in range(n)]
         try:
             return [f.result() for f in futures]

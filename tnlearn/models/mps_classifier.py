@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 
 import numpy as np
 
@@ -163,7 +164,8 @@ class MPSClassifier(TNClassifier):
         numpy: the samples whose bond temporaries (``max_bond * (d**2 +
         n_classes)`` numbers each) fill twice one core's L2 cache, a power of
         two in [256, 8192] (1,024 at m = 20 with 10 classes and a 1 MiB cache,
-        see :func:`tnlearn.backend.resolve_chunk_size`); the
+        see :func:`tnlearn.backend.resolve_chunk_size`), and 4096 for
+        prediction; the
         host's cores each take their own chunks (:mod:`tnlearn.host_threads`;
         ``OMP_NUM_THREADS=1`` runs them in order). On cupy: 65536 (fewer
         kernel launches per bond).
@@ -501,7 +503,9 @@ class MPSClassifier(TNClassifier):
             truncation=self.truncation,
             normalize_samples=bool(self.sample_norm),
         )
-        with backend.host_threads():  # the passes over the samples share the host's cores
+        # the passes over the samples share the host's cores; they run on the head's backend (a continued
+        # fit's head keeps the one of the fit that made it)
+        with head.backend.host_threads():
             self._train(head, phi_sites, opts, eval_set, shard, comm, backend, Y, y_idx[order], val_data, stopper,
                         on_sweep)
         return self
@@ -633,7 +637,9 @@ class MPSClassifier(TNClassifier):
     def _outputs(self, X, normalized):
         backend = self.head_.backend
         phi = self._embed(X, backend, "clip")
-        return self.head_.decision_function(phi, resolve_chunk_size(self.chunk_size, backend), normalized=normalized)
+        chunk_size = resolve_chunk_size(self.chunk_size, backend)
+        with backend.host_threads() if len(X) > chunk_size else nullcontext():  # chunks shared by the cores
+            return self.head_.decision_function(phi, chunk_size, normalized=normalized)
 
     def outputs(self, X, normalized=False):
         """The network's outputs ``f^l(x)`` for every label value ``l``.
