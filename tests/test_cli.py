@@ -289,7 +289,10 @@ def test_a_new_run_never_pairs_with_an_old_runs_model(tmp_path, monkeypatch, cap
     only_interrupted.mkdir()
     (only_interrupted / "interrupted.npz").write_bytes(before)
     assert_one_line_error(capsys, main(["train", *RESUMABLE, "--sweeps", "1", "--out", str(only_interrupted)]),
-                          "already holds a trained run (interrupted.npz)")
+                          "already holds a trained run (interrupted.npz)", "--overwrite")
+    capsys.readouterr()
+    main(["train", *RESUMABLE, "--sweeps", "1", "--out", str(only_interrupted)])
+    assert "--resume" not in capsys.readouterr().err  # no finished sweep: nothing --resume could continue
     assert (only_interrupted / "interrupted.npz").read_bytes() == before
     for refused, says in ((["--cutoff", "-1"], "cutoff"), (["--damping", "-1"], "damping"),
                           (["--validation-fraction", "1.5"], "validation_fraction"),
@@ -308,6 +311,16 @@ def test_a_new_run_never_pairs_with_an_old_runs_model(tmp_path, monkeypatch, cap
 
     from tnlearn import MPSClassifier
 
+    def ctrl_c_in_the_first_sweep(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    stopped = tmp_path / "ctrl-c-in-the-first-sweep"
+    monkeypatch.setattr(MPSClassifier, "fit", ctrl_c_in_the_first_sweep)
+    assert main(["train", *RESUMABLE, "--sweeps", "1", "--out", str(stopped)]) == 130
+    err = capsys.readouterr().err
+    assert "nothing to resume" in err and "--overwrite" in err and "--resume" not in err
+    monkeypatch.undo()
+    assert main(["train", *RESUMABLE, "--sweeps", "1", "--out", str(stopped), "--overwrite"]) == 0  # the advice works
     monkeypatch.setattr(MPSClassifier, "fit", killed_in_fit)  # the new run dies before its first sweep
     with pytest.raises(Killed):
         main(["train", *RESUMABLE, "--bond-dim", "3", "--sweeps", "1", "--out", str(out), "--overwrite"])

@@ -424,7 +424,8 @@ def cmd_train(args):
         raise ValueError(f"--out {out} exists and is not a directory")
     held = [name for name in RUN_MODELS if (out / name).exists()]
     if not args.resume and held and not args.overwrite:
-        resumable = getattr(args, "model", "mps") in RESUMABLE
+        # only a finished sweep's checkpoint (model.npz) can be continued
+        resumable = getattr(args, "model", "mps") in RESUMABLE and "model.npz" in held
         how = f"continue it with `--resume {out}`, replace it" if resumable else "replace it"
         raise ValueError(f"--out {out} already holds a trained run ({', '.join(held)}): {how} with --overwrite, "
                          "or choose another directory")
@@ -515,7 +516,11 @@ def cmd_train(args):
         if clf.saves_mid_sweep and hasattr(clf, "head_"):  # the bond in progress was finished
             save_model(clf, out / "interrupted.npz")
             saved = f"; the network as it was mid-sweep (label on site {clf.head_.center}) is in {out}/interrupted.npz"
-        if getattr(args, "model", "mps") in RESUMABLE:
+        if not (out / "model.npz").exists():  # no sweep finished: there is nothing --resume could continue
+            how = (f"no sweep finished, so there is nothing to resume: run the same command again with --overwrite "
+                   f"(`tnlearn evaluate {out}/interrupted.npz` scores the mid-sweep network)" if saved else
+                   "no sweep finished, so there is nothing to resume: run the same command again with --overwrite")
+        elif getattr(args, "model", "mps") in RESUMABLE:
             how = f"continue with `tnlearn train --resume {out} --sweeps {args.sweeps}`"
         else:
             how = f"--resume continues --model {' / '.join(RESUMABLE)} runs only; run the {args.model} training again"
@@ -532,6 +537,7 @@ def cmd_train(args):
     kept = getattr(clf, "best_sweep_", None) or len(clf.history_)
     if saved["sweeps"] != len(clf.history_) or kept != len(clf.history_):
         save_run(clf)  # the fitted network is not the last checkpoint's (early stopping, a rolled-back sweep)
+    (out / "interrupted.npz").unlink(missing_ok=True)  # an earlier interruption's mid-sweep network: superseded
     last = clf.history_[kept - 1]
     run.update({"status": "finished", "final_train_accuracy": last.train_accuracy,
                 "final_test_accuracy": last.test_accuracy, "kept_sweep": kept, "fit_seconds": fit_seconds})
