@@ -174,6 +174,26 @@ def test_a_continued_fit_shares_its_passes_and_matches_one_fit_bit_for_bit(monke
         np.testing.assert_array_equal(a, b)
 
 
+def test_the_pca_start_shared_by_workers_is_the_serial_start_to_rounding():
+    """Density matrices and the read-out's sums split among workers: the same initial model (its outputs;
+    eigenvector signs may differ, the least-squares read-out absorbs them)."""
+    from tnlearn.embeddings import embed
+    from tnlearn.stages.mps import MPSHead, pca_init_cores
+
+    rng = np.random.default_rng(3)
+    X = rng.random((150, 7))
+    Y = np.eye(3)[rng.integers(0, 3, 150)]
+    phi = np.ascontiguousarray(embed(X, "trig").transpose(1, 0, 2))
+    outputs = []
+    for n_workers in (1, 3):
+        backend = _backend(n_workers)
+        with backend.host_threads() as active:
+            cores, log_norm = pca_init_cores(phi, 3, 4, np.random.default_rng(0), backend, chunk_size=16, targets=Y)
+        assert active == n_workers
+        outputs.append(MPSHead(cores, 0, log_norm, backend).decision_function(phi))
+    np.testing.assert_allclose(outputs[1], outputs[0], rtol=1e-9, atol=1e-12)
+
+
 def test_auto_chunk_fills_twice_the_core_cache_with_the_bond_temporaries():
     numpy_backend = dataclasses.replace(get_backend("numpy"), chunk_bytes=1 << 20)
     row = 20 * (2 * 2 + 10) * 4  # max_bond 20, d = 2, 10 classes, float32: 1,120 bytes

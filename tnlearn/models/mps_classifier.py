@@ -465,9 +465,10 @@ class MPSClassifier(TNClassifier):
             if head.center != 0:
                 raise RuntimeError("warm_start needs the label on site 0 (a finished sweep)")
         elif self.init == "pca":
-            cores, log_norm = pca_init_cores(
-                phi_sites, len(classes), self.max_bond, rng, backend, chunk_size, shard=shard, targets=Y
-            )
+            with backend.host_threads():  # its passes over the samples share the host's cores too
+                cores, log_norm = pca_init_cores(
+                    phi_sites, len(classes), self.max_bond, rng, backend, chunk_size, shard=shard, targets=Y
+                )
             head = MPSHead(cores, 0, log_norm, backend)
         else:
             fmap = get_feature_map(self.feature_map)

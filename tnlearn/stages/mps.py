@@ -122,17 +122,27 @@ def pca_init_cores(
     right = xp.ones((n, 1), dtype=dtype)
     log_capture = xp.zeros(n, dtype=np.float64)
     cores = [None] * n_sites
+    slices = [slice(start, start + chunk_size) for start in range(0, n, chunk_size)]
     for j in range(n_sites - 1, 0, -1):
         width = d * right.shape[1]
-        rho = xp.zeros((width, width), dtype=np.float64)
         top = log_capture.max() if shard is None else shard.max(log_capture.max())
         weight = xp.exp(-balance * (log_capture - top)).astype(dtype)
         weight = xp.minimum(weight, max_weight)
-        blocks = []  # phi_j (x) R_{j+1} per chunk, kept for the new environments below (n x d D_{j+1} values)
-        for start in range(0, n, chunk_size):
-            M = backend.row_outer(phi_sites[j, start : start + chunk_size], right[start : start + chunk_size])
-            rho += (M.T @ (M * weight[start : start + chunk_size, None])).astype(np.float64)
-            blocks.append(M)
+
+        def density(share, j=j, right=right, weight=weight):  # one worker's chunks: its rho and its blocks
+            rho = xp.zeros((width, width), dtype=np.float64)
+            blocks = {}  # phi_j (x) R_{j+1} per chunk, kept for the new environments below
+            for sl in share:
+                M = backend.row_outer(phi_sites[j, sl], right[sl])
+                rho += (M.T @ (M * weight[sl, None])).astype(np.float64)
+                blocks[sl.start] = M
+            return rho, blocks
+
+        parts = backend.map_chunks(density, slices)
+        rho = parts[0][0]
+        for part in parts[1:]:  # added in worker order: the same bits for the same number of workers
+            rho += part[0]
+        blocks = {start: M for part in parts for start, M in part[1].items()}
         if shard is not None:
             rho = shard.sum(rho)
         evals, evecs = np.linalg.eigh(backend.asnumpy(rho))
@@ -144,9 +154,13 @@ def pca_init_cores(
         cores[j] = backend.asarray(np.ascontiguousarray(V.T).reshape(k, d, right.shape[1]))
         Vb = backend.asarray(V)
         new_right = xp.empty((n, k), dtype=dtype)
-        for start, M in zip(range(0, n, chunk_size), blocks):
-            new_right[start : start + chunk_size] = M @ Vb
-        del blocks
+
+        def project(share, blocks=blocks, Vb=Vb, new_right=new_right):
+            for sl in share:
+                new_right[sl] = blocks[sl.start] @ Vb
+
+        backend.map_chunks(project, slices)
+        del blocks, parts
         log_capture += log_normalise_rows(new_right, xp)
         right = new_right
     if targets is None:
@@ -190,13 +204,21 @@ def least_squares_readout(phi_0, right, targets, backend, chunk_size=4096, shard
     n, d = phi_0.shape
     D, L = right.shape[1], targets.shape[1]
     xp = backend.xp
-    gram = xp.zeros((d * D, d * D), dtype=np.float64)
-    cross = xp.zeros((d * D, L), dtype=np.float64)
-    for start in range(0, n, chunk_size):
-        sl = slice(start, start + chunk_size)
-        X = backend.row_outer(phi_0[sl], right[sl]).astype(np.float64)
-        gram += X.T @ X
-        cross += X.T @ targets[sl].astype(np.float64)
+
+    def sums(share):  # one worker's chunks
+        gram = xp.zeros((d * D, d * D), dtype=np.float64)
+        cross = xp.zeros((d * D, L), dtype=np.float64)
+        for sl in share:
+            X = backend.row_outer(phi_0[sl], right[sl]).astype(np.float64)
+            gram += X.T @ X
+            cross += X.T @ targets[sl].astype(np.float64)
+        return gram, cross
+
+    parts = backend.map_chunks(sums, [slice(start, start + chunk_size) for start in range(0, n, chunk_size)])
+    gram, cross = parts[0]
+    for g, c in parts[1:]:  # in worker order
+        gram += g
+        cross += c
     if shard is not None:
         gram, cross = shard.sum(gram), shard.sum(cross)
     w, V = np.linalg.eigh(backend.asnumpy(gram))
