@@ -209,3 +209,23 @@ def test_auto_chunk_fills_twice_the_core_cache_with_the_bond_temporaries():
 def test_core_cache_size_is_read_in_the_kernel_s_units():
     assert _parse_size("1024K\n") == 1 << 20 and _parse_size("2M") == 2 << 20 and _parse_size("512") == 512
     assert core_cache_bytes() >= 1 << 10
+
+
+def test_a_conv_mps_fit_shares_its_passes_and_equals_the_serial_fit_to_rounding(monkeypatch):
+    import tnlearn.models.conv_mps as module
+    from sklearn.datasets import load_digits
+
+    from tnlearn import ConvMPSClassifier
+
+    X, y = load_digits(return_X_y=True)
+    X, y = X[:300] / 16.0, y[:300]
+    fits, active = {}, []
+    for n_workers in (1, 2):
+        monkeypatch.setattr(module, "get_backend", lambda name, n=n_workers: _backend(n))
+        clf = ConvMPSClassifier(n_channels=3, max_bond=6, n_sweeps=2, chunk_size=64, dtype="float64",
+                                random_state=0)
+        fits[n_workers] = clf.fit(X, y, on_sweep=lambda m: active.append(m.head_.backend.workers.active))
+    assert active == [1, 1, 2, 2]  # each sweep ran in a session of that many workers
+    losses = [[r.loss for r in fits[n].history_.records] for n in (1, 2)]
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-8)
+    np.testing.assert_array_equal(fits[1].predict(X), fits[2].predict(X))

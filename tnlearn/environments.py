@@ -135,7 +135,8 @@ class EnvironmentCache:
                 if not direct:
                     dst_rows[...] = block
 
-        be.map_chunks(work, [slice(start, start + self.chunk_size) for start in range(0, self.n_samples, self.chunk_size)])
+        chunks = range(0, self.n_samples, self.chunk_size)
+        be.map_chunks(work, [slice(start, start + self.chunk_size) for start in chunks])
         self.dims[dst] = width
         self._grams[dst] = None
 

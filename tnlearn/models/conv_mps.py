@@ -240,28 +240,30 @@ class ConvMPSClassifier(TNClassifier):
         else:
             net = pca_conv_cores(phi_patch, self.n_channels, conv_bond, rng, backend)
         self.conv_ = conv = ConvStage(net, self.patch, stride, image_shape, self.feature_map)
-        v_sites = conv.features(phi_patch, n)
-        onehot = np.zeros((n, len(classes)), dtype=dtype)
-        onehot[np.arange(n), y_idx] = 1
-        Y = backend.asarray(onehot)
-        cores, log_norm = pca_init_cores(v_sites, len(classes), self.max_bond, rng, backend, chunk_size, targets=Y)
-        self.head_ = head = MPSHead(cores, 0, log_norm, backend)
-        head_opts = SweepOptions(
-            max_bond=self.max_bond, cutoff=self.cutoff,
-            # the head's settings of the measured conv-mps runs (README tables): line search on
-            # 8192 samples, Grams on all of them
-            solver=SolverOptions("gd", "mse", self.n_iter, "auto", 8192, True, float(self.damping), gram_samples=None),
-            chunk_size=chunk_size, truncation="data", normalize_samples=True,
-        )
-        conv_opts = ConvSweepOptions(max_bond=conv_bond, cutoff=self.cutoff)
-        conv_width = max(conv_bond, max(net.bond_dims))
-        eval_patches = None
-        if eval_set is not None:
-            eval_patches = (self._patches(eval_set[0], backend, "clip"), eval_set[1])
-        self.history_ = History(meta={"model": "conv-mps", "patch": self.patch, "stride": stride,
-                                      "n_channels": self.n_channels, "grid": list(conv.grid)})
-        steps = {}
-        state = {"envs": build_environments(head, v_sites, head_opts), "v_sites": v_sites}
+        with backend.host_threads():  # the features, the head's PCA start and environments: shared passes
+            v_sites = conv.features(phi_patch, n)
+            onehot = np.zeros((n, len(classes)), dtype=dtype)
+            onehot[np.arange(n), y_idx] = 1
+            Y = backend.asarray(onehot)
+            cores, log_norm = pca_init_cores(v_sites, len(classes), self.max_bond, rng, backend, chunk_size, targets=Y)
+            self.head_ = head = MPSHead(cores, 0, log_norm, backend)
+            head_opts = SweepOptions(
+                max_bond=self.max_bond, cutoff=self.cutoff,
+                # the head's settings of the measured conv-mps runs (README tables): line search on
+                # 8192 samples, Grams on all of them
+                solver=SolverOptions("gd", "mse", self.n_iter, "auto", 8192, True, float(self.damping),
+                                     gram_samples=None),
+                chunk_size=chunk_size, truncation="data", normalize_samples=True,
+            )
+            conv_opts = ConvSweepOptions(max_bond=conv_bond, cutoff=self.cutoff)
+            conv_width = max(conv_bond, max(net.bond_dims))
+            eval_patches = None
+            if eval_set is not None:
+                eval_patches = (self._patches(eval_set[0], backend, "clip"), eval_set[1])
+            self.history_ = History(meta={"model": "conv-mps", "patch": self.patch, "stride": stride,
+                                          "n_channels": self.n_channels, "grid": list(conv.grid)})
+            steps = {}
+            state = {"envs": build_environments(head, v_sites, head_opts), "v_sites": v_sites}
 
         def one_sweep():
             sweep = len(self.history_) + 1
@@ -299,7 +301,8 @@ class ConvMPSClassifier(TNClassifier):
                 state["v_sites"] = v_before
             return restore
 
-        self._sweep_loop(self.n_sweeps, one_sweep, snapshot, on_sweep)
+        with backend.host_threads():  # the passes over the samples share the host's cores
+            self._sweep_loop(self.n_sweeps, one_sweep, snapshot, on_sweep)
         return self
 
     def _record(self, sweep, head, envs, v_sites, Y, y_idx, infos, conv_record, head_opts, eval_patches, seconds):
