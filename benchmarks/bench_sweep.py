@@ -152,6 +152,7 @@ class Breakdown:
 def run(args):
     from tnlearn.backend import get_backend, resolve_chunk_size
     from tnlearn.embeddings import embed
+    from tnlearn.local_problem import bond_row_bytes
     from tnlearn.solvers import SolverOptions
     from tnlearn.stages.mps import MPSHead, pca_init_cores
     from tnlearn.sweeps import SweepOptions, build_environments
@@ -174,7 +175,7 @@ def run(args):
     phi = backend.asarray(np.ascontiguousarray(embed(X, feature_map, dtype=dtype).transpose(1, 0, 2)))
     del X
     Y = backend.asarray(Y)
-    row_bytes = args.bond * (args.d * args.d + args.labels) * np.dtype(args.dtype).itemsize  # as MPSClassifier
+    row_bytes = bond_row_bytes(args.bond, args.d, args.labels, args.dtype)  # as MPSClassifier
     chunk_size = resolve_chunk_size(args.chunk_size, backend, row_bytes=row_bytes)
     n_chunks = -(-args.n_samples // chunk_size)
     with backend.host_threads() as threads:

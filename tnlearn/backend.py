@@ -83,39 +83,47 @@ class Backend:
         # kernels are not picklable, and the receiving process builds its own backend
         return (get_backend, (self.name,))
 
-    def map_chunks(self, work, slices):
+    def map_chunks(self, work, n_samples, chunk_size):
         """``work`` over shares of a pass's chunks: one share per host worker thread, or all in order.
 
         Parameters
         ----------
         work : callable
             ``work(share: list of slice) -> result``; writes only its own chunks' rows.
-        slices : list of slice
+        n_samples, chunk_size : int
+            The pass covers samples ``[0, n_samples)`` in chunks of ``chunk_size``.
 
         Returns
         -------
         list
             The shares' results in worker order (one result without workers).
         """
+        from tnlearn.host_threads import chunk_slices
+
+        slices = chunk_slices(n_samples, chunk_size)
         if self.workers is None:
             return [work(slices)]
         return self.workers.map(work, slices)
 
-    def loss_total(self, f, y, loss, log_scale=None, chunk_size=16384):
-        """:attr:`loss_sum` of all rows, the chunks shared among the host threads (float64 scalar or 0-d array).
+    def sum_chunks(self, work, n_samples, chunk_size):
+        """:meth:`map_chunks` whose shares return partial sums: their total, added in worker order.
 
-        Partial sums are added in chunk-share order: the same bits for the same number of threads.
+        See :func:`tnlearn.host_threads.add_in_order` (arrays, scalars, or tuples of them).
         """
+        from tnlearn.host_threads import add_in_order
+
+        return add_in_order(self.map_chunks(work, n_samples, chunk_size))
+
+    def loss_total(self, f, y, loss, log_scale=None, chunk_size=16384):
+        """:attr:`loss_sum` of all rows, the chunks shared among the host threads (float64 scalar or 0-d array)."""
         if self.workers is None:
             return self.loss_sum(f, y, loss, log_scale)
-        xp = self.xp
 
         def work(share):
             return sum((self.loss_sum(f[sl], y[sl], loss, None if log_scale is None else log_scale[sl])
-                        for sl in share), xp.float64(0.0))
+                        for sl in share), self.xp.float64(0.0))
 
-        slices = [slice(start, start + chunk_size) for start in range(0, f.shape[0], chunk_size)]
-        return sum(self.map_chunks(work, slices), xp.float64(0.0))
+        return self.sum_chunks(work, f.shape[0], chunk_size)
 
     def host_threads(self):
         """Context: passes inside share their chunks among the host's cores (BLAS at one thread meanwhile).

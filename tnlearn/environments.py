@@ -135,8 +135,7 @@ class EnvironmentCache:
                 if not direct:
                     dst_rows[...] = block
 
-        chunks = range(0, self.n_samples, self.chunk_size)
-        be.map_chunks(work, [slice(start, start + self.chunk_size) for start in chunks])
+        be.map_chunks(work, self.n_samples, self.chunk_size)
         self.dims[dst] = width
         self._grams[dst] = None
 

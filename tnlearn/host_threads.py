@@ -37,6 +37,28 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def chunk_slices(n_samples, chunk_size):
+    """The chunks of a pass over ``n_samples`` samples, in sample order (the last one shorter)."""
+    return [slice(start, min(start + chunk_size, n_samples)) for start in range(0, n_samples, chunk_size)]
+
+
+def add_in_order(parts):
+    """The workers' partial sums added in worker order (the same bits for the same number of workers).
+
+    Each part is an array or scalar, or a tuple / list of them (None entries stay None); arrays
+    are added in place into the first worker's.
+    """
+    first = parts[0]
+    if first is None:
+        return None
+    if isinstance(first, (tuple, list)):
+        return type(first)(add_in_order([part[k] for part in parts]) for k in range(len(first)))
+    total = first
+    for part in parts[1:]:
+        total += part
+    return total
+
+
 def core_cache_bytes(default=1 << 20) -> int:
     """Size of one core's largest private cache (L2 on current x86 and ARM servers), in bytes.
 

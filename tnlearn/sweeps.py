@@ -557,7 +557,7 @@ def center_outputs(head, envs, phi_sites, chunk_size=4096, normalized=False, sam
             T = xp.matmul(be.row_outer(left[sl], phi_sites[c, sl]), mat)
             out[sl] = be.row_contract(T.reshape(-1, L, Dr), right[sl])
 
-    be.map_chunks(work, [slice(start, start + chunk_size) for start in range(0, n, chunk_size)])
+    be.map_chunks(work, n, chunk_size)
     if log_normaliser is None and sample_log_offset is not None:
         log_normaliser = sample_log_offset
     if normalized:

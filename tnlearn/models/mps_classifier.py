@@ -23,6 +23,7 @@ from tnlearn.models._training import (
 )
 from tnlearn.models._validation import check_chunk_size, check_dtype
 from tnlearn.interrupts import DeferredInterrupt
+from tnlearn.local_problem import bond_row_bytes
 from tnlearn.solvers import LOSSES, SOLVERS, SolverOptions, softmax
 from tnlearn.stages.mps import MPSHead, init_cores, pca_init_cores
 from tnlearn.sweeps import SweepOptions, build_environments, objective_tolerance, sweep
@@ -433,10 +434,9 @@ class MPSClassifier(TNClassifier):
         rng = np.random.default_rng(self.random_state)
         backend = get_backend(self.backend)
         dtype = np.dtype(self.dtype)
-        # "auto": a chunk's bond temporaries, rows of (max_bond d^2) and of (n_classes max_bond), fill a core's cache
-        d = get_feature_map(self.feature_map).dim
-        chunk_size = resolve_chunk_size(self.chunk_size, backend,
-                                        row_bytes=self.max_bond * (d * d + len(classes)) * dtype.itemsize)
+        # "auto": a chunk's bond temporaries fill a core's cache
+        row_bytes = bond_row_bytes(self.max_bond, get_feature_map(self.feature_map).dim, len(classes), dtype)
+        chunk_size = resolve_chunk_size(self.chunk_size, backend, row_bytes=row_bytes)
         comm = get_comm(self.distributed if comm is None else comm)
 
         if comm.size > 1:

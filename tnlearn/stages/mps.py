@@ -122,27 +122,22 @@ def pca_init_cores(
     right = xp.ones((n, 1), dtype=dtype)
     log_capture = xp.zeros(n, dtype=np.float64)
     cores = [None] * n_sites
-    slices = [slice(start, start + chunk_size) for start in range(0, n, chunk_size)]
     for j in range(n_sites - 1, 0, -1):
         width = d * right.shape[1]
         top = log_capture.max() if shard is None else shard.max(log_capture.max())
         weight = xp.exp(-balance * (log_capture - top)).astype(dtype)
         weight = xp.minimum(weight, max_weight)
 
-        def density(share, j=j, right=right, weight=weight):  # one worker's chunks: its rho and its blocks
-            rho = xp.zeros((width, width), dtype=np.float64)
-            blocks = {}  # phi_j (x) R_{j+1} per chunk, kept for the new environments below
-            for sl in share:
-                M = backend.row_outer(phi_sites[j, sl], right[sl])
-                rho += (M.T @ (M * weight[sl, None])).astype(np.float64)
-                blocks[sl.start] = M
-            return rho, blocks
+        blocks = {}  # phi_j (x) R_{j+1} per chunk (by its first sample), kept for the new environments below
 
-        parts = backend.map_chunks(density, slices)
-        rho = parts[0][0]
-        for part in parts[1:]:  # added in worker order: the same bits for the same number of workers
-            rho += part[0]
-        blocks = {start: M for part in parts for start, M in part[1].items()}
+        def density(share, j=j, right=right, weight=weight, blocks=blocks):  # one worker's chunks: its rho
+            rho = xp.zeros((width, width), dtype=np.float64)
+            for sl in share:
+                M = blocks[sl.start] = backend.row_outer(phi_sites[j, sl], right[sl])
+                rho += (M.T @ (M * weight[sl, None])).astype(np.float64)
+            return rho
+
+        rho = backend.sum_chunks(density, n, chunk_size)
         if shard is not None:
             rho = shard.sum(rho)
         evals, evecs = np.linalg.eigh(backend.asnumpy(rho))
@@ -159,8 +154,8 @@ def pca_init_cores(
             for sl in share:
                 new_right[sl] = blocks[sl.start] @ Vb
 
-        backend.map_chunks(project, slices)
-        del blocks, parts
+        backend.map_chunks(project, n, chunk_size)
+        del blocks
         log_capture += log_normalise_rows(new_right, xp)
         right = new_right
     if targets is None:
@@ -214,11 +209,7 @@ def least_squares_readout(phi_0, right, targets, backend, chunk_size=4096, shard
             cross += X.T @ targets[sl].astype(np.float64)
         return gram, cross
 
-    parts = backend.map_chunks(sums, [slice(start, start + chunk_size) for start in range(0, n, chunk_size)])
-    gram, cross = parts[0]
-    for g, c in parts[1:]:  # in worker order
-        gram += g
-        cross += c
+    gram, cross = backend.sum_chunks(sums, n, chunk_size)
     if shard is not None:
         gram, cross = shard.sum(gram), shard.sum(cross)
     w, V = np.linalg.eigh(backend.asnumpy(gram))
@@ -482,7 +473,7 @@ class MPSHead:
             for sl in share:
                 out[sl] = self._chunk_outputs(phi_sites, sl, normalized)
 
-        self.backend.map_chunks(work, [slice(start, start + chunk_size) for start in range(0, n, chunk_size)])
+        self.backend.map_chunks(work, n, chunk_size)
         return out
 
     def _chunk_outputs(self, phi_sites, sl, normalized):
