@@ -192,11 +192,16 @@ def run_one(name, data, bond, candidate, n_sweeps, seed=0):
     }
 
 
+def loss_label(loss, n_iter):
+    """``ce x3`` / ``mse x1``: a fit's loss and its steps per bond, short."""
+    return f"{'ce' if loss == 'cross_entropy' else 'mse'} x{n_iter}"
+
+
 def _label(row):
     """The candidate's name; for "default" also what loss="auto" chose (``default (ce x3)``)."""
     if row["candidate"] != "default" or "loss_function" not in row:
         return row["candidate"]
-    return f"default ({'ce' if row['loss_function'] == 'cross_entropy' else 'mse'} x{row['n_iter']})"
+    return f"default ({loss_label(row['loss_function'], row['n_iter'])})"
 
 
 def table(rows):
@@ -227,14 +232,13 @@ def table(rows):
 
 
 #: training samples and classes of each data set (for the loss="auto" table)
-SIZES = {"digits8": (1347, 10, 64), "digits14": (1347, 10, 196), "digits14-shift": (12123, 10, 196),
-         "fashion8k": (8000, 10, 196), "fashion8k-border": (8000, 10, 196), "fashion60k": (60000, 10, 196),
-         "synthetic": (800, 3, 20)}
+SIZES = {"digits8": (1347, 10), "digits14": (1347, 10), "digits14-shift": (12123, 10), "fashion8k": (8000, 10),
+         "fashion8k-border": (8000, 10), "fashion60k": (60000, 10), "synthetic": (800, 3)}
 
 
 def auto_loss_table(rows, a="mse", b="ce-n_iter3"):
     """Per data set and m: samples per block parameter, final accuracy of ``a`` and ``b``, and the default's."""
-    from tnlearn.models.mps_classifier import AUTO_LOSS_SAMPLES_PER_PARAMETER
+    from tnlearn import MPSClassifier
 
     by = {(r["dataset"], r["bond"], r["candidate"]): r for r in rows}
     out = [f"| data set | m | n / (m^2 d^2 L) | {a} final | {b} final | default picks | default final |",
@@ -244,13 +248,13 @@ def auto_loss_table(rows, a="mse", b="ce-n_iter3"):
             ra, rb, rd = (by.get((name, bond, c)) for c in (a, b, "default"))
             if not (ra or rb or rd) or name not in SIZES:
                 continue
-            n, classes, _ = SIZES[name]
+            n, classes = SIZES[name]
             ratio = n / (bond**2 * 4 * classes)
             fin = lambda r: f"{100 * r['test_accuracy'][-1]:.1f}" if r else "-"  # noqa: E731
             if rd:
                 pick, final = _label(rd).removeprefix("default "), fin(rd)
             else:  # not run as "default": the same computation as the candidate the rule picks, marked *
-                ce = ratio >= AUTO_LOSS_SAMPLES_PER_PARAMETER
+                ce = MPSClassifier(max_bond=bond)._resolve_loss(n, classes) == "cross_entropy"  # the rule itself
                 same = rb if ce else ra
                 pick, final = ("(ce x3)" if ce else "(mse x1)"), (fin(same) + "*" if same else "-")
             out.append(f"| {name} | {bond} | {ratio:.2f} | {fin(ra)} | {fin(rb)} | {pick} | {final} |")

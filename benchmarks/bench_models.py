@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_defaults import loss_label  # noqa: E402
 from bench_tn_cnn import MIN_CNN_EPOCHS, MIN_CNN_STEPS, _architecture, cnn_epochs, train_cnn  # noqa: E402
 from bench_tt import DATASETS, add_run_options, run_protocol  # noqa: E402
 
@@ -112,7 +113,7 @@ def table(rows):
     out = ["| data set | model | parameters | s / sweep (epoch) | test accuracy, final (best) |", "|---|---|---|---|---|"]
     for r in rows:
         accs = r["test_accuracy"]
-        model = f"{r['model']} ({'ce' if r['loss'] == 'cross_entropy' else 'mse'} x{r['n_iter']})" if "loss" in r else r["model"]
+        model = f"{r['model']} ({loss_label(r['loss'], r['n_iter'])})" if "loss" in r else r["model"]
         out.append(f"| {r['dataset']} | {model} | {r['n_params']:,} | {r['seconds_per_sweep']:.1f} | "
                    f"{100 * accs[-1]:.2f}% ({100 * max(accs):.2f}%) |")
     return "\n".join(out)

@@ -517,9 +517,9 @@ def cmd_train(args):
             save_model(clf, out / "interrupted.npz")
             saved = f"; the network as it was mid-sweep (label on site {clf.head_.center}) is in {out}/interrupted.npz"
         if not (out / "model.npz").exists():  # no sweep finished: there is nothing --resume could continue
-            how = (f"no sweep finished, so there is nothing to resume: run the same command again with --overwrite "
-                   f"(`tnlearn evaluate {out}/interrupted.npz` scores the mid-sweep network)" if saved else
-                   "no sweep finished, so there is nothing to resume: run the same command again with --overwrite")
+            how = "no sweep finished, so there is nothing to resume: run the same command again with --overwrite"
+            if saved:
+                how += f" (`tnlearn evaluate {out}/interrupted.npz` scores the mid-sweep network)"
         elif getattr(args, "model", "mps") in RESUMABLE:
             how = f"continue with `tnlearn train --resume {out} --sweeps {args.sweeps}`"
         else:
