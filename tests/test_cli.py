@@ -392,10 +392,13 @@ def test_ctrl_c_finishes_the_bond_saves_and_exits_cleanly(tmp_path):
     from tnlearn.io import load_model
 
     out = tmp_path / "sigint"
-    cmd = [sys.executable, "-c", "import sys; from tnlearn.cli import main; sys.exit(main(sys.argv[1:]))",
+    # every bond held up by 5 ms (~0.6 s a sweep): the sweeps converge and the fit stops by itself after
+    # about five sweeps, and the signal must land while it still runs, however fast the engine gets
+    slow_bonds = ("import sys, time; import tnlearn.sweeps as s; advance = s.advance_past_bond; "
+                  "s.advance_past_bond = lambda *a: (time.sleep(0.005), advance(*a))[1]; "
+                  "from tnlearn.cli import main; sys.exit(main(sys.argv[1:]))")
+    cmd = [sys.executable, "-c", slow_bonds,
            "train", "--dataset", "digits", "--bond-dim", "16", "--sweeps", "60", "--quiet", "--out", str(out)]
-    # 60 sweeps: training is still running when the first checkpoint appears (the sweeps converge, and
-    # the fit stops by itself, only several sweeps later)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 120

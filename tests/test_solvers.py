@@ -141,3 +141,30 @@ def test_fused_target_residual_pass_equals_the_generic_callable_pass(rng, loss, 
     np.testing.assert_allclose(g, g_ref, rtol=1e-11, atol=1e-12)
     np.testing.assert_allclose(grams[0], grams_ref[0], rtol=1e-12)
     np.testing.assert_allclose(f, prob.forward(Bs), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("solver,loss", [("gd", "mse"), ("gd", "cross_entropy"), ("cg", "mse")])
+@pytest.mark.parametrize("alpha", [0.0, 0.5])
+def test_a_float32_block_stays_float32_through_every_step(rng, solver, loss, alpha):
+    """The penalty's float64 weight must not promote the block: later passes would run in float64 (2x slower)."""
+    f32 = np.float32
+    n, Dl, d, L, Dr = 50, 3, 2, 3, 2
+    left, right = rng.standard_normal((n, Dl)).astype(f32), rng.standard_normal((n, Dr)).astype(f32)
+    phi_a, phi_b = rng.random((n, d)).astype(f32), rng.random((n, d)).astype(f32)
+    zeros = np.zeros(n)
+    prob = LocalProblem(left, zeros, phi_a, phi_b, right, zeros, L, NP, 16, normalize_samples=True)
+    seen = []
+    for name in ("forward", "forward_and_gradient", "gradient"):
+        original = getattr(prob, name)
+
+        def recording(block, *a, _original=original, **k):
+            seen.append(block.dtype)
+            return _original(block, *a, **k)
+
+        setattr(prob, name, recording)
+    y = np.eye(L, dtype=f32)[rng.integers(0, L, n)]
+    B0 = (0.1 * rng.standard_normal(prob.shape)).astype(f32)
+    opts = SolverOptions(solver, loss, n_iter=3, precondition=True, alpha=alpha)
+    Bs, _, _ = solve_local(prob, B0, y, opts)
+    assert Bs.dtype == f32
+    assert len(seen) >= 3 and set(seen) == {np.dtype(f32)}, seen

@@ -215,6 +215,9 @@ def gradient_descent(problem, Bs, y, opts, want_grams=False):
                 curvature = curvature + opts.alpha * problem.penalty_weight * xp.sum(p * p)
             gp = xp.sum(g * p)
             step = xp.where(curvature > 0, gp / xp.where(curvature > 0, curvature, 1), 0)
+            # the penalty's weight is float64: keep the block in its own dtype (a float32 block
+            # promoted to float64 here would make the next steps' passes over the samples float64)
+            step = step.astype(Bs.dtype)
         else:
             step = opts.step_size
         Bs = Bs + step * p
