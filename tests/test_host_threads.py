@@ -9,7 +9,7 @@ from threadpoolctl import threadpool_limits
 
 from tnlearn.backend import get_backend, resolve_chunk_size
 from tnlearn.environments import EnvironmentCache
-from tnlearn.host_threads import ChunkWorkers, _parse_size, core_cache_bytes
+from tnlearn.host_threads import ChunkWorkers, _parse_size, chunk_slices, core_cache_bytes
 from tnlearn.local_problem import LocalProblem, TargetResidual
 
 
@@ -19,11 +19,11 @@ def _backend(n_workers):
 
 def test_each_worker_takes_every_nth_chunk_in_its_own_thread():
     slices = [slice(i, i + 1) for i in range(7)]
-    seen = []
+    seen = {}
     together = threading.Barrier(3, timeout=10)  # passes only if the three shares run at the same time
 
     def work(share):
-        seen.append(threading.get_ident())
+        seen[share[0].start] = threading.get_ident()
         together.wait()
         return [s.start for s in share]
 
@@ -32,12 +32,28 @@ def test_each_worker_takes_every_nth_chunk_in_its_own_thread():
     with workers.session() as n:
         parts = workers.map(work, slices)
     assert n == 3 and parts == [[0, 3, 6], [1, 4], [2, 5]]
-    assert len(set(seen)) == 3 and threading.get_ident() not in seen
+    assert len(set(seen.values())) == 3 and seen[0] == threading.get_ident()  # the caller is worker 0
     one = ChunkWorkers(3)
     with one.session():
         assert one.map(lambda share: (threading.get_ident(), share), slices[:1]) == [(threading.get_ident(),
                                                                                       slices[:1])]
     assert one._pool is None  # one chunk: this thread, no pool
+
+
+@pytest.mark.parametrize("n_samples,chunk,n_workers", [(1347, 1024, 2), (8000, 1024, 2), (60000, 1024, 2),
+                                                      (10, 4, 3), (1, 1024, 2), (5, 1, 2), (0, 8, 2)])
+def test_chunks_of_a_shared_pass_are_balanced_and_no_larger_than_asked(n_samples, chunk, n_workers):
+    serial = chunk_slices(n_samples, chunk)
+    assert [s.stop - s.start for s in serial[:-1]] == [chunk] * (len(serial) - 1)
+    shared = chunk_slices(n_samples, chunk, n_workers)
+    sizes = [s.stop - s.start for s in shared]
+    assert shared[:1] == [] or (shared[0].start == 0 and shared[-1].stop == n_samples)
+    assert all(a.stop == b.start for a, b in zip(shared[:-1], shared[1:]))  # contiguous, in sample order
+    assert all(0 < k <= chunk for k in sizes) and (not sizes or max(sizes) - min(sizes) <= 1)
+    assert len(shared) % n_workers == 0 or len(shared) == n_samples  # every worker gets as many chunks
+    assert len(shared) >= len(serial)
+    if (n_samples, chunk) == (1347, 1024):
+        assert sizes == [674, 673]  # not 1,024 and 323: the pass no longer waits for one large chunk
 
 
 def test_a_session_holds_blas_at_one_thread_and_follows_its_limit():
@@ -181,8 +197,8 @@ def test_the_pca_start_shared_by_workers_is_the_serial_start_to_rounding():
     from tnlearn.stages.mps import MPSHead, pca_init_cores
 
     rng = np.random.default_rng(3)
-    X = rng.random((150, 7))
-    Y = np.eye(3)[rng.integers(0, 3, 150)]
+    X = rng.random((144, 7))  # nine chunks of 16, three to a worker: the serial run's chunks
+    Y = np.eye(3)[rng.integers(0, 3, 144)]
     phi = np.ascontiguousarray(embed(X, "trig").transpose(1, 0, 2))
     outputs = []
     for n_workers in (1, 3):

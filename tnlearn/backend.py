@@ -91,7 +91,9 @@ class Backend:
         work : callable
             ``work(share: list of slice) -> result``; writes only its own chunks' rows.
         n_samples, chunk_size : int
-            The pass covers samples ``[0, n_samples)`` in chunks of ``chunk_size``.
+            The pass covers samples ``[0, n_samples)`` in chunks of at most
+            ``chunk_size``, of equal sizes in a session of several workers
+            (:func:`tnlearn.host_threads.chunk_slices`).
 
         Returns
         -------
@@ -100,10 +102,9 @@ class Backend:
         """
         from tnlearn.host_threads import chunk_slices
 
-        slices = chunk_slices(n_samples, chunk_size)
         if self.workers is None:
-            return [work(slices)]
-        return self.workers.map(work, slices)
+            return [work(chunk_slices(n_samples, chunk_size))]
+        return self.workers.map(work, chunk_slices(n_samples, chunk_size, self.workers.active))
 
     def sum_chunks(self, work, n_samples, chunk_size):
         """:meth:`map_chunks` whose shares return partial sums: their total, added in worker order.

@@ -7,8 +7,9 @@ the cores, but the per-sample kernels between them run on one core, the
 products' small shapes (``(1024, 80) @ (80, 200)`` at max bond 20) split poorly,
 and BLAS's threads spin between products on the cores the kernels need.  In a
 :meth:`ChunkWorkers.session` (an MPS fit, a benchmark's sweeps) BLAS runs one
-thread, and each of ``n`` worker threads takes every ``n``-th chunk of a pass
-and runs its whole chain (products, and the numba kernels, which release the
+thread, and each of ``n`` workers (the calling thread and ``n - 1`` pool
+threads) takes every ``n``-th chunk of a pass (the chunks of equal sizes) and
+runs its whole chain (products, and the numba kernels, which release the
 GIL) on one core, while the chunk's temporaries stay in that core's cache.
 Measured figures are in ``benchmarks/README.md`` (``bench_sweep.py``).
 
@@ -37,8 +38,25 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def chunk_slices(n_samples, chunk_size):
-    """The chunks of a pass over ``n_samples`` samples, in sample order (the last one shorter)."""
+def chunk_slices(n_samples, chunk_size, n_workers=1):
+    """The chunks of a pass over ``n_samples`` samples, in sample order.
+
+    With one worker: chunks of ``chunk_size`` samples, the last one shorter.
+    With ``n_workers`` > 1: as many chunks as ``chunk_size`` asks for, rounded
+    up to a multiple of ``n_workers``, of equal sizes (to one sample, none larger
+    than ``chunk_size``), so that every worker's share of the pass is the same
+    size: 1,347 samples in chunks of 1,024 on two workers are two chunks of 674
+    and 673, not 1,024 and 323 (the pass then took the larger chunk's time).
+    """
+    n_chunks = -(-n_samples // chunk_size)
+    if n_workers > 1 and n_chunks:
+        n_chunks = -(-n_chunks // n_workers) * n_workers
+        n_chunks = min(n_chunks, n_samples)
+        base, extra = divmod(n_samples, n_chunks)
+        bounds = [0]
+        for k in range(n_chunks):
+            bounds.append(bounds[-1] + base + (k < extra))
+        return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
     return [slice(start, min(start + chunk_size, n_samples)) for start in range(0, n_samples, chunk_size)]
 
 
@@ -165,10 +183,11 @@ class ChunkWorkers:
         n = min(self.active, len(slices))
         if n <= 1:
             return [work(slices)]
-        if self._pool is None:  # one pool per session, as many threads as the session's workers
-            self._pool = ThreadPoolExecutor(max_workers=self.active, thread_name_prefix="tnlearn-chunks")
-        futures = [self._pool.submit(work, slices[k::n]) for k in range(n)]
+        if self._pool is None:  # one pool per session; the calling thread is worker 0
+            self._pool = ThreadPoolExecutor(max_workers=self.active - 1, thread_name_prefix="tnlearn-chunks")
+        futures = [self._pool.submit(work, slices[k::n]) for k in range(1, n)]
         try:
-            return [f.result() for f in futures]
+            first = work(slices[0::n])  # the caller's share: no hand-off to a pool thread and back
+            return [first] + [f.result() for f in futures]
         finally:
             wait(futures)  # no worker outlives its pass, even when one raised
