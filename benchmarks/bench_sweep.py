@@ -10,7 +10,9 @@ fraction of peak (the headline: the best sweep against the highest peak
 measured in the run), the time spent outside the sweep (initialisation,
 environments), and the peak resident memory.  ``--breakdown`` adds where each
 sweep's time goes, in milliseconds per bond.  The solver settings default to
-``MPSClassifier``'s, so the figures are those of a default ``fit``.
+``MPSClassifier``'s, so the figures are those of a default ``fit`` (the L2
+penalty ``--alpha`` included: ``"auto"`` is the estimator's value for these
+``n`` and ``m``).
 
 Example (the issue's reference configuration)::
 
@@ -157,6 +159,10 @@ def run(args):
     from tnlearn.stages.mps import MPSHead, pca_init_cores
     from tnlearn.sweeps import SweepOptions, build_environments
 
+    if args.alpha == "auto":  # the estimator's penalty for these n and m
+        from tnlearn import MPSClassifier
+
+        args.alpha = MPSClassifier(max_bond=args.bond)._alpha(args.n_samples)
     if args.n_iter is None:  # the estimator's steps per bond for the loss
         from tnlearn.models.mps_classifier import AUTO_N_ITER
 
@@ -188,7 +194,7 @@ def run(args):
         cutoff=0.0,
         solver=SolverOptions(args.solver, args.loss, args.n_iter, precondition=args.precondition, damping=args.damping,
                              line_search_samples=args.line_search_samples or None,
-                             gram_samples=args.gram_samples or None),
+                             gram_samples=args.gram_samples or None, alpha=float(args.alpha)),
         chunk_size=chunk_size,
         truncation=args.truncation,
     )
@@ -254,6 +260,8 @@ def build_parser():
                    help="samples for the Gram matrices (default: MPSClassifier's, %(default)s; 0: all)")
     p.add_argument("--line-search-samples", type=int, default=defaults["line_search_samples"] or 0,
                    help="samples for the step's curvature (default: MPSClassifier's, %(default)s; 0: all)")
+    p.add_argument("--alpha", type=lambda v: v if v == "auto" else float(v), default=defaults["alpha"],
+                   help="L2 penalty on the network (default: %(default)s, MPSClassifier's value for these n and m)")
     p.add_argument("--truncation", choices=["data", "svd"], default="data")
     p.add_argument("--chunk-size", type=lambda v: v if v == "auto" else int(v), default=defaults["chunk_size"],
                    help="samples per chunk (default: %(default)s, as MPSClassifier: a core's cache on numpy, 65536 cupy)")
@@ -284,7 +292,8 @@ def main(argv=None):
     fractions = [flops / t / 1e9 / p for t, p in zip(times, peaks)]
     print(f"config       : n={args.n_samples} N={args.n_sites} m={args.bond} d={args.d} L={args.labels} "
           f"{args.dtype} solver={args.solver} loss={args.loss} n_iter={args.n_iter} precondition={args.precondition} "
-          f"damping={args.damping} gram_samples={args.gram_samples} line_search_samples={args.line_search_samples} "
+          f"damping={args.damping} alpha={args.alpha:.4g} gram_samples={args.gram_samples} "
+          f"line_search_samples={args.line_search_samples} "
           f"truncation={args.truncation}")
     print(f"matmul peak  : {peak32:.1f} GFLOP/s float32, {peak64:.1f} GFLOP/s float64 (2048^2, this run)")
     print(f"set-up       : {setup:.1f} s (embedding, PCA initialisation, environments)")
