@@ -433,6 +433,12 @@ def test_subsample_and_split():
     assert len(Xs) == 20 and np.array_equal(np.bincount(ys), [5, 5, 5, 5])
     np.testing.assert_array_equal(y[Xs], ys)
     assert np.array_equal(subsample(X, y, 20, random_state=1)[0], Xs)
+    from sklearn.model_selection import train_test_split  # the same subset as splitting the arrays themselves
+
+    expected = train_test_split(X, y, train_size=20, random_state=1, stratify=y)
+    assert np.array_equal(Xs, expected[0]) and np.array_equal(ys, expected[2])
+    assert all(np.array_equal(a, b) for a, b in zip(train_val_split(X, y, 0.3, random_state=2),
+                                                    train_test_split(X, y, test_size=30, random_state=2, stratify=y)))
     assert len(subsample(X, y, 2)[0]) == 2          # too small to stratify: random
     assert sorted(subsample(X, y, 100)[0]) == list(range(100))
     with pytest.raises(ValueError, match="n=101"):

@@ -423,16 +423,26 @@ def avg_pool(images, factor=2) -> np.ndarray:
     return out
 
 
-def _split(X, y, size, random_state, stratify):
-    """``train_test_split`` with ``size`` samples in the first part; stratified when feasible."""
+def _split_indices(y, size, random_state, stratify):
+    """``train_test_split`` of the sample indices, ``size`` in the first part; stratified when feasible.
+
+    The same parts as splitting the arrays themselves; only the rows asked for are copied afterwards.
+    """
     from sklearn.model_selection import train_test_split
 
     y = np.asarray(y)
     counts = np.unique(y, return_counts=True)[1]
     rest = len(y) - size
     ok = stratify and counts.min() >= 2 and min(size, rest) >= len(counts)
-    return train_test_split(X, y, train_size=size, random_state=random_state,
+    return train_test_split(np.arange(len(y)), train_size=size, random_state=random_state,
                             stratify=y if ok else None)
+
+
+def _split(X, y, size, random_state, stratify):
+    """``train_test_split(X, y)`` with ``size`` samples in the first part; stratified when feasible."""
+    first, second = _split_indices(y, size, random_state, stratify)
+    X, y = np.asarray(X), np.asarray(y)
+    return X[first], X[second], y[first], y[second]
 
 
 def subsample(X, y, n, random_state=0, stratify=True):
@@ -458,8 +468,8 @@ def subsample(X, y, n, random_state=0, stratify=True):
     if n == N:
         perm = np.random.default_rng(random_state).permutation(N)
         return np.asarray(X)[perm], np.asarray(y)[perm]
-    X_sub, _, y_sub, _ = _split(X, y, n, random_state, stratify)
-    return X_sub, y_sub
+    keep = _split_indices(y, n, random_state, stratify)[0]  # the rest of X is not copied
+    return np.asarray(X)[keep], np.asarray(y)[keep]
 
 
 def train_val_split(X, y, val_fraction=0.1, random_state=0, stratify=True):
