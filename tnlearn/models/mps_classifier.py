@@ -161,7 +161,9 @@ class MPSClassifier(TNClassifier):
         thin, ``(c x 2m)^T (c x 2m)``, and run far below the machine's peak).
         Smaller training sets use all their samples.
     chunk_size : int or "auto", default="auto"
-        Samples per matrix product (bounds temporary memory). ``"auto"`` on
+        Samples per matrix product at most (bounds temporary memory; with
+        several host threads a pass's chunks are made equal, as many per
+        thread, none larger). ``"auto"`` on
         numpy: the samples whose bond temporaries (``max_bond * (d**2 +
         n_classes)`` numbers each) fill twice one core's L2 cache, a power of
         two in [256, 8192] (1,024 at m = 20 with 10 classes and a 1 MiB cache,
