@@ -264,6 +264,32 @@ def test_auto_loss_with_cg_is_the_squared_loss_and_n_iter_follows_an_explicit_lo
     assert fixed.loss_function_ == "cross_entropy" and fixed.history_.meta["n_iter"] == 2
 
 
+def test_a_warm_start_on_other_samples_is_not_judged_by_the_old_samples_loss():
+    """The old fit's last loss measures other samples: a continued fit on a subset must not be rolled back
+    against it (it was, with a DivergenceWarning, when the subset's loss was higher); on the same samples
+    the first sweep is still guarded against that record, as in one uninterrupted fit."""
+    import warnings
+
+    rng = np.random.default_rng(0)
+    X = rng.random((120, 10))
+    y = (X[:, :3].sum(axis=1) * 1.7).astype(int) % 3
+    clf = MPSClassifier(max_bond=3, n_sweeps=1, random_state=0, warm_start=True).fit(X, y)
+    before = [a.copy() for a in clf.mps_.arrays]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no DivergenceWarning
+        clf.fit(X[:40], y[:40])
+    assert len(clf.history_) == 2 and clf.history_.meta.get("stopped") is None
+    assert clf.history_[1].loss > clf.history_[0].loss  # another data set's loss, not a divergence
+    assert any(not np.array_equal(a, b) for a, b in zip(before, clf.mps_.arrays))
+    assert clf._guarding_record() is clf.history_[-1]
+    clf.fit(X[:40], y[:40])  # the same samples: guarded against the sweep before
+    assert clf._guarding_record() is clf.history_[-1] and len(clf.history_) >= 2
+    judged = []
+    clf._lost_accuracy = lambda number, acc, hint="": judged.append(clf._guarding_record()) or False
+    clf.set_params(n_sweeps=1).fit(X[:40], y[:40])
+    assert judged and judged[0] is not None and judged[0].sweep == len(clf.history_) - 1
+
+
 def test_a_warm_start_fit_keeps_the_loss_the_first_fit_chose(tiny_problem, tmp_path):
     from tnlearn.io import load_model, save_model
 

@@ -247,9 +247,41 @@ class TNClassifier(ClassifierMixin, BaseEstimator, metaclass=ABCMeta):
         return self.classes_[np.argmax(scores, axis=1)]
 
     # -- the sweep loop -------------------------------------------------------------------
+    def _note_training_data(self, X, y, continuing):
+        """Which records the coming sweeps are guarded against: none of a fit on other data.
+
+        A continued fit (``warm_start``, ``tnlearn train --resume``) on the
+        samples of the fit it continues guards its first sweep against that
+        fit's last record, as an uninterrupted fit would; on other samples
+        (another subset, new data) that record's loss and accuracy measure
+        something else, so the new sweeps are guarded only against each other
+        (the bond updates are safeguarded either way).  The samples are told
+        apart by a BLAKE2 digest of ``X`` and ``y`` kept in
+        ``history_.meta["data_fingerprint"]`` (a history without one, from an
+        older model file, counts as the same samples).
+        """
+        import hashlib
+
+        digest = hashlib.blake2b(digest_size=16)
+        for a in (X, y):
+            a = np.ascontiguousarray(a)
+            digest.update(f"{a.dtype.str}{a.shape}".encode())
+            digest.update(a.reshape(-1).view(np.uint8))
+        fingerprint = digest.hexdigest()
+        same = continuing and self.history_.meta.get("data_fingerprint") in (None, fingerprint)
+        self._first_guarding_record = 0 if same else len(self.history_)
+        self.history_.meta["data_fingerprint"] = fingerprint
+
+    def _guarding_record(self):
+        """The last record of a sweep on this fit's samples (what the next sweep is guarded against), or None."""
+        if len(self.history_) > getattr(self, "_first_guarding_record", 0):
+            return self.history_[-1]
+        return None
+
     def _last_loss(self):
-        """The recorded loss of the last kept sweep (what the next one is guarded against), or None."""
-        return self.history_[-1].loss if len(self.history_) else None
+        """The recorded loss of the last kept sweep on this fit's samples (what the next one is guarded against), or None."""
+        record = self._guarding_record()
+        return None if record is None else record.loss
 
     def _lost_accuracy(self, number, train_accuracy, hint=""):
         """Whether sweep ``number`` cost more than a point of training accuracy; if so, says why.
@@ -257,8 +289,8 @@ class TNClassifier(ClassifierMixin, BaseEstimator, metaclass=ABCMeta):
         The reason goes to ``history_.meta["stopped"]``; the caller rolls the
         sweep back (see :func:`tnlearn.models._training.accuracy_fell`).
         """
-        before = self.history_[-1].train_accuracy if len(self.history_) else None
-        fell = accuracy_fell(before, train_accuracy)
+        record = self._guarding_record()
+        fell = accuracy_fell(None if record is None else record.train_accuracy, train_accuracy)
         if fell is None:
             return False
         self.history_.meta["stopped"] = (f"sweep {number} lowered the training loss but {fell}; kept the network "

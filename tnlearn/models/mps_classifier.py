@@ -483,6 +483,7 @@ class MPSClassifier(TNClassifier):
         if not continuing:
             self.classes_ = classes
             self.history_ = History()
+        self._note_training_data(X, y_idx, continuing)
         if not (continuing and getattr(self, "loss_function_", None)):  # a continued fit keeps its loss
             self.loss_function_ = self._resolve_loss(len(X), len(classes))
         loss = self.loss_function_

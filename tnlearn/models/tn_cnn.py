@@ -619,6 +619,7 @@ class TNCNNClassifier(TNClassifier):
             self._initialise(X, classes, backend, init_from)
             if comm.size > 1:  # rank 0's start (a random_state of None draws differently on every rank)
                 self._broadcast_network(comm)
+        self._note_training_data(X, y_idx, continuing)
         self._shard = shard = make_shard(comm, len(X), backend)
         X, y_idx = X[shard.start : shard.stop], y_idx[shard.start : shard.stop]
         L = len(self.classes_)
