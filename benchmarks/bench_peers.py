@@ -36,7 +36,7 @@ Example (the default configuration, about 10 minutes on a 2-core machine)::
     python benchmarks/bench_peers.py --dataset digits          # a minute
     python benchmarks/bench_peers.py --skip-peers              # tnlearn alone
 
-The peers are an optional extra: ``pip install 'tnlearn[bench]'`` (torch and
+The peers are an optional extra: ``pip install -e ".[bench]"`` from the checkout (torch and
 TensorKrowch); tn4ml separately with ``pip install tn4ml`` (it brings JAX).
 """
 
@@ -52,7 +52,7 @@ import warnings
 import numpy as np
 
 FRACTIONS = (0.80, 0.85, 0.90)
-BENCH_HINT = ("pip install 'tnlearn[bench]' (on a machine without a GPU, first the CPU build of torch: "
+BENCH_HINT = ('pip install -e ".[bench]" from the checkout (on a machine without a GPU, first the CPU build of torch: '
               "pip install torch --index-url https://download.pytorch.org/whl/cpu)")
 
 

@@ -61,12 +61,12 @@ tnlearn is faster) and the command line; ``--json FILE`` saves the raw curves.
 
 Usage::
 
-    python benchmarks/bench_time_to_accuracy.py                          # both data sets (~7 min, 2 cores)
+    python benchmarks/bench_time_to_accuracy.py                          # both data sets (5-7 min, 2 cores)
     python benchmarks/bench_time_to_accuracy.py --datasets digits14      # a few minutes
     python benchmarks/bench_time_to_accuracy.py --bond-dim 32 --lr 3e-4 --batch 50 --json tta.json
     python benchmarks/bench_time_to_accuracy.py --self-test              # the torch MPS contraction check
 
-The torch side needs torch: ``pip install 'tnlearn[bench]'``; without it tnlearn
+The torch side needs torch: ``pip install -e ".[bench]"`` from the checkout; without it tnlearn
 runs alone.
 """
 

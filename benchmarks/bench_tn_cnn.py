@@ -8,7 +8,7 @@ Candidates (``--candidates``), each trained on each data set (``--datasets``):
   trained end to end by PyTorch's Adam (batch 128, learning rate 1e-3;
   ``--cnn-epochs``, default 10 epochs and at least 2,000 steps): the CNN the
   tensor network stands for.  Needs the
-  ``bench`` extra (``pip install 'tnlearn[bench]'``);
+  ``bench`` extra (``pip install -e ".[bench]"`` from the checkout);
 * ``retune``: LOTUS's bottom-up path — that trained CNN's kernels and dense
   layer are compressed by TT-SVD (``--retune-ranks CONV DENSE``) into a
   tn-cnn (``fit(init_from=...)``), whose sweeps re-tune it.  The row gives the
