@@ -85,6 +85,15 @@ def test_train_quiet_prints_only_summary(tmp_path, capsys):
     assert len(out) == 1 and out[0].startswith("test accuracy")
 
 
+def test_a_training_subset_missing_classes_is_warned_about(tmp_path, capsys):
+    """--n-train 5 on the ten digits trains on five classes: said on stderr, with the fix."""
+    assert main(["train", *FAST, "--n-train", "5", "--out", str(tmp_path / "few")]) == 0
+    err = capsys.readouterr().err
+    assert "warning: the 5 training images hold 5 of the 10 classes" in err and "raise --n-train" in err
+    assert main(["train", *FAST, "--n-train", "200", "--out", str(tmp_path / "all")]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
 def test_evaluate_matches_history(run_dir, capsys):
     last = json.loads((run_dir / "history.json").read_text())[-1]
     for target in (run_dir, run_dir / "model.npz"):

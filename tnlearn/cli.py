@@ -448,6 +448,11 @@ def cmd_train(args):
         size = "x".join(map(str, ds.image_shape))
         print(f"{ds.name}: {len(X_train)} train / {len(X_test)} test images {size} -> "
               f"{_model_layout(args, ds.image_shape, X_train.shape[1])}", flush=True)
+    missing = np.setdiff1d(ds.y_test, ds.y_train)
+    if missing.size and root:  # e.g. --n-train below the number of classes: the model cannot predict them
+        print(f"warning: the {len(X_train)} training images hold {np.unique(ds.y_train).size} of the "
+              f"{np.union1d(ds.y_train, ds.y_test).size} classes; the model cannot predict classes "
+              f"{missing.tolist()} of the test set (raise --n-train)", file=sys.stderr, flush=True)
     verbose = 0 if args.quiet else 2
     if args.resume:
         clf = load_model(out / "model.npz", backend=args.backend)
