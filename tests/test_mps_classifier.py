@@ -264,7 +264,7 @@ def test_auto_loss_with_cg_is_the_squared_loss_and_n_iter_follows_an_explicit_lo
     assert fixed.loss_function_ == "cross_entropy" and fixed.history_.meta["n_iter"] == 2
 
 
-def test_a_warm_start_on_other_samples_is_not_judged_by_the_old_samples_loss():
+def test_a_warm_start_on_other_samples_is_not_judged_by_the_old_samples_loss(tmp_path):
     """The old fit's last loss measures other samples: a continued fit on a subset must not be rolled back
     against it (it was, with a DivergenceWarning, when the subset's loss was higher); on the same samples
     the first sweep is still guarded against that record, as in one uninterrupted fit."""
@@ -281,13 +281,25 @@ def test_a_warm_start_on_other_samples_is_not_judged_by_the_old_samples_loss():
     assert len(clf.history_) == 2 and clf.history_.meta.get("stopped") is None
     assert clf.history_[1].loss > clf.history_[0].loss  # another data set's loss, not a divergence
     assert any(not np.array_equal(a, b) for a, b in zip(before, clf.mps_.arrays))
-    assert clf._guarding_record() is clf.history_[-1]
-    clf.fit(X[:40], y[:40])  # the same samples: guarded against the sweep before
-    assert clf._guarding_record() is clf.history_[-1] and len(clf.history_) >= 2
+    assert clf.history_.meta["data_first_record"] == 1
+    # the same samples, through a model file too: the first sweep is judged against the record before
+    from tnlearn.io import load_model, save_model
+
+    save_model(clf, tmp_path / "m.npz")
+    loaded = load_model(tmp_path / "m.npz").set_params(warm_start=True, n_sweeps=1)
     judged = []
-    clf._lost_accuracy = lambda number, acc, hint="": judged.append(clf._guarding_record()) or False
-    clf.set_params(n_sweeps=1).fit(X[:40], y[:40])
-    assert judged and judged[0] is not None and judged[0].sweep == len(clf.history_) - 1
+    loaded._lost_accuracy = lambda number, acc, hint="": judged.append(loaded._guarding_record()) or False
+    loaded.fit(X[:40], y[:40])
+    assert [r.sweep for r in judged] == [2] and len(loaded.history_) == 3
+    # a continuation on other samples whose every sweep was rolled back leaves no record on them: a retry
+    # on those samples is still not judged against the old samples' records
+    other = MPSClassifier(max_bond=3, n_sweeps=1, random_state=0, warm_start=True).fit(X, y)
+    other._run_one_sweep = lambda *a, **k: None  # the sweep raised the loss: rolled back
+    other.fit(X[40:80], y[40:80])
+    del other._run_one_sweep
+    assert len(other.history_) == 1 and other._guarding_record() is None
+    other.fit(X[40:80], y[40:80])
+    assert len(other.history_) == 2 and other.history_.meta["data_first_record"] == 1
 
 
 def test_a_warm_start_fit_keeps_the_loss_the_first_fit_chose(tiny_problem, tmp_path):

@@ -24,6 +24,7 @@ number, the same results to rounding.
 
 from __future__ import annotations
 
+import contextvars
 import os
 from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
@@ -185,7 +186,9 @@ class ChunkWorkers:
             return [work(slices)]
         if self._pool is None:  # one pool per session; the calling thread is worker 0
             self._pool = ThreadPoolExecutor(max_workers=self.active - 1, thread_name_prefix="tnlearn-chunks")
-        futures = [self._pool.submit(work, slices[k::n]) for k in range(1, n)]
+        # each pool share runs in a copy of the caller's context, as the caller's own share does
+        # (numpy's errstate is a context variable)
+        futures = [self._pool.submit(contextvars.copy_context().run, work, slices[k::n]) for k in range(1, n)]
         try:
             first = work(slices[0::n])  # the caller's share: no hand-off to a pool thread and back
             return [first] + [f.result() for f in futures]

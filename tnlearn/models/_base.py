@@ -248,33 +248,38 @@ class TNClassifier(ClassifierMixin, BaseEstimator, metaclass=ABCMeta):
 
     # -- the sweep loop -------------------------------------------------------------------
     def _note_training_data(self, X, y, continuing):
-        """Which records the coming sweeps are guarded against: none of a fit on other data.
+        """Which records the coming sweeps are guarded against: none of a fit on other samples.
 
         A continued fit (``warm_start``, ``tnlearn train --resume``) on the
         samples of the fit it continues guards its first sweep against that
         fit's last record, as an uninterrupted fit would; on other samples
-        (another subset, new data) that record's loss and accuracy measure
-        something else, so the new sweeps are guarded only against each other
-        (the bond updates are safeguarded either way).  The samples are told
-        apart by a BLAKE2 digest of ``X`` and ``y`` kept in
-        ``history_.meta["data_fingerprint"]`` (a history without one, from an
-        older model file, counts as the same samples).
+        (another subset, new data, or a validation split drawn anew with
+        ``early_stopping`` and ``random_state=None``) that record's loss and
+        accuracy measure something else, so the new sweeps are guarded only
+        against each other (each bond update is safeguarded either way).  The
+        samples are told apart by a BLAKE2 digest of ``X`` and ``y``, kept with
+        the index of the first record on them in ``history_.meta``
+        (``"data_fingerprint"``, ``"data_first_record"``); a history without
+        them, from an older model file, counts as the same samples.
         """
         import hashlib
 
         digest = hashlib.blake2b(digest_size=16)
         for a in (X, y):
-            a = np.ascontiguousarray(a)
+            a = np.asarray(a)
             digest.update(f"{a.dtype.str}{a.shape}".encode())
-            digest.update(a.reshape(-1).view(np.uint8))
+            rows = max(1, (1 << 22) // max(1, a[:1].nbytes))  # ~4 MiB at a time: no copy of a whole array
+            for start in range(0, len(a), rows):
+                digest.update(np.ascontiguousarray(a[start : start + rows]).reshape(-1).view(np.uint8))
         fingerprint = digest.hexdigest()
-        same = continuing and self.history_.meta.get("data_fingerprint") in (None, fingerprint)
-        self._first_guarding_record = 0 if same else len(self.history_)
-        self.history_.meta["data_fingerprint"] = fingerprint
+        meta = self.history_.meta
+        if not (continuing and meta.get("data_fingerprint") in (None, fingerprint)):
+            meta["data_first_record"] = len(self.history_)
+        meta["data_fingerprint"] = fingerprint
 
     def _guarding_record(self):
         """The last record of a sweep on this fit's samples (what the next sweep is guarded against), or None."""
-        if len(self.history_) > getattr(self, "_first_guarding_record", 0):
+        if len(self.history_) > self.history_.meta.get("data_first_record", 0):
             return self.history_[-1]
         return None
 

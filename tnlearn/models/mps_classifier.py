@@ -211,7 +211,10 @@ class MPSClassifier(TNClassifier):
     random_state : int, Generator or None, default=None
     warm_start : bool, default=False
         Continue from the fitted network instead of starting anew (the
-        sample normalisers ``c_n`` are computed afresh from it).
+        sample normalisers ``c_n`` are computed afresh from it).  On the
+        samples of the fit it continues, the first sweep is guarded against
+        that fit's last record; on other samples only against the new sweeps
+        (``history_.meta["data_fingerprint"]``).
     verbose : int, default=0
         1 prints a line per sweep; 2 also shows a progress bar over bonds.
 
@@ -253,7 +256,9 @@ class MPSClassifier(TNClassifier):
     history_ : History
         One :class:`~tnlearn.history.SweepRecord` per sweep;
         ``history_.meta["loss"]`` / ``["n_iter"]`` are the loss and the
-        steps per bond the fit used.
+        steps per bond the fit used; ``["data_fingerprint"]`` a digest of
+        the training samples and ``["data_first_record"]`` the index of the
+        first record measured on them.
     loss_function_ : {"mse", "cross_entropy"}
         The loss the network was trained with (``loss``, or what ``"auto"``
         chose; kept by ``warm_start`` fits).
@@ -553,8 +558,8 @@ class MPSClassifier(TNClassifier):
                        val_data=None):
         """One safeguarded sweep and its record; None when it raised the loss (the caller rolls it back).
 
-        The sweep is guarded against the last recorded one (a continued fit too, as an uninterrupted
-        fit would be).
+        The sweep is guarded against the last recorded one on the same samples (a continued fit on
+        them too, as an uninterrupted fit would be; see ``TNClassifier._note_training_data``).
         """
         loss_before = self._last_loss()
         xp = backend.xp

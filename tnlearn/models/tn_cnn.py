@@ -151,6 +151,8 @@ class TNCNNClassifier(TNClassifier):
         more sweeps (same classes and features); a run resumed from a saved
         model this way continues bit for bit (each sweep's minibatch order is
         drawn from a generator seeded by ``seed_`` and the sweep number).
+        On other samples the first new sweep is not judged against the old
+        fit's last loss (``history_.meta["data_fingerprint"]``).
     dtype : {"float32", "float64"}, default="float32"
         Of the cores and the training arithmetic (scores are computed in float64).
     backend : {"numpy", "cupy"} or Backend, default="numpy"
