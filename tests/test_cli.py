@@ -186,6 +186,21 @@ def test_usage_errors_exit_2(argv, capsys):
     assert "error:" in err and "Traceback" not in err
 
 
+def test_the_console_command_freezes_what_is_left_before_the_exit(monkeypatch, capsys):
+    """``tnlearn`` (pyproject's script) is ``cli.run``: main's status, and gc.freeze after it, not before."""
+    import gc
+    import tomllib
+
+    from tnlearn import cli
+
+    scripts = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["tnlearn"] == "tnlearn.cli:run"
+    calls = []
+    monkeypatch.setattr(gc, "freeze", lambda: calls.append("freeze"))
+    monkeypatch.setattr(cli, "main", lambda argv=None: calls.append("main") or 7)
+    assert cli.run() == 7 and calls == ["main", "freeze"]
+
+
 def test_entry_point_help():
     proc = subprocess.run([sys.executable, "-m", "tnlearn.cli", "train", "--help"],
                           capture_output=True, text=True, timeout=300)
