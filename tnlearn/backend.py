@@ -115,10 +115,16 @@ class Backend:
 
         return add_in_order(self.map_chunks(work, n_samples, chunk_size))
 
-    def loss_total(self, f, y, loss, log_scale=None, chunk_size=16384):
-        """:attr:`loss_sum` of all rows, the chunks shared among the host threads (float64 scalar or 0-d array)."""
+    def loss_total(self, f, y, loss, log_scale=None, chunk_size=None):
+        """:attr:`loss_sum` of all rows, the chunks shared among the host threads (float64 scalar or 0-d array).
+
+        ``chunk_size`` (rows) defaults to what makes sharing pay for the hand-off to another
+        thread: 2,048 for the cross-entropy (an exponential per output), 16,384 for the squared loss.
+        """
         if self.workers is None:
             return self.loss_sum(f, y, loss, log_scale)
+        if chunk_size is None:
+            chunk_size = 2048 if loss == "cross_entropy" else 16384
 
         def work(share):
             return sum((self.loss_sum(f[sl], y[sl], loss, None if log_scale is None else log_scale[sl])

@@ -47,10 +47,12 @@ def chunk_slices(n_samples, chunk_size, n_workers=1):
     up to a multiple of ``n_workers``, of equal sizes (to one sample, none larger
     than ``chunk_size``), so that every worker's share of the pass is the same
     size: 1,347 samples in chunks of 1,024 on two workers are two chunks of 674
-    and 673, not 1,024 and 323 (the pass then took the larger chunk's time).
+    and 673, not 1,024 and 323 (the pass then took the larger chunk's time).  A
+    pass that fits in one chunk is not split: handing half of it to another
+    thread costs more than it saves.
     """
     n_chunks = -(-n_samples // chunk_size)
-    if n_workers > 1 and n_chunks:
+    if n_workers > 1 and n_chunks > 1:  # a pass of one chunk stays one, in the calling thread
         n_chunks = -(-n_chunks // n_workers) * n_workers
         n_chunks = min(n_chunks, n_samples)
         base, extra = divmod(n_samples, n_chunks)
