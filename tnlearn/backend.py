@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from tnlearn.host_threads import add_in_order, chunk_slices
 from tnlearn.rows import log_normalise_rows
 
 BACKENDS = ("numpy", "cupy")
@@ -100,8 +101,6 @@ class Backend:
         list
             The shares' results in worker order (one result without workers).
         """
-        from tnlearn.host_threads import chunk_slices
-
         if self.workers is None:
             return [work(chunk_slices(n_samples, chunk_size))]
         return self.workers.map(work, chunk_slices(n_samples, chunk_size, self.workers.active))
@@ -111,8 +110,6 @@ class Backend:
 
         See :func:`tnlearn.host_threads.add_in_order` (arrays, scalars, or tuples of them).
         """
-        from tnlearn.host_threads import add_in_order
-
         return add_in_order(self.map_chunks(work, n_samples, chunk_size))
 
     def loss_total(self, f, y, loss, log_scale=None, chunk_size=None):
@@ -168,6 +165,17 @@ def _numpy_backend() -> Backend:
     k = _kernels
     return Backend("numpy", np, k.row_outer, k.row_outer3, k.row_contract, k.row_normalise, k.row_residual_outer,
                    k.loss_sum, chunk_bytes=core_cache_bytes(), workers=ChunkWorkers())
+
+
+def loss_value(f, y, loss, xp):
+    """Summed loss of outputs ``f`` (n, L) against one-hot targets ``y`` (n, L), a 0-d array."""
+    if loss == "mse":
+        r = f - y
+        return 0.5 * xp.sum(r.astype(np.float64) ** 2)
+    z = f.astype(np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    logp = z - xp.log(xp.exp(z).sum(axis=1, keepdims=True))
+    return -xp.sum(logp * y)
 
 
 def array_module_kernels(xp):
@@ -226,10 +234,7 @@ def array_module_kernels(xp):
         z = f.astype(np.float64)
         if log_scale is not None:
             z = z * xp.exp(log_scale)[:, None]
-        if loss == "mse":
-            return 0.5 * xp.sum((z - y) ** 2)
-        z = z - z.max(axis=1, keepdims=True)
-        return -xp.sum((z - xp.log(xp.exp(z).sum(axis=1, keepdims=True))) * y)
+        return loss_value(z, y, loss, xp)
 
     return row_outer, row_outer3, row_contract, row_normalise, row_residual_outer, loss_sum
 

@@ -47,6 +47,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tnlearn.backend import loss_value  # noqa: F401  (re-exported: the solvers' loss)
 from tnlearn.gram import as_gram
 from tnlearn.local_problem import TargetResidual
 
@@ -59,17 +60,6 @@ def softmax(f, xp):
     z = f - f.max(axis=1, keepdims=True)
     e = xp.exp(z)
     return e / e.sum(axis=1, keepdims=True)
-
-
-def loss_value(f, y, loss, xp):
-    """Summed loss of outputs ``f`` (n, L) against one-hot targets ``y`` (n, L), a 0-d array."""
-    if loss == "mse":
-        r = f - y
-        return 0.5 * xp.sum(r.astype(np.float64) ** 2)
-    z = f.astype(np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    logp = z - xp.log(xp.exp(z).sum(axis=1, keepdims=True))
-    return -xp.sum(logp * y)
 
 
 def local_objective(problem, f, Bs, y, opts):

@@ -130,7 +130,7 @@ def pca_init_cores(
 
         blocks = {}  # phi_j (x) R_{j+1} per chunk (by its first sample), kept for the new environments below
 
-        def density(share, j=j, right=right, weight=weight, blocks=blocks):  # one worker's chunks: its rho
+        def density(share):  # one worker's chunks: its rho (called in this iteration only)
             rho = xp.zeros((width, width), dtype=np.float64)
             for sl in share:
                 M = blocks[sl.start] = backend.row_outer(phi_sites[j, sl], right[sl])
@@ -150,7 +150,7 @@ def pca_init_cores(
         Vb = backend.asarray(V)
         new_right = xp.empty((n, k), dtype=dtype)
 
-        def project(share, blocks=blocks, Vb=Vb, new_right=new_right):
+        def project(share):
             for sl in share:
                 new_right[sl] = blocks[sl.start] @ Vb
 
